@@ -1,0 +1,216 @@
+"""The fast-weight rules as pure functions, each in several forms that compute the same function.
+
+Shapes (public): q, k [B, T, H, K] (already feature-mapped); v [B, T, H, V]; beta [B, T, H];
+w and initial_state [B, H, V, K] (the paper's W, mapping keys to values); y [B, T, H, V].
+
+Every rule writes before it reads:
+  sum:   W_t = W_{t-1} + v_t ⊗ k_t
+  delta: W_t = W_{t-1} + β_t (v_t − W_{t-1} k_t) ⊗ k_t
+  fwm:   the delta update, then W_t ← W_t / max(1, ‖W_t‖_F)        (nonlinear in W)
+  y_t = W_t q_t, and the returned w is W_T.
+
+Forms (picked by name, one small function each):
+  recurrent  jax.lax.scan over time with the single-step function; O(T) time, O(VK) state.
+  parallel   the whole sequence as one block of matrix products; O(T²).
+  chunked    parallel inside blocks of `chunk_size`, recurrent across blocks.
+
+Inside a block of C steps starting from state W0 (rows of Q, K, V, U are time steps):
+  sum:    Y = Q W0ᵀ + tril(QKᵀ) V,              W = W0 + Vᵀ K
+  delta:  the write u_t = β_t (v_t − W_{t-1} k_t) satisfies (I + tril(diag(β) KKᵀ, −1)) U =
+          diag(β)(V − K W0ᵀ), a unit lower-triangular system (the UT / WY form); then
+          Y = Q W0ᵀ + tril(QKᵀ) U,              W = W0 + Uᵀ K
+Internally blocks use the layout [B, H, T, ·] so every product is a batched matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+FORMS = ("recurrent", "parallel", "chunked")
+RULES = ("sum", "delta", "fwm")
+FWM_FORMS = ("recurrent",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: plain Python on static shapes, so it runs before anything is traced.
+
+def _check_form(rule: str, form: str, chunk_size: int) -> None:
+  valid = FWM_FORMS if rule == "fwm" else FORMS
+  if form not in valid:
+    if rule == "fwm" and form in FORMS:
+      raise ValueError(
+          f"The fwm rule has no {form!r} form: its update divides W by max(1, ‖W‖_F) after "
+          f"every step, which is nonlinear in W, so it cannot be unrolled into matrix products. "
+          f"Valid choices for fwm: {', '.join(valid)}.")
+    raise ValueError(f"Unknown form {form!r} for the {rule} rule; valid choices: "
+                     f"{', '.join(valid)}.")
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+
+
+def _check_shapes(q, k, v, beta, initial_state) -> None:
+  if q.ndim != 4:
+    raise ValueError(f"q must be [batch, time, heads, d_key], got shape {q.shape}.")
+  if k.shape != q.shape:
+    raise ValueError(f"k must have q's shape {q.shape} [batch, time, heads, d_key], "
+                     f"got {k.shape}.")
+  b, t, h, d_key = q.shape
+  if v.ndim != 4 or v.shape[:3] != (b, t, h):
+    raise ValueError(f"v must be [batch, time, heads, d_value] = [{b}, {t}, {h}, d_value] to "
+                     f"match q, got {v.shape}.")
+  if beta is not None and beta.shape != (b, t, h):
+    raise ValueError(f"beta must be [batch, time, heads] = {(b, t, h)}, got {beta.shape}.")
+  expected = (b, h, v.shape[-1], d_key)
+  if initial_state is not None and initial_state.shape != expected:
+    raise ValueError(f"initial_state must be [batch, heads, d_value, d_key] = {expected}, "
+                     f"got {initial_state.shape}.")
+
+
+def _zero_state(q, v, initial_state):
+  if initial_state is not None:
+    return initial_state
+  b, _, h, d_key = q.shape
+  return jnp.zeros((b, h, v.shape[-1], d_key), jnp.result_type(q, v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Single steps (streaming / generation). Shapes: w [B, H, V, K], q, k [B, H, K], v [B, H, V],
+# beta [B, H]. Each returns (y [B, H, V], new w).
+
+def sum_rule_step(w, q, k, v):
+  w = w + v[..., :, None] * k[..., None, :]
+  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+
+
+def delta_rule_step(w, q, k, v, beta):
+  v_old = jnp.einsum("bhvk,bhk->bhv", w, k)
+  w = w + (beta[..., None] * (v - v_old))[..., :, None] * k[..., None, :]
+  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+
+
+def fwm_rule_step(w, q, k, v, beta):
+  """The delta (interpolated) update, then W / max(1, ‖W‖_F), then the read-out."""
+  _, w = delta_rule_step(w, q, k, v, beta)
+  norm = jnp.sqrt(jnp.sum(w * w, axis=(-2, -1), keepdims=True))
+  w = w / jnp.maximum(1.0, norm)
+  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks: the parallel form from a given state. Shapes: w0 [B, H, V, K], q, k [B, H, C, K],
+# v [B, H, C, V], beta [B, H, C]. Each returns (y [B, H, C, V], w [B, H, V, K]).
+
+def _sum_block(w0, q, k, v, beta=None):
+  del beta
+  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
+  y = jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, v)
+  return y, w0 + jnp.einsum("bhcv,bhck->bhvk", v, k)
+
+
+def _delta_block(w0, q, k, v, beta):
+  gram = jnp.einsum("bhck,bhsk->bhcs", k, k)
+  a = jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
+  rhs = beta[..., None] * (v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
+  u = jax.lax.linalg.triangular_solve(a, rhs, left_side=True, lower=True, unit_diagonal=True)
+  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
+  y = jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, u)
+  return y, w0 + jnp.einsum("bhcv,bhck->bhvk", u, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forms. Each takes public-layout arrays (beta may be None for the sum rule) and returns (y, w).
+
+def _recurrent(step: Callable, w0, q, k, v, beta):
+  time_major = lambda x: jnp.moveaxis(x, 1, 0)
+  xs = (q, k, v) if beta is None else (q, k, v, beta)
+
+  def body(w, x):
+    y, w = step(w, *x)
+    return w, y
+
+  w, y = jax.lax.scan(body, w0, tuple(time_major(x) for x in xs))
+  return jnp.moveaxis(y, 0, 1), w
+
+
+def _to_blocks(x, num_blocks, size):
+  """[B, T, H, ...] (T = num_blocks·size) -> [N, B, H, C, ...]."""
+  b, _, h = x.shape[:3]
+  x = x.reshape((b, num_blocks, size, h) + x.shape[3:])
+  return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)
+
+
+def _from_blocks(y):
+  """[N, B, H, C, V] -> [B, N·C, H, V]."""
+  n, b, h, c, d = y.shape
+  return jnp.moveaxis(y, 0, 1).transpose(0, 1, 3, 2, 4).reshape(b, n * c, h, d)
+
+
+def _chunked(block: Callable, w0, q, k, v, beta, chunk_size):
+  t = q.shape[1]
+  size = min(chunk_size, t)
+  num_blocks = -(-t // size)
+  pad = num_blocks * size - t
+  if beta is None:
+    beta = jnp.ones(q.shape[:3], q.dtype)
+  if pad:
+    # Zero keys, values and β write nothing, so padding at the end leaves W_T unchanged.
+    widths = lambda x: [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+    q, k, v, beta = (jnp.pad(x, widths(x)) for x in (q, k, v, beta))
+  xs = tuple(_to_blocks(x, num_blocks, size) for x in (q, k, v, beta))
+
+  def body(w, x):
+    y, w = block(w, *x)
+    return w, y
+
+  if num_blocks == 1:
+    y, w = block(w0, *(x[0] for x in xs))
+    y = y[None]
+  else:
+    w, y = jax.lax.scan(body, w0, xs)
+  return _from_blocks(y)[:, :t], w
+
+
+_STEPS = {"sum": sum_rule_step, "delta": delta_rule_step, "fwm": fwm_rule_step}
+_BLOCKS = {"sum": _sum_block, "delta": _delta_block}
+
+
+def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64,
+               initial_state=None):
+  """Runs fast-weight rule `rule` in form `form`; see the module docstring for shapes."""
+  if rule not in RULES:
+    raise ValueError(f"Unknown update rule {rule!r}; valid choices: {', '.join(RULES)}.")
+  _check_form(rule, form, chunk_size)
+  if rule != "sum" and beta is None:
+    raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
+  _check_shapes(q, k, v, beta, initial_state)
+  w0 = _zero_state(q, v, initial_state)
+  if rule == "sum":
+    beta = None
+  if form == "recurrent":
+    step = _STEPS[rule]
+    return _recurrent(step, w0, q, k, v, beta)
+  # The parallel form is the chunked form with one chunk spanning the sequence.
+  size = q.shape[1] if form == "parallel" else chunk_size
+  return _chunked(_BLOCKS[rule], w0, q, k, v, beta, size)
+
+
+def sum_rule(q, k, v, *, form: str, chunk_size: int = 64, initial_state=None):
+  """W_t = W_{t-1} + v_t ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
+  return apply_rule("sum", q, k, v, form=form, chunk_size=chunk_size,
+                    initial_state=initial_state)
+
+
+def delta_rule(q, k, v, beta, *, form: str, chunk_size: int = 64, initial_state=None):
+  """W_t = W_{t-1} + β_t (v_t − W_{t-1} k_t) ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
+  return apply_rule("delta", q, k, v, beta, form=form, chunk_size=chunk_size,
+                    initial_state=initial_state)
+
+
+def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,
+             initial_state=None):
+  """The delta update followed by W / max(1, ‖W‖_F); recurrent only. Returns (y, W_T)."""
+  return apply_rule("fwm", q, k, v, beta, form=form, chunk_size=chunk_size,
+                    initial_state=initial_state)

@@ -1,0 +1,216 @@
+"""Every form of every rule computes the same function as a plain loop, and as each other."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fwp import ops
+from tests import helpers, reference
+
+T = 12
+# chunk sizes: 1, a non-divisor of T, T itself, and larger than T.
+FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 1), ("chunked", 5), ("chunked", T),
+         ("chunked", 20)]
+FORM_IDS = [f if f != "chunked" else f"chunked{c}" for f, c in FORMS]
+F64_RTOL = 1e-10
+# float32: measured worst errors are ~1e-6 for outputs and states and ~3e-6 for gradients on
+# these shapes; 1e-4 leaves room for other CPUs and accelerators' summation orders.
+F32_RTOL = 1e-4
+
+
+def run(rule, form, chunk_size, q, k, v, beta, w0):
+  args = (q, k, v) if rule == "sum" else (q, k, v, beta)
+  fn = {"sum": ops.sum_rule, "delta": ops.delta_rule, "fwm": ops.fwm_rule}[rule]
+  return fn(*args, form=form, chunk_size=chunk_size, initial_state=w0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def loss_and_grads(rule, form, chunk_size, inputs, cotangents):
+  """A scalar that touches every output and the final state, and its gradient w.r.t. all inputs."""
+  cy, cw = cotangents
+
+  def loss(q, k, v, beta, w0):
+    y, w = run(rule, form, chunk_size, q, k, v, beta, w0)
+    return jnp.sum(y * cy) + jnp.sum(w * cw)
+
+  return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(*inputs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def reference_loss_and_grads(rule, inputs, cotangents):
+  cy, cw = cotangents
+
+  def loss(q, k, v, beta, w0):
+    y, w = reference.rule(rule, q, k, v, None if rule == "sum" else beta, w0)
+    return jnp.sum(y * cy) + jnp.sum(w * cw)
+
+  return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(*inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(rule):
+  with helpers.x64():
+    inputs = helpers.random_inputs(0, t=T)
+    rng = np.random.default_rng(1)
+    cotangents = (jnp.asarray(rng.normal(size=inputs[2].shape)),
+                  jnp.asarray(rng.normal(size=inputs[4].shape)))
+    y, w = reference.rule(rule, *inputs[:3], None if rule == "sum" else inputs[3], inputs[4])
+    _, grads = reference_loss_and_grads(rule, inputs, cotangents)
+    return inputs, cotangents, (y, w), grads
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta"])
+@pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
+def test_form_matches_plain_loop_float64(rule, form, chunk_size):
+  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
+  with helpers.x64():
+    y, w = run(rule, form, chunk_size, *inputs)
+    assert y.dtype == jnp.float64
+    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
+    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
+    _, grads = loss_and_grads(rule, form, chunk_size, inputs, cotangents)
+    if rule == "sum":  # beta does not enter the sum rule
+      assert not np.any(np.asarray(grads[3]))
+      grads, grads_ref = grads[:3] + grads[4:], grads_ref[:3] + grads_ref[4:]
+    for name, g, g_ref in zip(["q", "k", "v", "beta", "w0"], grads, grads_ref):
+      helpers.assert_rel_close(g, g_ref, F64_RTOL, f"d/d{name}")
+
+
+def test_fwm_recurrent_matches_plain_loop_float64():
+  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference("fwm")
+  with helpers.x64():
+    y, w = run("fwm", "recurrent", 64, *inputs)
+    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
+    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
+    _, grads = loss_and_grads("fwm", "recurrent", 64, inputs, cotangents)
+    helpers.assert_rel_close(grads, grads_ref, F64_RTOL, "grads")
+    # The normalisation really acts on these inputs (so the test covers it).
+    assert float(jnp.max(jnp.sqrt(jnp.sum(w_ref ** 2, axis=(-2, -1))))) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta"])
+def test_forms_agree_float32(rule):
+  """float32 tolerance, documented at F32_RTOL: every form against the recurrent form."""
+  inputs = helpers.random_inputs(2, t=T, dtype=jnp.float32)
+  rng = np.random.default_rng(3)
+  cotangents = (jnp.asarray(rng.normal(size=inputs[2].shape), jnp.float32),
+                jnp.asarray(rng.normal(size=inputs[4].shape), jnp.float32))
+  base = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
+  base_out = run(rule, "recurrent", 64, *inputs)
+  for form, chunk_size in FORMS[1:]:
+    out = run(rule, form, chunk_size, *inputs)
+    assert out[0].dtype == jnp.float32
+    helpers.assert_rel_close(out, base_out, F32_RTOL, f"{form}{chunk_size} outputs")
+    got = loss_and_grads(rule, form, chunk_size, inputs, cotangents)
+    helpers.assert_rel_close(got[1], base[1], F32_RTOL, f"{form}{chunk_size} grads")
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_carried_state_equals_one_pass(rule):
+  with helpers.x64():
+    q, k, v, beta, w0 = helpers.random_inputs(4, t=T)
+    form = "recurrent" if rule == "fwm" else "chunked"
+    full = run(rule, form, 5, q, k, v, beta, w0)
+    split = 7
+    y1, w1 = run(rule, form, 5, q[:, :split], k[:, :split], v[:, :split], beta[:, :split], w0)
+    y2, w2 = run(rule, form, 5, q[:, split:], k[:, split:], v[:, split:], beta[:, split:], w1)
+    helpers.assert_rel_close((jnp.concatenate([y1, y2], axis=1), w2), full, F64_RTOL)
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_single_step_streams_the_recurrence(rule):
+  with helpers.x64():
+    q, k, v, beta, w = helpers.random_inputs(5, t=6)
+    y_full, w_full = run(rule, "recurrent", 64, q, k, v, beta, w)
+    step = {"sum": lambda w, *x: ops.sum_rule_step(w, *x[:3]),
+            "delta": ops.delta_rule_step, "fwm": ops.fwm_rule_step}[rule]
+    ys = []
+    for t in range(q.shape[1]):
+      y, w = step(w, q[:, t], k[:, t], v[:, t], beta[:, t])
+      ys.append(y)
+    helpers.assert_rel_close((jnp.stack(ys, axis=1), w), (y_full, w_full), F64_RTOL)
+
+
+@pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
+def test_beta_zero_leaves_state_unchanged(form, chunk_size):
+  with helpers.x64():
+    q, k, v, beta, w0 = helpers.random_inputs(6, t=T)
+    _, w = ops.delta_rule(q, k, v, jnp.zeros_like(beta), form=form, chunk_size=chunk_size,
+                          initial_state=w0)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(w0))
+
+
+@pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
+def test_delta_rule_retrieves_last_value_with_orthonormal_keys(form, chunk_size):
+  """With orthonormal keys and β = 1, writing v under k replaces what was there: reading with
+  q = k returns the last value written under that key, whatever was written before."""
+  with helpers.x64():
+    d_key, d_value, t = 4, 3, T
+    keys = np.linalg.qr(np.random.default_rng(7).normal(size=(d_key, d_key)))[0].T
+    which = np.array([0, 1, 2, 0, 3, 1, 1, 2, 0, 3, 2, 0])           # keys repeat
+    k = jnp.asarray(keys[which])[None, :, None, :]
+    v = jnp.asarray(np.random.default_rng(8).normal(size=(1, t, 1, d_value)))
+    w0 = jnp.asarray(np.random.default_rng(9).normal(size=(1, 1, d_value, d_key)))
+    _, w = ops.delta_rule(k, k, v, jnp.ones((1, t, 1)), form=form, chunk_size=chunk_size,
+                          initial_state=w0)
+    for key_id in range(d_key):
+      last = np.max(np.nonzero(which == key_id)[0])
+      np.testing.assert_allclose(np.asarray(w[0, 0] @ keys[key_id]), np.asarray(v[0, last, 0]),
+                                 rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
+def test_unnormalised_sum_rule_is_masked_linear_attention(form, chunk_size):
+  with helpers.x64():
+    q, k, v, _, _ = helpers.random_inputs(10, t=T)
+    y, _ = ops.sum_rule(q, k, v, form=form, chunk_size=chunk_size)
+    helpers.assert_rel_close(y, reference.masked_linear_attention(q, k, v), F64_RTOL)
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_causality_by_gradients(rule):
+  """∂y_t/∂(q, k, v, β)_s is exactly zero for s > t, in every form."""
+  forms = [("recurrent", 64)] if rule == "fwm" else FORMS
+  inputs = helpers.random_inputs(11, t=8, dtype=jnp.float32)
+  t_read = 4
+  for form, chunk_size in forms:
+    def y_t(q, k, v, beta):
+      y, _ = run(rule, form, chunk_size, q, k, v, beta, inputs[4])
+      return jnp.sum(y[:, t_read])
+    grads = jax.grad(y_t, argnums=(0, 1, 2, 3))(*inputs[:4])
+    for name, g in zip("qkvb", grads):
+      future = np.asarray(g[:, t_read + 1:])
+      assert np.all(future == 0), f"{rule}/{form}{chunk_size}: d y_{t_read} / d {name}_future != 0"
+      if rule != "sum" or name != "b":
+        assert np.any(np.asarray(g[:, :t_read + 1]) != 0), "the test must see real gradients"
+
+
+BAD_CALLS = [
+    (lambda x: ops.sum_rule(*x[:3], form="scan"), "recurrent, parallel, chunked"),
+    (lambda x: ops.apply_rule("hebb", *x[:3], form="recurrent"), "sum, delta, fwm"),
+    (lambda x: ops.sum_rule(*x[:3], form="chunked", chunk_size=0), "positive integer"),
+    (lambda x: ops.sum_rule(*x[:3], form="chunked", chunk_size=-3), "positive integer"),
+    (lambda x: ops.sum_rule(*x[:3], form="chunked", chunk_size=2.5), "positive integer"),
+    (lambda x: ops.sum_rule(x[0], x[1][:, :, :1], x[2], form="parallel"), "k must have q's shape"),
+    (lambda x: ops.sum_rule(x[0], x[1], x[2][:, :5], form="parallel"), "v must be"),
+    (lambda x: ops.delta_rule(*x[:3], x[3][:, :, :1], form="parallel"), "beta must be"),
+    (lambda x: ops.sum_rule(*x[:3], form="parallel", initial_state=x[4][:, :1]),
+     "initial_state must be"),
+    (lambda x: ops.fwm_rule(*x[:4], form="parallel"), "nonlinear in W"),
+    (lambda x: ops.fwm_rule(*x[:4], form="chunked"), "Valid choices for fwm: recurrent"),
+    (lambda x: ops.delta_rule(*x[:3], None, form="parallel"), "needs beta"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_CALLS)
+def test_bad_input_raises_before_tracing(call, message, monkeypatch):
+  inputs = helpers.random_inputs(12, t=6, dtype=jnp.float32)
+  # Nothing may be traced before the error: make any trace fail loudly.
+  for name in ("scan", "cond"):
+    monkeypatch.setattr(jax.lax, name, lambda *a, **k: pytest.fail("traced before validating"))
+  monkeypatch.setattr(jnp, "einsum", lambda *a, **k: pytest.fail("computed before validating"))
+  with pytest.raises(ValueError, match=message):
+    call(inputs)
