@@ -1,0 +1,177 @@
+"""Flax NNX layers: multi-head fast weight attention, and a causal softmax-attention baseline.
+
+Shapes: x [B, T, D] in, [B, T, D] out; per head, q and k are d_head before φ and d_dot after.
+`fast_weight_attention` is the functional core (φ, normalisation, rule, form) that both the layer
+and the paper's retrieval model call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fwp import feature_maps, normalization, ops
+
+PHI_NEEDS_POSITIVE = ("elu_plus_one", "dpfp", "favor_plus")
+
+
+@dataclasses.dataclass(frozen=True)
+class FastWeightConfig:
+  """What a fast weight layer computes; `form` and `chunk_size` only say how."""
+  feature_map: str = "elu_plus_one"
+  nu: int = 1                        # DPFP-ν
+  num_features: int = 64             # FAVOR+ m (d_dot = 2m)
+  update_rule: str = "sum"
+  normalization: str = "attention"
+  form: str = "chunked"
+  chunk_size: int = 64
+  eps: float = 1e-6                  # attention normaliser: z·φ(q) + eps
+
+  def __post_init__(self):
+    feature_maps.check_name(self.feature_map)
+    normalization.check_name(self.normalization)
+    if self.update_rule not in ops.RULES:
+      raise ValueError(f"Unknown update rule {self.update_rule!r}; valid choices: "
+                       f"{', '.join(ops.RULES)}.")
+    ops._check_form(self.update_rule, self.form, self.chunk_size)
+    if self.feature_map == "dpfp" and (not isinstance(self.nu, int) or self.nu < 1):
+      raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
+    if self.feature_map == "favor_plus" and self.num_features < 1:
+      raise ValueError(f"favor_plus needs num_features >= 1, got {self.num_features}.")
+    if self.normalization == "sum" and self.feature_map not in PHI_NEEDS_POSITIVE:
+      raise ValueError(f"Sum normalisation divides by Σφ, so it needs a positive feature map "
+                       f"({', '.join(PHI_NEEDS_POSITIVE)}), got {self.feature_map!r}.")
+
+  @property
+  def uses_beta(self) -> bool:
+    return self.update_rule != "sum"
+
+  def d_dot(self, d_head: int) -> int:
+    return feature_maps.output_dim(self.feature_map, d_head, nu=self.nu,
+                                   num_features=self.num_features)
+
+
+class FastWeightState(NamedTuple):
+  """The fast weights after the last step: w [B, H, V, d_dot]; z [B, H, 1, d_dot] is the attention
+  normaliser's running key sum (None for other normalisations)."""
+  w: jax.Array
+  z: jax.Array | None = None
+
+
+def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection=None,
+                          initial_state: FastWeightState | None = None):
+  """q, k [B, T, H, d_head] before φ; v [B, T, H, V]; beta [B, T, H] or None.
+
+  Returns (y [B, T, H, V], FastWeightState).
+  """
+  phi = lambda x: feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection)
+  q, k = phi(q), phi(k)
+  if config.normalization == "sum":
+    q, k = normalization.sum_normalize(q), normalization.sum_normalize(k)
+  w0 = None if initial_state is None else initial_state.w
+  y, w = ops.apply_rule(config.update_rule, q, k, v, beta if config.uses_beta else None,
+                        form=config.form, chunk_size=config.chunk_size, initial_state=w0)
+  z = None
+  if config.normalization == "attention":
+    z0 = None if initial_state is None else initial_state.z
+    den, z = normalization.attention_denominator(q, k, form=_linear_form(config), chunk_size=
+                                                 config.chunk_size, initial_state=z0)
+    y = normalization.attention_normalize(y, den, config.eps)
+  return y, FastWeightState(w, z)
+
+
+def _linear_form(config: FastWeightConfig) -> str:
+  # The normaliser is a sum-rule memory, which has every form; FWM layers run it recurrently.
+  return config.form if config.form in ops.FORMS else "recurrent"
+
+
+class FeatureProjection(nnx.Variable):
+  """FAVOR+'s random projection: state that checkpoints restore, but not a trainable parameter."""
+
+
+def draw_projection(key, config: FastWeightConfig, d_head: int, dtype=jnp.float32):
+  return feature_maps.orthogonal_projection(key, config.num_features, d_head, dtype)
+
+
+class FastWeightAttention(nnx.Module):
+  """Multi-head linear attention / fast weight programmer.
+
+  Call with x [B, T, D]. `projection_key` draws a fresh FAVOR+ projection for this call only (the
+  authors redraw at every forward pass); without it the layer's stored projection is used, and
+  `redraw_projection` replaces that one.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, d_head: int, config: FastWeightConfig, *,
+               rngs: nnx.Rngs):
+    self.num_heads, self.d_head, self.config = num_heads, d_head, config
+    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, rngs=rngs)
+    self.q_proj = linear(num_heads * d_head)
+    self.k_proj = linear(num_heads * d_head)
+    self.v_proj = linear(num_heads * d_head)
+    self.beta_proj = (nnx.Linear(d_model, num_heads, rngs=rngs) if config.uses_beta else None)
+    self.out_proj = nnx.Linear(num_heads * d_head, d_model, use_bias=False, rngs=rngs)
+    self.projection = (FeatureProjection(draw_projection(rngs.params(), config, d_head))
+                       if config.feature_map == "favor_plus" else None)
+
+  def redraw_projection(self, key: jax.Array) -> None:
+    if self.projection is None:
+      raise ValueError(f"Only favor_plus has a projection to redraw, this layer uses "
+                       f"{self.config.feature_map!r}.")
+    self.projection[...] = draw_projection(key, self.config, self.d_head)
+
+  def __call__(self, x, *, initial_state: FastWeightState | None = None,
+               return_state: bool = False, projection_key: jax.Array | None = None):
+    _check_input(x, self.out_proj.out_features)
+    b, t, _ = x.shape
+    heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
+    q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+    beta = jax.nn.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None
+    projection = None
+    if self.projection is not None:
+      projection = (self.projection[...] if projection_key is None else
+                    draw_projection(projection_key, self.config, self.d_head, x.dtype))
+    y, state = fast_weight_attention(q, k, v, beta, self.config, projection=projection,
+                                     initial_state=initial_state)
+    out = self.out_proj(y.reshape(b, t, -1))
+    return (out, state) if return_state else out
+
+
+class SoftmaxAttention(nnx.Module):
+  """Causal softmax attention with FastWeightAttention's interface; its "state" is the key/value
+  cache (k, v) [B, T, H, d_head], which grows with T: softmax attention has no finite state."""
+
+  def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs):
+    self.num_heads, self.d_head = num_heads, d_head
+    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, rngs=rngs)
+    self.q_proj = linear(num_heads * d_head)
+    self.k_proj = linear(num_heads * d_head)
+    self.v_proj = linear(num_heads * d_head)
+    self.out_proj = nnx.Linear(num_heads * d_head, d_model, use_bias=False, rngs=rngs)
+
+  def __call__(self, x, *, return_state: bool = False):
+    _check_input(x, self.out_proj.out_features)
+    b, t, _ = x.shape
+    heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
+    q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+    y = causal_softmax_attention(q, k, v)
+    out = self.out_proj(y.reshape(b, t, -1))
+    return (out, (k, v)) if return_state else out
+
+
+def causal_softmax_attention(q, k, v):
+  """q, k [B, T, H, d], v [B, T, H, V]; scores scaled by 1/√d, causal mask."""
+  scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+  t = q.shape[1]
+  mask = jnp.tril(jnp.ones((t, t), bool))
+  scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+  return jnp.einsum("bhts,bshv->bthv", jax.nn.softmax(scores, axis=-1), v)
+
+
+def _check_input(x, d_model: int) -> None:
+  if x.ndim != 3 or x.shape[-1] != d_model:
+    raise ValueError(f"Expected x of shape [batch, time, {d_model}], got {x.shape}.")

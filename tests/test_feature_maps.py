@@ -1,0 +1,90 @@
+"""Feature maps: the definitions written out, and FAVOR+ as a softmax-kernel estimator."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fwp import feature_maps
+
+
+def test_dpfp_matches_definition():
+  x = np.random.default_rng(0).normal(size=(3, 4))
+  for nu in (1, 2, 3):
+    phi = np.asarray(feature_maps.dpfp(jnp.asarray(x), nu))
+    assert phi.shape == (3, 2 * 4 * nu)
+    r = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=-1)
+    for row in range(3):
+      expected = [r[row, i] * r[row, (i - j) % 8] for j in range(1, nu + 1) for i in range(8)]
+      np.testing.assert_allclose(phi[row], expected, rtol=1e-6)
+
+
+def test_elementwise_maps_and_dims():
+  x = jnp.linspace(-3, 3, 12).reshape(2, 6)
+  np.testing.assert_allclose(feature_maps.elu_plus_one(x), jnp.where(x > 0, x + 1, jnp.exp(x)),
+                             rtol=1e-6)
+  assert float(jnp.min(feature_maps.elu_plus_one(x))) > 0
+  np.testing.assert_array_equal(feature_maps.identity(x), x)
+  np.testing.assert_allclose(feature_maps.tanh(x), np.tanh(np.asarray(x)), rtol=1e-6)
+  assert feature_maps.output_dim("dpfp", 64, nu=3) == 384
+  assert feature_maps.output_dim("favor_plus", 64, num_features=128) == 256
+  assert feature_maps.output_dim("elu_plus_one", 64) == 64
+
+
+def test_orthogonal_projection_rows_are_orthogonal_within_blocks():
+  w = np.asarray(feature_maps.orthogonal_projection(jax.random.key(0), 10, 4))
+  assert w.shape == (10, 4)
+  for start in (0, 4):
+    block = w[start:start + 4]
+    gram = block @ block.T
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-5)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _favor_attention_error(m, q, k, key):
+  """Mean absolute error of FAVOR+'s normalised attention weights against softmax(qkᵀ/√d)."""
+  w = feature_maps.orthogonal_projection(key, m, q.shape[-1])
+  fq, fk = feature_maps.favor_plus(q, w), feature_maps.favor_plus(k, w)
+  approx = fq @ fk.T
+  approx = approx / approx.sum(-1, keepdims=True)
+  exact = jax.nn.softmax(q @ k.T / np.sqrt(q.shape[-1]), axis=-1)
+  return jnp.mean(jnp.abs(approx - exact))
+
+
+def test_favor_plus_estimates_softmax_kernel_better_with_more_features():
+  """Averaged over 8 fixed keys per m, the error falls as m grows. With fixed keys the errors are
+  deterministic. Measured: 7.2e-3, 5.3e-3, 3.6e-3, 2.1e-3, 1.3e-3 for m = 16 … 4096 (the ratio per
+  ×4 tends to ½ = 1/√4 as the estimator's heavy tail fades), against 7.6e-3 for uniform weights."""
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(32, 16)) * 0.7, jnp.float32)
+  k = jnp.asarray(rng.normal(size=(48, 16)) * 0.7, jnp.float32)
+  errors = {}
+  ms = (16, 64, 256, 1024, 4096)
+  for m in ms:
+    keys = jax.random.split(jax.random.key(42), 8)
+    errors[m] = np.mean([float(_favor_attention_error(m, q, k, key)) for key in keys])
+  for small, large in zip(ms, ms[1:]):
+    assert errors[large] < 0.8 * errors[small], errors
+  uniform = float(jnp.mean(jnp.abs(1 / 48 - jax.nn.softmax(q @ k.T / 4.0, axis=-1))))
+  assert errors[4096] < 0.25 * uniform, (errors, uniform)
+
+
+def test_favor_plus_is_bounded_and_positive():
+  w = feature_maps.orthogonal_projection(jax.random.key(1), 32, 8)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(100, 8)) * 10, jnp.float32)
+  phi = feature_maps.favor_plus(x, w)
+  assert bool(jnp.all(jnp.isfinite(phi))) and float(jnp.max(phi)) <= 1.0
+  assert float(jnp.min(phi)) >= 0.0
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax", ""])
+def test_unknown_feature_map(name):
+  with pytest.raises(ValueError, match="identity, elu_plus_one, tanh, dpfp, favor_plus"):
+    feature_maps.apply(name, jnp.ones((2, 3)))
+
+
+def test_dpfp_bad_nu():
+  with pytest.raises(ValueError, match="nu >= 1"):
+    feature_maps.dpfp(jnp.ones((2, 3)), 0)

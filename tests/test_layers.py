@@ -1,0 +1,118 @@
+"""Layers: one set of parameters computes one function, whatever the form."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fwp import layers
+from tests import helpers
+
+D_MODEL, HEADS, D_HEAD, T = 8, 2, 4, 10
+LAYER_CASES = [
+    dict(feature_map="elu_plus_one", update_rule="sum", normalization="attention"),
+    dict(feature_map="dpfp", nu=2, update_rule="delta", normalization="sum"),
+    dict(feature_map="favor_plus", num_features=6, update_rule="delta", normalization="sum"),
+    dict(feature_map="identity", update_rule="sum", normalization="none"),
+]
+FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 3)]
+
+
+def _outputs_and_grads(config, x):
+  layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+  def loss(params):
+    out, state = nnx.merge(graphdef, params, rest)(x, return_state=True)
+    return jnp.sum(out ** 2) + jnp.sum(state.w), out
+
+  (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  return params, out, grads
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: f"{c['feature_map']}-{c['update_rule']}")
+def test_layer_forms_agree_float64(case):
+  with helpers.x64():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, T, D_MODEL)))
+    results = []
+    for form, chunk_size in FORMS:
+      config = layers.FastWeightConfig(form=form, chunk_size=chunk_size, **case)
+      results.append(_outputs_and_grads(config, jax.tree.map(lambda a: a.astype(jnp.float64), x)))
+    params0, out0, grads0 = results[0]
+    for params, out, grads in results[1:]:
+      helpers.assert_rel_close(params, params0, 0.0, "same parameters")
+      helpers.assert_rel_close(out, out0, 1e-10, "outputs")
+      helpers.assert_rel_close(grads, grads0, 1e-10, "parameter gradients")
+
+
+def test_fwm_layer_runs_recurrently_and_streams():
+  config = layers.FastWeightConfig(feature_map="tanh", update_rule="fwm", normalization="none",
+                                   form="recurrent")
+  layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config, rngs=nnx.Rngs(1))
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, T, D_MODEL)), jnp.float32)
+  full, state = layer(x, return_state=True)
+  first, mid = layer(x[:, :4], return_state=True)
+  second = layer(x[:, 4:], initial_state=mid)
+  helpers.assert_rel_close(jnp.concatenate([first, second], 1), full, 1e-5)
+  norms = jnp.sqrt(jnp.sum(state.w ** 2, axis=(-2, -1)))
+  assert float(jnp.max(norms)) <= 1.0 + 1e-6
+
+
+def test_favor_projection_is_state_not_parameter_and_redraws():
+  config = layers.FastWeightConfig(feature_map="favor_plus", num_features=6,
+                                   update_rule="sum", normalization="attention")
+  layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config, rngs=nnx.Rngs(2))
+  param_shapes = [p.shape for p in jax.tree.leaves(nnx.state(layer, nnx.Param))]
+  assert param_shapes == [(HEADS * D_HEAD, D_MODEL)] + [(D_MODEL, HEADS * D_HEAD)] * 3
+  projection = nnx.state(layer, layers.FeatureProjection)
+  assert jax.tree.leaves(projection)[0].shape == (6, D_HEAD)
+  x = jnp.ones((1, 3, D_MODEL))
+  before = layer(x)
+  np.testing.assert_array_equal(before, layer(x))                 # fixed by default
+  assert not np.allclose(before, layer(x, projection_key=jax.random.key(5)))
+  layer.redraw_projection(jax.random.key(6))
+  assert not np.allclose(before, layer(x))
+
+
+def test_softmax_attention_is_causal_and_matches_definition():
+  layer = layers.SoftmaxAttention(D_MODEL, HEADS, D_HEAD, rngs=nnx.Rngs(3))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 6, D_MODEL)), jnp.float32)
+  out, (k, v) = layer(x, return_state=True)
+  assert k.shape == v.shape == (1, 6, HEADS, D_HEAD)
+  # Position 2 attends only to 0..2: changing later inputs leaves it alone.
+  x2 = x.at[:, 3:].set(7.0)
+  np.testing.assert_allclose(layer(x2)[:, :3], out[:, :3], rtol=1e-6)
+  q = layer.q_proj(x).reshape(1, 6, HEADS, D_HEAD)[0, 2, 0]
+  s = k[0, :3, 0] @ q / np.sqrt(D_HEAD)
+  manual = jax.nn.softmax(s) @ v[0, :3, 0]
+  y = layers.causal_softmax_attention(q[None, None, None].repeat(6, 1), k, v)
+  np.testing.assert_allclose(y[0, 2, 0], manual, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("feature_map", "relu", "valid choices: identity, elu_plus_one"),
+    ("update_rule", "oja", "valid choices: sum, delta, fwm"),
+    ("normalization", "layer", "valid choices: none, attention, sum"),
+    ("form", "fast", "valid choices: recurrent, parallel, chunked"),
+    ("chunk_size", 0, "positive integer"),
+    ("nu", 0, "nu >= 1"),
+])
+def test_bad_config(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    layers.FastWeightConfig(**{"feature_map": "dpfp", field: value})
+
+
+def test_bad_combinations():
+  with pytest.raises(ValueError, match="nonlinear in W"):
+    layers.FastWeightConfig(update_rule="fwm", form="chunked")
+  with pytest.raises(ValueError, match="positive feature map"):
+    layers.FastWeightConfig(feature_map="tanh", normalization="sum")
+  layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, layers.FastWeightConfig(),
+                                     rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"\[batch, time, 8\]"):
+    layer(jnp.ones((1, 3, D_MODEL + 1)))
+  with pytest.raises(ValueError, match="Only favor_plus"):
+    layer.redraw_projection(jax.random.key(0))
