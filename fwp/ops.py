@@ -52,15 +52,15 @@ def _check_form(rule: str, form: str, chunk_size: int) -> None:
 
 
 def _check_shapes(q, k, v, beta, initial_state) -> None:
-  if q.ndim != 4:
-    raise ValueError(f"q must be [batch, time, heads, d_key], got shape {q.shape}.")
-  if k.shape != q.shape:
+  if k.ndim != 4:
+    raise ValueError(f"k must be [batch, time, heads, d_key], got shape {k.shape}.")
+  if q is not None and k.shape != q.shape:
     raise ValueError(f"k must have q's shape {q.shape} [batch, time, heads, d_key], "
                      f"got {k.shape}.")
-  b, t, h, d_key = q.shape
+  b, t, h, d_key = k.shape
   if v.ndim != 4 or v.shape[:3] != (b, t, h):
     raise ValueError(f"v must be [batch, time, heads, d_value] = [{b}, {t}, {h}, d_value] to "
-                     f"match q, got {v.shape}.")
+                     f"match k, got {v.shape}.")
   if beta is not None and beta.shape != (b, t, h):
     raise ValueError(f"beta must be [batch, time, heads] = {(b, t, h)}, got {beta.shape}.")
   expected = (b, h, v.shape[-1], d_key)
@@ -69,45 +69,55 @@ def _check_shapes(q, k, v, beta, initial_state) -> None:
                      f"got {initial_state.shape}.")
 
 
-def _zero_state(q, v, initial_state):
+def _zero_state(k, v, initial_state):
   if initial_state is not None:
     return initial_state
-  b, _, h, d_key = q.shape
-  return jnp.zeros((b, h, v.shape[-1], d_key), jnp.result_type(q, v))
+  b, _, h, d_key = k.shape
+  return jnp.zeros((b, h, v.shape[-1], d_key), jnp.result_type(k, v))
 
 
 # ---------------------------------------------------------------------------------------------
 # Single steps (streaming / generation). Shapes: w [B, H, V, K], q, k [B, H, K], v [B, H, V],
 # beta [B, H]. Each returns (y [B, H, V], new w).
 
+def _read(w, q):
+  return None if q is None else jnp.einsum("bhvk,bhk->bhv", w, q)
+
+
 def sum_rule_step(w, q, k, v):
   w = w + v[..., :, None] * k[..., None, :]
-  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+  return _read(w, q), w
 
 
 def delta_rule_step(w, q, k, v, beta):
   v_old = jnp.einsum("bhvk,bhk->bhv", w, k)
   w = w + (beta[..., None] * (v - v_old))[..., :, None] * k[..., None, :]
-  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+  return _read(w, q), w
 
 
 def fwm_rule_step(w, q, k, v, beta):
   """The delta (interpolated) update, then W / max(1, ‖W‖_F), then the read-out."""
-  _, w = delta_rule_step(w, q, k, v, beta)
+  _, w = delta_rule_step(w, None, k, v, beta)
   norm = jnp.sqrt(jnp.sum(w * w, axis=(-2, -1), keepdims=True))
   w = w / jnp.maximum(1.0, norm)
-  return jnp.einsum("bhvk,bhk->bhv", w, q), w
+  return _read(w, q), w
 
 
 # ---------------------------------------------------------------------------------------------
 # Blocks: the parallel form from a given state. Shapes: w0 [B, H, V, K], q, k [B, H, C, K],
-# v [B, H, C, V], beta [B, H, C]. Each returns (y [B, H, C, V], w [B, H, V, K]).
+# v [B, H, C, V], beta [B, H, C]. Each returns (y [B, H, C, V], w [B, H, V, K]); y is None when
+# q is None (only the final state is wanted).
+
+def _block_read(w0, q, k, u):
+  if q is None:
+    return None
+  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
+  return jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, u)
+
 
 def _sum_block(w0, q, k, v, beta=None):
   del beta
-  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
-  y = jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, v)
-  return y, w0 + jnp.einsum("bhcv,bhck->bhvk", v, k)
+  return _block_read(w0, q, k, v), w0 + jnp.einsum("bhcv,bhck->bhvk", v, k)
 
 
 def _delta_block(w0, q, k, v, beta):
@@ -115,9 +125,7 @@ def _delta_block(w0, q, k, v, beta):
   a = jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
   rhs = beta[..., None] * (v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
   u = jax.lax.linalg.triangular_solve(a, rhs, left_side=True, lower=True, unit_diagonal=True)
-  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
-  y = jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, u)
-  return y, w0 + jnp.einsum("bhcv,bhck->bhvk", u, k)
+  return _block_read(w0, q, k, u), w0 + jnp.einsum("bhcv,bhck->bhvk", u, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,14 +133,16 @@ def _delta_block(w0, q, k, v, beta):
 
 def _recurrent(step: Callable, w0, q, k, v, beta):
   time_major = lambda x: jnp.moveaxis(x, 1, 0)
-  xs = (q, k, v) if beta is None else (q, k, v, beta)
+  xs = tuple(time_major(x) for x in (k, v) + (() if beta is None else (beta,)))
+  q_time_major = None if q is None else time_major(q)
 
   def body(w, x):
-    y, w = step(w, *x)
+    q_t, x = x
+    y, w = step(w, q_t, *x)
     return w, y
 
-  w, y = jax.lax.scan(body, w0, tuple(time_major(x) for x in xs))
-  return jnp.moveaxis(y, 0, 1), w
+  w, y = jax.lax.scan(body, w0, (q_time_major, xs))
+  return (None if q is None else jnp.moveaxis(y, 0, 1)), w
 
 
 def _to_blocks(x, num_blocks, size):
@@ -149,28 +159,27 @@ def _from_blocks(y):
 
 
 def _chunked(block: Callable, w0, q, k, v, beta, chunk_size):
-  t = q.shape[1]
+  t = k.shape[1]
   size = min(chunk_size, t)
   num_blocks = -(-t // size)
   pad = num_blocks * size - t
   if beta is None:
-    beta = jnp.ones(q.shape[:3], q.dtype)
-  if pad:
-    # Zero keys, values and β write nothing, so padding at the end leaves W_T unchanged.
-    widths = lambda x: [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
-    q, k, v, beta = (jnp.pad(x, widths(x)) for x in (q, k, v, beta))
-  xs = tuple(_to_blocks(x, num_blocks, size) for x in (q, k, v, beta))
+    beta = jnp.ones(k.shape[:3], k.dtype)
+  blocks = lambda x: None if x is None else _to_blocks(
+      # Zero keys, values and β write nothing, so padding at the end leaves W_T unchanged.
+      jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)), num_blocks, size)
+  xs = (blocks(q),) + tuple(blocks(x) for x in (k, v, beta))
 
   def body(w, x):
     y, w = block(w, *x)
     return w, y
 
   if num_blocks == 1:
-    y, w = block(w0, *(x[0] for x in xs))
-    y = y[None]
+    y, w = block(w0, *(None if x is None else x[0] for x in xs))
+    y = None if y is None else y[None]
   else:
     w, y = jax.lax.scan(body, w0, xs)
-  return _from_blocks(y)[:, :t], w
+  return (None if q is None else _from_blocks(y)[:, :t]), w
 
 
 _STEPS = {"sum": sum_rule_step, "delta": delta_rule_step, "fwm": fwm_rule_step}
@@ -186,14 +195,14 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(q, k, v, beta, initial_state)
-  w0 = _zero_state(q, v, initial_state)
+  w0 = _zero_state(k, v, initial_state)
   if rule == "sum":
     beta = None
   if form == "recurrent":
     step = _STEPS[rule]
     return _recurrent(step, w0, q, k, v, beta)
   # The parallel form is the chunked form with one chunk spanning the sequence.
-  size = q.shape[1] if form == "parallel" else chunk_size
+  size = k.shape[1] if form == "parallel" else chunk_size
   return _chunked(_BLOCKS[rule], w0, q, k, v, beta, size)
 
 
@@ -207,6 +216,18 @@ def delta_rule(q, k, v, beta, *, form: str, chunk_size: int = 64, initial_state=
   """W_t = W_{t-1} + β_t (v_t − W_{t-1} k_t) ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
   return apply_rule("delta", q, k, v, beta, form=form, chunk_size=chunk_size,
                     initial_state=initial_state)
+
+
+def final_state(rule: str, k, v, beta=None, *, form: str, chunk_size: int = 64,
+                initial_state=None):
+  """W_T alone, without the T read-outs: for models that read the memory only at the end.
+
+  Same forms and checks as `apply_rule`; the parallel form for the sum rule is then just
+  W0 + Vᵀ K, and the delta rule's blocks skip the QKᵀ products.
+  """
+  _, w = apply_rule(rule, None, k, v, beta, form=form, chunk_size=chunk_size,
+                    initial_state=initial_state)
+  return w
 
 
 def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,

@@ -214,3 +214,14 @@ def test_bad_input_raises_before_tracing(call, message, monkeypatch):
   monkeypatch.setattr(jnp, "einsum", lambda *a, **k: pytest.fail("computed before validating"))
   with pytest.raises(ValueError, match=message):
     call(inputs)
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_final_state_alone_matches_full_run(rule):
+  forms = [("recurrent", 64)] if rule == "fwm" else FORMS
+  with helpers.x64():
+    q, k, v, beta, w0 = helpers.random_inputs(13, t=T)
+    _, w_ref = reference.rule(rule, q, k, v, None if rule == "sum" else beta, w0)
+    for form, chunk_size in forms:
+      w = ops.final_state(rule, k, v, beta, form=form, chunk_size=chunk_size, initial_state=w0)
+      helpers.assert_rel_close(w, w_ref, F64_RTOL, f"{rule}/{form}{chunk_size}")
