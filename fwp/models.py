@@ -1,0 +1,95 @@
+"""The paper's associative-retrieval model (Schlag et al. 2021, Section 6.1).
+
+A sequence of (key, value) pairs is written into one memory; queries read it. Values are frozen
+one-hot vectors used directly as v; keys have a trainable embedding of size e = int(2.2·S);
+x_t = [onehot(value_t) ; embed(key_t)], k_t = W_k x_t (d = 64 before φ), β_t = σ(W_β x_t),
+q = W_q embed(query key), and the read-out ŷ (size S) is the prediction.
+
+Shapes: keys, values [B, T] ints; queries [B, Q] ints; ŷ [B, Q, S]. The memory is written once
+and read for all Q queries, which is what the authors' one-pass-per-query loop computes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fwp import feature_maps, layers, normalization, ops
+
+
+class RetrievalModel(nnx.Module):
+  """`fast_weight=None` is the softmax-attention baseline; otherwise a one-head fast weight memory
+  configured by `fast_weight` (feature map, rule, normalisation, form)."""
+
+  def __init__(self, num_keys: int, fast_weight: layers.FastWeightConfig | None, *,
+               d: int = 64, rngs: nnx.Rngs):
+    if num_keys < 2:
+      raise ValueError(f"num_keys must be >= 2, got {num_keys}.")
+    self.num_keys, self.d, self.fast_weight = num_keys, d, fast_weight
+    e = int(2.2 * num_keys)
+    self.embed = nnx.Embed(num_keys, e, embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+    # The authors initialise W_k uniform in ±1/√d for fast weight models, Xavier for softmax.
+    init = (nnx.initializers.xavier_uniform() if fast_weight is None else
+            _uniform_symmetric(1 / math.sqrt(d)))
+    self.k_proj = nnx.Linear(num_keys + e, d, use_bias=False, kernel_init=init, rngs=rngs)
+    self.q_proj = nnx.Linear(e, d, use_bias=False, kernel_init=init, rngs=rngs)
+    uses_beta = fast_weight is not None and fast_weight.uses_beta
+    self.beta_proj = nnx.Linear(num_keys + e, 1, rngs=rngs) if uses_beta else None
+    fwm = fast_weight is not None and fast_weight.update_rule == "fwm"
+    self.layer_norm = nnx.LayerNorm(num_keys, rngs=rngs) if fwm else None
+    favor = fast_weight is not None and fast_weight.feature_map == "favor_plus"
+    self.projection = (layers.FeatureProjection(layers.draw_projection(rngs.params(),
+                                                                       fast_weight, d))
+                       if favor else None)
+
+  def _phi(self, x, projection):
+    config = self.fast_weight
+    phi = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection)
+    return normalization.sum_normalize(phi) if config.normalization == "sum" else phi
+
+  def _projection(self, projection_key, dtype):
+    if self.projection is None:
+      return None
+    if projection_key is None:
+      return self.projection[...]
+    return layers.draw_projection(projection_key, self.fast_weight, self.d, dtype)
+
+  def __call__(self, keys, values, queries, *, projection_key: jax.Array | None = None):
+    """ŷ [B, Q, S]: write the whole sequence, then read it once per query.
+
+    `projection_key` draws a fresh FAVOR+ projection for this call (the authors' protocol)."""
+    v = jax.nn.one_hot(values, self.num_keys, dtype=jnp.float32)            # [B, T, S]
+    x = jnp.concatenate([v, self.embed(keys)], axis=-1)
+    k = self.k_proj(x)                                                       # [B, T, d]
+    q = self.q_proj(self.embed(queries))                                     # [B, Q, d]
+    if self.fast_weight is None:
+      return _softmax_read(q, k, v)
+    config = self.fast_weight
+    projection = self._projection(projection_key, k.dtype)
+    phi_k, phi_q = self._phi(k, projection), self._phi(q, projection)       # [B, T|Q, d_dot]
+    beta = jax.nn.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None  # [B, T, 1]
+    one_head = lambda a: a[:, :, None]
+    w = ops.final_state(config.update_rule, one_head(phi_k), one_head(v), beta,
+                        form=config.form, chunk_size=config.chunk_size)[:, 0]  # [B, S, d_dot]
+    y = jnp.einsum("bsk,bqk->bqs", w, phi_q)
+    if config.normalization == "attention":
+      z = jnp.sum(phi_k, axis=1)                                             # Σ_t φ(k_t)
+      y = y / (jnp.einsum("bk,bqk->bq", z, phi_q)[..., None] + config.eps)
+    if self.layer_norm is not None:
+      y = self.layer_norm(y)
+    return y
+
+
+def _softmax_read(q, k, v):
+  """Each query attends over the whole written sequence (it comes after it): scores q·k/√d."""
+  scores = jnp.einsum("bqd,btd->bqt", q, k) / math.sqrt(q.shape[-1])
+  return jnp.einsum("bqt,bts->bqs", jax.nn.softmax(scores, axis=-1), v)
+
+
+def _uniform_symmetric(scale):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
