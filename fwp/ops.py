@@ -120,11 +120,16 @@ def _sum_block(w0, q, k, v, beta=None):
   return _block_read(w0, q, k, v), w0 + jnp.einsum("bhcv,bhck->bhvk", v, k)
 
 
-def _delta_block(w0, q, k, v, beta):
+def _delta_writes(w0, k, v, beta):
+  """U [B, H, C, V], the writes u_t = β_t (v_t − W_{t-1} k_t) of one block, by one solve."""
   gram = jnp.einsum("bhck,bhsk->bhcs", k, k)
   a = jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
-  rhs = beta[..., None] * (v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
-  u = jax.lax.linalg.triangular_solve(a, rhs, left_side=True, lower=True, unit_diagonal=True)
+  rhs = beta[..., None] * (v if w0 is None else v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
+  return jax.lax.linalg.triangular_solve(a, rhs, left_side=True, lower=True, unit_diagonal=True)
+
+
+def _delta_block(w0, q, k, v, beta):
+  u = _delta_writes(w0, k, v, beta)
   return _block_read(w0, q, k, u), w0 + jnp.einsum("bhcv,bhck->bhvk", u, k)
 
 
@@ -228,6 +233,32 @@ def final_state(rule: str, k, v, beta=None, *, form: str, chunk_size: int = 64,
   _, w = apply_rule(rule, None, k, v, beta, form=form, chunk_size=chunk_size,
                     initial_state=initial_state)
   return w
+
+
+def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64):
+  """W_T q for queries q [B, Q, H, K] that read the memory after the whole sequence (from a zero
+  initial state): y [B, Q, H, V].
+
+  The parallel form never forms W: y = (q Kᵀ) U with U = V for the sum rule and the delta
+  rule's solved writes, which is cheapest when Q·d_dot is small against d_value·d_dot. The other
+  forms build W_T with `final_state` and read it.
+  """
+  if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
+                     f"{k.shape[2]}, {k.shape[3]}] to match k, got {q.shape}.")
+  if form != "parallel" or rule == "fwm":
+    w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
+    return jnp.einsum("bhvk,bqhk->bqhv", w, q)
+  _check_form(rule, form, chunk_size)
+  _check_shapes(None, k, v, beta if rule != "sum" else None, None)
+  to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
+  u = to_heads(v)
+  if rule == "delta":
+    if beta is None:
+      raise ValueError("The delta rule needs beta [batch, time, heads].")
+    u = _delta_writes(None, to_heads(k), u, jnp.moveaxis(beta, 2, 1))
+  scores = jnp.einsum("bqhk,bhtk->bhqt", q, to_heads(k))
+  return jnp.moveaxis(jnp.einsum("bhqt,bhtv->bhqv", scores, u), 1, 2)
 
 
 def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,

@@ -225,3 +225,25 @@ def test_final_state_alone_matches_full_run(rule):
     for form, chunk_size in forms:
       w = ops.final_state(rule, k, v, beta, form=form, chunk_size=chunk_size, initial_state=w0)
       helpers.assert_rel_close(w, w_ref, F64_RTOL, f"{rule}/{form}{chunk_size}")
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_read_final_is_final_state_times_queries(rule):
+  forms = [("recurrent", 64)] if rule == "fwm" else FORMS
+  with helpers.x64():
+    _, k, v, beta, _ = helpers.random_inputs(14, t=T)
+    queries = jnp.asarray(np.random.default_rng(15).normal(size=(2, 3, 2, k.shape[-1])))
+    _, w_ref = reference.rule(rule, k, k, v, None if rule == "sum" else beta)
+    expected = jnp.einsum("bhvk,bqhk->bqhv", w_ref, queries)
+
+    def read(form, chunk_size, k, v, beta):
+      return ops.read_final(rule, queries, k, v, beta, form=form, chunk_size=chunk_size)
+
+    grads_ref = None
+    for form, chunk_size in forms:
+      y = read(form, chunk_size, k, v, beta)
+      helpers.assert_rel_close(y, expected, F64_RTOL, f"{rule}/{form}{chunk_size}")
+      grads = jax.grad(lambda *a: jnp.sum(read(form, chunk_size, *a) ** 2),
+                       argnums=(0, 1, 2))(k, v, beta)
+      grads_ref = grads if grads_ref is None else grads_ref
+      helpers.assert_rel_close(grads, grads_ref, F64_RTOL, f"grads {rule}/{form}{chunk_size}")

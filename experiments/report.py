@@ -1,0 +1,120 @@
+"""Tables and figures from finished runs.
+
+  python -m experiments.report runs/setting1 runs/setting2 --out=results
+
+Walks the given directories for runs (a summary.json beside a config.json), writes
+`associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds), a
+Markdown table of the mean final loss per model and S, and one figure per setting like the
+paper's: final eval loss vs S, one line per model, mean ± spread (min–max) over seeds.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds")
+
+_OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
+
+
+def collect(roots: list[str]) -> list[dict]:
+  rows = []
+  for root in roots:
+    for directory, _, files in os.walk(root):
+      if "summary.json" not in files:
+        continue
+      with open(os.path.join(directory, "summary.json")) as f:
+        s = json.load(f)
+      rows.append(dict(setting=s["setting"], model=s["curve"], num_keys=s["num_keys"],
+                       seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
+                       wall_seconds=round(s["wall_seconds"], 1)))
+  if not rows:
+    raise ValueError(f"No finished runs (summary.json) under {roots}.")
+  return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
+
+
+def write_csv(rows, path):
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _grouped(rows, setting):
+  """{model: {num_keys: [final losses over seeds]}} for one setting."""
+  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    if r["setting"] == setting and r["final_eval_loss"] is not None:
+      out[r["model"]][r["num_keys"]].append(r["final_eval_loss"])
+  return out
+
+
+def write_markdown(rows, path):
+  lines = []
+  for setting in sorted({r["setting"] for r in rows}):
+    groups = _grouped(rows, setting)
+    sizes = sorted({s for g in groups.values() for s in g})
+    lines += [f"### Setting {setting}: final eval loss, mean over seeds (seeds in brackets)", "",
+              "| model | " + " | ".join(f"S={s}" for s in sizes) + " |",
+              "|---" * (len(sizes) + 1) + "|"]
+    for model in sorted(groups):
+      cells = [f"{np.mean(groups[model][s]):.3f} ({len(groups[model][s])})"
+               if s in groups[model] else "" for s in sizes]
+      lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines.append("")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def plot(rows, setting, path):
+  groups = _grouped(rows, setting)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for model in sorted(groups):
+    sizes = sorted(groups[model])
+    losses = [np.asarray(groups[model][s]) for s in sizes]
+    mean = np.array([l.mean() for l in losses])
+    line, = ax.plot(sizes, mean, marker="o", markersize=3, label=model)
+    ax.fill_between(sizes, [l.min() for l in losses], [l.max() for l in losses],
+                    color=line.get_color(), alpha=0.2)
+  ax.set_xlabel("number of unique keys S")
+  ax.set_ylabel("final eval loss")
+  ax.set_title(f"Associative retrieval, setting {setting}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(roots: list[str], out: str) -> list[str]:
+  rows = collect(roots)
+  os.makedirs(out, exist_ok=True)
+  written = [os.path.join(out, "associative_recall.csv"),
+             os.path.join(out, "associative_recall.md")]
+  write_csv(rows, written[0])
+  write_markdown(rows, written[1])
+  for setting in sorted({r["setting"] for r in rows}):
+    path = os.path.join(out, f"associative_recall_setting{setting}.png")
+    plot(rows, setting, path)
+    written.append(path)
+  return written
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give one or more sweep directories.")
+  for path in report(argv[1:], _OUT.value):
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
