@@ -69,8 +69,10 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
 
   Returns (y [B, T, H, V], FastWeightState).
   """
-  phi = lambda x: feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection)
-  q, k = phi(q), phi(k)
+  phi = lambda x, is_query: feature_maps.apply(config.feature_map, x, nu=config.nu,
+                                               projection=projection, is_query=is_query)
+  # A query-side stabiliser is exact only where a normaliser divides it out.
+  q, k = phi(q, config.normalization != "none"), phi(k, False)
   if config.normalization == "sum":
     q, k = normalization.sum_normalize(q), normalization.sum_normalize(k)
   w0 = None if initial_state is None else initial_state.w

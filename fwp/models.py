@@ -45,9 +45,10 @@ class RetrievalModel(nnx.Module):
                                                                        fast_weight, d))
                        if favor else None)
 
-  def _phi(self, x, projection):
+  def _phi(self, x, projection, is_query=False):
     config = self.fast_weight
-    phi = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection)
+    phi = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
+                             is_query=is_query and config.normalization != "none")
     return normalization.sum_normalize(phi) if config.normalization == "sum" else phi
 
   def _projection(self, projection_key, dtype):
@@ -81,7 +82,7 @@ class RetrievalModel(nnx.Module):
       return _softmax_read(q, k, v)
     config = self.fast_weight
     projection = self._projection(projection_key, k.dtype)
-    phi_k, phi_q = self._phi(k, projection), self._phi(q, projection)       # [B, T|Q, d_dot]
+    phi_k, phi_q = self._phi(k, projection), self._phi(q, projection, is_query=True)       # [B, T|Q, d_dot]
     beta = (jax.nn.sigmoid(self._input_projection(self.beta_proj, keys, values))  # [B, T, 1]
             if self.beta_proj is not None else None)
     one_head = lambda a: a[:, :, None]

@@ -46,7 +46,7 @@ def test_orthogonal_projection_rows_are_orthogonal_within_blocks():
 def _favor_attention_error(m, q, k, key):
   """Mean absolute error of FAVOR+'s normalised attention weights against softmax(qkᵀ/√d)."""
   w = feature_maps.orthogonal_projection(key, m, q.shape[-1])
-  fq, fk = feature_maps.favor_plus(q, w), feature_maps.favor_plus(k, w)
+  fq, fk = feature_maps.favor_plus(q, w, is_query=True), feature_maps.favor_plus(k, w)
   approx = fq @ fk.T
   approx = approx / approx.sum(-1, keepdims=True)
   exact = jax.nn.softmax(q @ k.T / np.sqrt(q.shape[-1]), axis=-1)
@@ -71,12 +71,17 @@ def test_favor_plus_estimates_softmax_kernel_better_with_more_features():
   assert errors[4096] < 0.25 * uniform, (errors, uniform)
 
 
-def test_favor_plus_is_bounded_and_positive():
-  w = feature_maps.orthogonal_projection(jax.random.key(1), 32, 8)
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(100, 8)) * 10, jnp.float32)
-  phi = feature_maps.favor_plus(x, w)
-  assert bool(jnp.all(jnp.isfinite(phi))) and float(jnp.max(phi)) <= 1.0
-  assert float(jnp.min(phi)) >= 0.0
+def test_favor_plus_is_finite_and_queries_are_stabilised():
+  w = feature_maps.orthogonal_projection(jax.random.key(1), 512, 64)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(100, 64)) * 10, jnp.float32)
+  keys, queries = feature_maps.favor_plus(x, w), feature_maps.favor_plus(x, w, is_query=True)
+  assert bool(jnp.all(jnp.isfinite(keys))) and float(jnp.min(keys)) >= 0.0
+  np.testing.assert_allclose(jnp.max(queries, axis=-1), 1 / np.sqrt(1024), rtol=1e-6)
+  # The query shift is a per-row scale: normalised, it is the same as the unshifted features.
+  unshifted = feature_maps.favor_plus(x[:3] * 0.05, w)
+  shifted = feature_maps.favor_plus(x[:3] * 0.05, w, is_query=True)
+  np.testing.assert_allclose(shifted / shifted.sum(-1, keepdims=True),
+                             unshifted / unshifted.sum(-1, keepdims=True), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["relu", "softmax", ""])

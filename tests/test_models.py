@@ -1,0 +1,64 @@
+"""The retrieval model: the same parameters give the same function in every form."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import associative_recall
+from experiments import builders, data, train
+from tests import helpers
+
+
+def _model(curve, num_keys=6, **model_overrides):
+  config = associative_recall.get_config(curve)
+  config.num_keys = num_keys
+  config.model.update(model_overrides)
+  return config, builders.build_model(config, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum"])
+def test_model_forms_agree_with_gradients(curve):
+  batch = data.train_batch(0, 0, batch_size=3, num_keys=6, setting=2)
+  results = []
+  with helpers.x64():
+    for form in ("recurrent", "parallel", "chunked"):
+      config, model = _model(curve, form=form, chunk_size=5)
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+
+      def loss(params):
+        y = nnx.merge(graphdef, params, rest)(batch["keys"], batch["values"], batch["queries"])
+        return train.retrieval_loss(y, batch["targets"], 6)
+
+      results.append(jax.value_and_grad(loss)(params))
+  for value, grads in results[1:]:
+    helpers.assert_rel_close((value, grads), results[0], 1e-10, curve)
+
+
+def test_input_projection_equals_the_concatenated_input():
+  config, model = _model("dpfp1-delta")
+  keys, values = jnp.array([[0, 3, 5]]), jnp.array([[2, 2, 4]])
+  x = jnp.concatenate([jax.nn.one_hot(values, 6), model.embed(keys)], axis=-1)
+  np.testing.assert_allclose(model._input_projection(model.k_proj, keys, values),
+                             model.k_proj(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model._input_projection(model.beta_proj, keys, values),
+                             model.beta_proj(x), rtol=1e-5, atol=1e-6)
+
+
+def test_paper_dimensions():
+  _, model = _model("dpfp3-sum", num_keys=100)
+  assert model.embed.embedding.shape == (100, 220)             # e = int(2.2 S)
+  assert model.k_proj.kernel.shape == (320, 64)                # [one-hot ; embedding] -> d = 64
+  assert model.beta_proj is None
+  _, fwm = _model("tanh-fwm", num_keys=10)
+  assert fwm.layer_norm is not None and fwm.beta_proj is not None
+
+
+def test_favor_redraw_changes_output_and_fixed_projection_does_not():
+  _, model = _model("favor64-sum")
+  batch = data.train_batch(0, 0, batch_size=2, num_keys=6, setting=1)
+  args = (batch["keys"], batch["values"], batch["queries"])
+  np.testing.assert_array_equal(model(*args), model(*args))
+  assert not np.allclose(model(*args), model(*args, projection_key=jax.random.key(3)))
