@@ -121,9 +121,9 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   model = builders.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(config.learning_rate)
-  state = dict(params=params, rest=rest, opt_state=tx.init(params),
-               step=np.int64(0), best_eval_loss=np.float64(np.inf), bad_evals=np.int64(0),
-               loss_sum=jnp.float32(0), loss_count=np.int64(0), wall_seconds=np.float64(0))
+  state = dict(params=params, rest=rest, opt_state=tx.init(params), loss_sum=jnp.float32(0),
+               **_counters(step=0, best_eval_loss=np.inf, bad_evals=0, loss_count=0,
+                           wall_seconds=0.0))
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored_step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state))
@@ -156,10 +156,10 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
 
   def snapshot():
     params, opt_state, loss_sum = carry
-    return dict(params=params, rest=rest, opt_state=opt_state, step=np.int64(step),
-                best_eval_loss=np.float64(best), bad_evals=np.int64(bad_evals),
-                loss_sum=loss_sum, loss_count=np.int64(loss_count),
-                wall_seconds=np.float64(wall_before + time.time() - start_time))
+    return dict(params=params, rest=rest, opt_state=opt_state, loss_sum=loss_sum,
+                **_counters(step=step, best_eval_loss=best, bad_evals=bad_evals,
+                            loss_count=loss_count,
+                            wall_seconds=wall_before + time.time() - start_time))
 
   with _Stop() as stop:
     while stop_reason is None:
@@ -220,6 +220,12 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   _write_json(os.path.join(workdir, "summary.json"), summary)
   print(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}", flush=True)
   return summary
+
+
+def _counters(**values):
+  """The loop's Python scalars as 0-d numpy arrays (what orbax stores), 64-bit exact."""
+  return {k: np.asarray(v, np.float64 if isinstance(v, float) else np.int64)
+          for k, v in values.items()}
 
 
 def _compile(config, graphdef, tx):

@@ -1,0 +1,137 @@
+"""launch.py end to end, config parsing and bad flags, resume, sweeps and the report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import associative_recall
+from experiments import builders, checkpoint, report, sweep, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/associative_recall.py"
+
+
+def launch(*args, timeout=600):
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_launch_learns_a_tiny_instance(tmp_path):
+  result = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=10",
+                  "--config.learning_rate=3e-3", "--config.max_steps=400",
+                  "--config.eval_every=100", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["final_eval_loss"] < 0.05, summary
+  metrics = read_metrics(tmp_path)
+  assert [m["step"] for m in metrics] == [100, 200, 300, 400]
+  assert set(metrics[0]) == {"step", "train_loss", "eval_loss", "steps_per_second",
+                             "wall_seconds"}
+  assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
+  assert json.load(open(tmp_path / "config.json"))["model"]["feature_map"] == "elu_plus_one"
+
+
+@pytest.mark.parametrize("args,message", [
+    ([f"--config={CONFIG}:relu-sum"], "Unknown curve 'relu-sum'"),
+    ([f"--config={CONFIG}:linear-sum", "--config.setting=3"], "setting must be 1 or 2"),
+    ([f"--config={CONFIG}:linear-sum", "--config.model.form=fast"],
+     "valid choices: recurrent, parallel, chunked"),
+    ([f"--config={CONFIG}:dpfp1-fwm", "--config.model.form=parallel"], "nonlinear in W"),
+    ([f"--config={CONFIG}:linear-sum", "--sweep=num_keys=20:10:5"], "STOP >= START"),
+])
+def test_bad_flags_fail_at_parsing(args, message):
+  result = launch(*args, "--workdir=/nonexistent/never-written", timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists("/nonexistent/never-written")
+
+
+def test_curves_parse_into_paper_models():
+  assert len(associative_recall.CURVES) == 25
+  c = associative_recall.get_config("dpfp3-sum")
+  assert (c.model.feature_map, c.model.nu, c.model.normalization, c.setting) == (
+      "dpfp", 3, "attention", 1)
+  c = associative_recall.get_config("favor128-delta")
+  assert (c.model.num_features, c.model.normalization, c.setting) == (128, "sum", 2)
+  c = associative_recall.get_config("tanh-fwm")
+  assert (c.learning_rate, c.batch_size, c.model.form) == (1e-4, 128, "recurrent")
+  for curve in associative_recall.CURVES:
+    if curve.startswith("tanh") and not curve.endswith("fwm"):
+      continue  # tanh is only used with FWM; sum normalisation would need φ ≥ 0
+    builders.validate(associative_recall.get_config(curve))
+
+
+def test_sweep_points_and_dirs():
+  assert sweep.parse_range("num_keys=20:60:20") == ("num_keys", [20, 40, 60])
+  assert sweep.parse_range("num_keys=5,7") == ("num_keys", [5, 7])
+  grid = sweep.points("num_keys=20:40:20", [1, 2])
+  assert grid == [{"num_keys": 20, "seed": 1}, {"num_keys": 20, "seed": 2},
+                  {"num_keys": 40, "seed": 1}, {"num_keys": 40, "seed": 2}]
+  assert sweep.point_dir("w", grid[1]).endswith("num_keys=0020,seed=0002")
+  with pytest.raises(ValueError, match="FIELD=START:STOP:STEP"):
+    sweep.parse_range("20:40")
+
+
+def _tiny_config(**overrides):
+  c = associative_recall.get_config("dpfp1-delta")
+  c.num_keys, c.max_steps, c.eval_every, c.checkpoint_every = 6, 60, 20, 20
+  c.update(overrides)
+  return c
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+  """Stopping at step 40 (as a kill after the step-40 checkpoint would) and relaunching ends with
+  bitwise-equal metrics (timing aside) and checkpoints to a run left alone."""
+  alone, resumed = str(tmp_path / "alone"), str(tmp_path / "resumed")
+  train.train(_tiny_config(), alone)
+  train.train(_tiny_config(max_steps=40), resumed)
+  os.remove(os.path.join(resumed, "summary.json"))
+  # A metrics line written after the last checkpoint must not be duplicated on resume.
+  with open(os.path.join(resumed, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps(dict(step=50, train_loss=0, eval_loss=0, steps_per_second=0,
+                            wall_seconds=0)) + "\n")
+  train.train(_tiny_config(), resumed)
+  strip = lambda ms: [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in ms]
+  assert strip(read_metrics(alone)) == strip(read_metrics(resumed))
+  states = []
+  for workdir in (alone, resumed):
+    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), 2)
+    states.append(mngr.restore(60))
+    mngr.close()
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    if a.dtype != np.float64 or a.shape:   # all but the wall clock
+      np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path):
+  train.train(_tiny_config(max_steps=20), str(tmp_path))
+  with pytest.raises(ValueError, match=r"model\.nu: 1 -> 2"):
+    train.train(_tiny_config(max_steps=40, model=dict(nu=2)), str(tmp_path))
+  train.train(_tiny_config(max_steps=40), str(tmp_path))   # a longer max_steps is fine
+
+
+def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
+  args = [f"--config={CONFIG}:linear-sum", "--sweep=num_keys=4:6:2", "--seeds=1,2",
+          "--config.max_steps=20", "--config.eval_every=10", f"--workdir={tmp_path}"]
+  first = launch(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert len(list(tmp_path.glob("*/summary.json"))) == 4
+  second = launch(*args, "--sweep_index=3")
+  assert "Skipping finished point" in second.stdout
+  out = tmp_path / "results"
+  written = report.report([str(tmp_path)], str(out))
+  assert sorted(os.path.basename(p) for p in written) == [
+      "associative_recall.csv", "associative_recall.md", "associative_recall_setting1.png"]
+  lines = (out / "associative_recall.csv").read_text().splitlines()
+  assert lines[0] == "setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds"
+  assert len(lines) == 5 and lines[1].startswith("1,linear-sum,4,1,")
