@@ -8,6 +8,7 @@ accumulator and wall time), so that resuming is exact: the data is a function of
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,9 +34,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, eval_loss: float | None)
   mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bool = True):
   """(step, state) from the newest checkpoint that restores; older ones are tried in turn when
-  the newest is incomplete or corrupt. (None, None) when there is none."""
+  the newest is incomplete or corrupt. (None, None) when there is none.
+
+  An unreadable checkpoint is renamed to `<step>.unreadable` (kept for inspection, out of the
+  manager's way) so that training can write that step again; `set_aside=False` leaves it.
+  """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
@@ -43,6 +48,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
       logging.warning("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.",
                       step, type(error).__name__, error)
+      print(f"Warning: checkpoint at step {step} cannot be restored; using an older one.",
+            flush=True)
+      if set_aside:
+        path = os.path.join(str(mngr.directory), str(step))
+        os.replace(path, f"{path}.unreadable-{int(time.time())}")
+        mngr.reload()
   return None, None
 
 

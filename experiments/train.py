@@ -129,7 +129,7 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   restored_step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state))
   if restored is None and restore_from:
     source = checkpoint.manager(restore_from, config.keep_checkpoints)
-    _, restored = checkpoint.restore_latest(source, checkpoint.abstract(state))
+    _, restored = checkpoint.restore_latest(source, checkpoint.abstract(state), set_aside=False)
     if restored is None:
       raise ValueError(f"--restore_from={restore_from!r} holds no restorable checkpoint.")
     # A new run from another run's weights: keep parameters and optimizer, restart counters.
@@ -204,7 +204,8 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
       elif step % config.checkpoint_every == 0:
         checkpoint.save(mngr, step, snapshot(), None)
       if stop.signal:
-        checkpoint.save(mngr, step, snapshot(), None)
+        if step not in mngr.all_steps():
+          checkpoint.save(mngr, step, snapshot(), None)
         print(f"Received {stop.signal}: saved a checkpoint at step {step}; relaunch the same "
               f"command to resume.", flush=True)
         mngr.close()
