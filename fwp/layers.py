@@ -35,10 +35,7 @@ class FastWeightConfig:
   def __post_init__(self):
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
-    if self.update_rule not in ops.RULES:
-      raise ValueError(f"Unknown update rule {self.update_rule!r}; valid choices: "
-                       f"{', '.join(ops.RULES)}.")
-    ops._check_form(self.update_rule, self.form, self.chunk_size)
+    ops.validate(self.update_rule, self.form, self.chunk_size)
     if self.feature_map == "dpfp" and (not isinstance(self.nu, int) or self.nu < 1):
       raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
     if self.feature_map == "favor_plus" and self.num_features < 1:

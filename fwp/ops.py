@@ -37,7 +37,10 @@ FWM_FORMS = ("recurrent",)
 # ---------------------------------------------------------------------------------------------
 # Validation: plain Python on static shapes, so it runs before anything is traced.
 
-def _check_form(rule: str, form: str, chunk_size: int) -> None:
+def validate(rule: str, form: str, chunk_size: int) -> None:
+  """ValueError naming the valid choices for an unknown rule, form or a bad chunk size."""
+  if rule not in RULES:
+    raise ValueError(f"Unknown update rule {rule!r}; valid choices: {', '.join(RULES)}.")
   valid = FWM_FORMS if rule == "fwm" else FORMS
   if form not in valid:
     if rule == "fwm" and form in FORMS:
@@ -194,9 +197,7 @@ _BLOCKS = {"sum": _sum_block, "delta": _delta_block}
 def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64,
                initial_state=None):
   """Runs fast-weight rule `rule` in form `form`; see the module docstring for shapes."""
-  if rule not in RULES:
-    raise ValueError(f"Unknown update rule {rule!r}; valid choices: {', '.join(RULES)}.")
-  _check_form(rule, form, chunk_size)
+  validate(rule, form, chunk_size)
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(q, k, v, beta, initial_state)
@@ -249,13 +250,13 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if form != "parallel" or rule == "fwm":
     w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
     return jnp.einsum("bhvk,bqhk->bqhv", w, q)
-  _check_form(rule, form, chunk_size)
+  validate(rule, form, chunk_size)
+  if rule == "delta" and beta is None:
+    raise ValueError("The delta rule needs beta [batch, time, heads].")
   _check_shapes(None, k, v, beta if rule != "sum" else None, None)
   to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
   u = to_heads(v)
   if rule == "delta":
-    if beta is None:
-      raise ValueError("The delta rule needs beta [batch, time, heads].")
     u = _delta_writes(None, to_heads(k), u, jnp.moveaxis(beta, 2, 1))
   scores = jnp.einsum("bqhk,bhtk->bhqt", q, to_heads(k))
   return jnp.moveaxis(jnp.einsum("bhqt,bhtv->bhqv", scores, u), 1, 2)
