@@ -13,7 +13,7 @@ import numpy as np
 from experiments import checkpoint, train
 from tests.test_launch import CONFIG, ROOT, _tiny_config, launch, read_metrics
 
-ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_steps=300",
+ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_steps=160",
         "--config.eval_every=20", "--config.checkpoint_every=20"]
 
 
@@ -48,7 +48,7 @@ def test_sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path):
   alone, killed = tmp_path / "alone", tmp_path / "killed"
   assert launch(*ARGS, f"--workdir={alone}").returncode == 0
   proc = _start(killed)
-  _wait_for_metrics(killed, 4, proc)
+  _wait_for_metrics(killed, 3, proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert not (killed / "summary.json").exists()
