@@ -89,9 +89,6 @@ def main(argv):
       point_config[key] = value
     builders.validate(point_config)
     workdir = sweep.point_dir(_WORKDIR.value, overrides)
-    if os.path.exists(os.path.join(workdir, "summary.json")):
-      print(f"Skipping finished point {workdir}", flush=True)
-      continue
     print(f"Sweep point {overrides} -> {workdir}", flush=True)
     train.train(point_config, workdir)
 

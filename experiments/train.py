@@ -117,6 +117,15 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
     with open(config_path) as f:
       check_resumable(json.load(f), config_dict)
   _write_json(config_path, config_dict)
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      summary = json.load(f)
+    if summary["stop_reason"] != "max_steps" or summary["steps"] >= config.max_steps:
+      print(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): "
+            f"{workdir}", flush=True)
+      return summary
+    os.remove(summary_path)   # a larger max_steps continues a run that ran out of steps
 
   model = builders.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -218,7 +227,7 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
                  wall_seconds=wall_before + time.time() - start_time,
                  curve=config.curve, setting=config.setting, num_keys=config.num_keys,
                  seed=config.seed)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  _write_json(summary_path, summary)
   print(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}", flush=True)
   return summary
 
