@@ -154,7 +154,7 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   with open(metrics_path, "w") as f:  # drop lines written after the checkpoint we resume from
     f.writelines(json.dumps(m) + "\n" for m in history)
 
-  train_step, eval_loss_fn = _compile(config, graphdef, tx)
+  train_step, eval_loss_fn = compile_steps(config, graphdef, tx)
   carry = (state["params"], state["opt_state"], state["loss_sum"])
   rest = state["rest"]
   best, bad_evals = float(state["best_eval_loss"]), int(state["bad_evals"])
@@ -238,7 +238,7 @@ def _counters(**values):
           for k, v in values.items()}
 
 
-def _compile(config, graphdef, tx):
+def compile_steps(config, graphdef, tx):
   """The jitted pure train step and eval function for this config."""
   num_keys = config.num_keys
   redraw = config.model.redraw_projection

@@ -1,0 +1,42 @@
+"""Golden numbers: the first training steps of two paper models, pinned.
+
+These change when the model's initialisation, the data generator, the loss or the optimizer
+change. If such a change is intended, rerun this test, check the new numbers are sensible (losses
+near 0.5 at the start: ŷ ≈ 0 costs ½ per query) and update them in the same commit, saying why.
+A change of form, chunk size or a pure speed-up must leave them alone (to 1e-5).
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import associative_recall
+from experiments import builders, train
+
+GOLDEN = {
+    # curve: (cumulative train loss after steps 0, 1, 2; eval loss after 3 steps)
+    "linear-sum": ([0.36658385396003723, 0.7333740592002869, 1.0859096050262451],
+                   0.38746023178100586),
+    "dpfp1-delta": ([0.4935398995876312, 0.9876163005828857, 1.479515790939331],
+                    0.49394771456718445),
+}
+
+
+@pytest.mark.parametrize("curve", sorted(GOLDEN))
+def test_first_steps_are_pinned(curve):
+  config = associative_recall.get_config(curve)
+  config.num_keys = 8
+  model = builders.build_model(config, nnx.Rngs(config.seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(config.learning_rate)
+  train_step, eval_loss = train.compile_steps(config, graphdef, tx)
+  carry = (params, tx.init(params), jax.numpy.float32(0))
+  losses = []
+  for step in range(3):
+    carry = train_step(*carry, rest, step)
+    losses.append(float(carry[2]))
+  expected_losses, expected_eval = GOLDEN[curve]
+  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+  np.testing.assert_allclose(float(eval_loss(carry[0], rest, 3)), expected_eval, rtol=1e-5)
