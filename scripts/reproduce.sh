@@ -24,6 +24,9 @@ run() {  # setting curve sweep form
     --config.max_steps="$STEPS" "${form[@]}" --sweep="$3" --seeds="$SEEDS" \
     --parallel="$PARALLEL" --workdir="$RUNS/setting$1/$2"
 }
-for curve in $SETTING1; do run 1 "$curve" "$S1"; done
-for curve in $SETTING2; do run 2 "$curve" "$S2"; done
+SETTINGS=${SETTINGS:-1 2}                # e.g. SETTINGS=2 runs only setting 2
+for setting in $SETTINGS; do
+  if [[ $setting == 1 ]]; then curves=$SETTING1; grid=$S1; else curves=$SETTING2; grid=$S2; fi
+  for curve in $curves; do run "$setting" "$curve" "$grid"; done
+done
 "$PY" -m experiments.report "$RUNS" --out=results
