@@ -13,7 +13,7 @@ PARALLEL=${PARALLEL:-2}
 if [[ "${FULL:-0}" == 1 ]]; then
   S1="num_keys=20:600:20"; S2="num_keys=20:200:20"; SEEDS=1,2,3; STEPS=100000
 else
-  S1="num_keys=20,60,100,200,300"; S2="num_keys=20,40,80"; SEEDS=1; STEPS=${STEPS:-3000}
+  S1="num_keys=20,60,100,200,300"; S2=${S2:-"num_keys=20,40,80"}; SEEDS=1; STEPS=${STEPS:-3000}
 fi
 SETTING1="softmax linear-sum dpfp1-sum dpfp2-sum dpfp3-sum favor64-sum favor128-sum favor512-sum"
 SETTING2="dpfp1-sum linear-delta dpfp1-delta dpfp2-delta favor64-delta favor128-delta dpfp1-fwm tanh-fwm"

@@ -1,0 +1,160 @@
+"""Benchmarks: every rule × form × T × chunk size, and the paper's training step per curve and S.
+
+  python -m experiments.bench --out=results/bench.json            # the default grid
+  python -m experiments.bench --lengths=256 --chunk_sizes=64 --steps=linear-sum:100 --repeats=2
+
+Times are medians over `repeats` calls after a warm-up call (compilation excluded), on inputs
+drawn at random (not zeros). FLOPs count the recurrence's own work, 6·B·H·T·d_key·d_value forward
+and 18·B·H·T·d_key·d_value forward + backward (the same count for every form, so GFLOP/s
+compares forms by the useful work they do). The matmul rate is measured in the same run, so the
+fraction of it is comparable across machines. Peak memory is XLA's compiled estimate (arguments +
+outputs + temporaries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+
+from configs import associative_recall
+from experiments import builders, train
+from fwp import ops
+
+_RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
+_FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms to time.")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "Sequence lengths T.")
+_CHUNKS = flags.DEFINE_list("chunk_sizes", ["32", "64", "128"], "Chunk sizes (chunked form).")
+_SHAPE = flags.DEFINE_list("shape", ["4", "4", "64", "64"], "batch, heads, d_key, d_value.")
+_MAX_PARALLEL_T = flags.DEFINE_integer("max_parallel_length", 4096,
+                                       "Skip the O(T²) parallel form above this T.")
+_STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-sum:600",
+                                     "softmax:200", "dpfp1-delta:100", "dpfp1-delta:200"],
+                           "Training steps to time, as curve:S.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case (median reported).")
+_OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
+
+
+def _median_seconds(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))                     # warm-up: compile and first run
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  seconds = _median_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
+  return 2 * n ** 3 / seconds / 1e9
+
+
+def _peak_bytes(compiled) -> int | None:
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+             analysis.temp_size_in_bytes)
+
+
+def time_op(rule, form, t, chunk_size, shape, repeats, peak_rate):
+  b, h, dk, dv = shape
+  keys = jax.random.split(jax.random.key(t), 5)
+  q = jax.random.normal(keys[0], (b, t, h, dk))
+  k = jax.nn.softmax(jax.random.normal(keys[1], (b, t, h, dk)), axis=-1)   # sum-normalised
+  v = jax.random.normal(keys[2], (b, t, h, dv))
+  beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, t, h)))
+  cot = jax.random.normal(keys[4], (b, t, h, dv))
+
+  def forward(q, k, v, beta):
+    return ops.apply_rule(rule, q, k, v, beta, form=form, chunk_size=chunk_size)[0]
+
+  def loss(q, k, v, beta):
+    return jnp.sum(forward(q, k, v, beta) * cot)
+
+  row = dict(kind="op", rule=rule, form=form, T=t, chunk_size=chunk_size if form == "chunked"
+             else None, batch=b, heads=h, d_key=dk, d_value=dv)
+  for name, fn, flops_per in (("fwd", forward, 6), ("fwd_bwd",
+                                                    jax.grad(loss, argnums=(0, 1, 2, 3)), 18)):
+    jitted = jax.jit(fn)
+    compiled = jitted.lower(q, k, v, beta).compile()
+    seconds = _median_seconds(compiled, q, k, v, beta, repeats=repeats)
+    gflops = flops_per * b * h * t * dk * dv / seconds / 1e9
+    row.update({f"{name}_ms": seconds * 1e3, f"{name}_gflops": gflops,
+                f"{name}_fraction_of_matmul": gflops / peak_rate,
+                f"{name}_peak_mb": (_peak_bytes(compiled) or 0) / 2 ** 20})
+  return row
+
+
+def time_train_step(curve, num_keys, repeats):
+  config = associative_recall.get_config(curve)
+  config.num_keys = num_keys
+  model = builders.build_model(config, nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(config.learning_rate)
+  train_step, _ = train.compile_steps(config, graphdef, tx)
+  carry = [params, tx.init(params), jnp.float32(0)]
+  step = [0]
+
+  def one_step():
+    carry[:] = train_step(*carry, rest, step[0])
+    step[0] += 1
+    return carry[2]
+
+  seconds = _median_seconds(one_step, repeats=repeats)
+  return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
+              setting=config.setting, batch=config.batch_size, ms=seconds * 1e3)
+
+
+def main(argv):
+  del argv
+  shape = [int(x) for x in _SHAPE.value]
+  peak = matmul_gflops(repeats=_REPEATS.value)
+  machine = dict(platform=platform.platform(), processor=platform.processor(),
+                 cpu_count=os.cpu_count(), jax=jax.__version__,
+                 devices=[str(d) for d in jax.devices()], matmul_gflops=peak)
+  print(f"machine: {machine}")
+  rows = []
+  header = (f"{'rule':6} {'form':9} {'T':>6} {'chunk':>5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+            f"{'GFLOP/s':>8} {'% matmul':>8} {'peak MB':>8}")
+  print(header)
+  for rule in _RULES.value:
+    for form in _FORMS.value:
+      for t in (int(x) for x in _LENGTHS.value):
+        if form == "parallel" and t > _MAX_PARALLEL_T.value:
+          continue
+        chunks = [int(c) for c in _CHUNKS.value] if form == "chunked" else [64]
+        for chunk in chunks:
+          row = time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
+          rows.append(row)
+          print(f"{rule:6} {form:9} {t:>6} {str(row['chunk_size'] or '-'):>5} "
+                f"{row['fwd_ms']:>9.2f} {row['fwd_bwd_ms']:>11.2f} "
+                f"{row['fwd_bwd_gflops']:>8.1f} {100 * row['fwd_bwd_fraction_of_matmul']:>7.1f}% "
+                f"{row['fwd_bwd_peak_mb']:>8.1f}", flush=True)
+  print(f"\n{'train step':24} {'form':9} {'ms':>8}")
+  for spec in _STEPS.value:
+    curve, num_keys = spec.split(":")
+    row = time_train_step(curve, int(num_keys), _REPEATS.value)
+    rows.append(row)
+    print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}", flush=True)
+  if _OUT.value:
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      json.dump(dict(machine=machine, rows=rows), f, indent=2)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

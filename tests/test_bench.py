@@ -1,0 +1,24 @@
+"""The benchmark harness runs end to end on a tiny grid and writes its JSON (no timing checks:
+timings belong in benchmarks, not tests)."""
+
+import json
+import subprocess
+import sys
+
+from tests.test_launch import ROOT
+
+
+def test_bench_smoke(tmp_path):
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--lengths=16", "--chunk_sizes=8",
+       "--shape=1,1,4,4", "--steps=linear-sum:6", "--repeats=1", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = json.loads(out.read_text())
+  assert data["machine"]["matmul_gflops"] > 0
+  ops = [r for r in data["rows"] if r["kind"] == "op"]
+  assert {(r["rule"], r["form"]) for r in ops} == {
+      (rule, form) for rule in ("sum", "delta") for form in ("recurrent", "parallel", "chunked")}
+  assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in ops)
+  assert [r["curve"] for r in data["rows"] if r["kind"] == "train_step"] == ["linear-sum"]
