@@ -66,12 +66,7 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
 
   Returns (y [B, T, H, V], FastWeightState).
   """
-  phi = lambda x, is_query: feature_maps.apply(config.feature_map, x, nu=config.nu,
-                                               projection=projection, is_query=is_query)
-  # A query-side stabiliser is exact only where a normaliser divides it out.
-  q, k = phi(q, config.normalization != "none"), phi(k, False)
-  if config.normalization == "sum":
-    q, k = normalization.sum_normalize(q), normalization.sum_normalize(k)
+  q, k = feature_pair(q, k, config, projection)
   w0 = None if initial_state is None else initial_state.w
   y, w = ops.apply_rule(config.update_rule, q, k, v, beta if config.uses_beta else None,
                         form=config.form, chunk_size=config.chunk_size, initial_state=w0)
@@ -82,6 +77,17 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
                                                  config.chunk_size, initial_state=z0)
     y = normalization.attention_normalize(y, den, config.eps)
   return y, FastWeightState(w, z)
+
+
+def feature_pair(q, k, config: FastWeightConfig, projection=None):
+  """(φ(q), φ(k)) for `config`, sum-normalised when its normalisation is "sum"."""
+  phi = lambda x, is_query: feature_maps.apply(config.feature_map, x, nu=config.nu,
+                                               projection=projection, is_query=is_query)
+  # A query-side stabiliser is exact only where a normaliser divides it out.
+  q, k = phi(q, config.normalization != "none"), phi(k, False)
+  if config.normalization == "sum":
+    q, k = normalization.sum_normalize(q), normalization.sum_normalize(k)
+  return q, k
 
 
 def _linear_form(config: FastWeightConfig) -> str:
@@ -95,6 +101,14 @@ class FeatureProjection(nnx.Variable):
 
 def draw_projection(key, config: FastWeightConfig, d_head: int, dtype=jnp.float32):
   return feature_maps.orthogonal_projection(key, config.num_features, d_head, dtype)
+
+
+def call_projection(stored: FeatureProjection | None, key, config: FastWeightConfig,
+                    d_head: int, dtype):
+  """The FAVOR+ projection for one call: fresh from `key` when given, else the stored one."""
+  if stored is None:
+    return None
+  return stored[...] if key is None else draw_projection(key, config, d_head, dtype)
 
 
 class FastWeightAttention(nnx.Module):
@@ -130,10 +144,8 @@ class FastWeightAttention(nnx.Module):
     heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
     beta = jax.nn.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None
-    projection = None
-    if self.projection is not None:
-      projection = (self.projection[...] if projection_key is None else
-                    draw_projection(projection_key, self.config, self.d_head, x.dtype))
+    projection = call_projection(self.projection, projection_key, self.config, self.d_head,
+                                 x.dtype)
     y, state = fast_weight_attention(q, k, v, beta, self.config, projection=projection,
                                      initial_state=initial_state)
     out = self.out_proj(y.reshape(b, t, -1))

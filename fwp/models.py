@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import feature_maps, layers, normalization, ops
+from fwp import layers, ops
 
 
 class RetrievalModel(nnx.Module):
@@ -45,19 +45,6 @@ class RetrievalModel(nnx.Module):
                                                                        fast_weight, d))
                        if favor else None)
 
-  def _phi(self, x, projection, is_query=False):
-    config = self.fast_weight
-    phi = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
-                             is_query=is_query and config.normalization != "none")
-    return normalization.sum_normalize(phi) if config.normalization == "sum" else phi
-
-  def _projection(self, projection_key, dtype):
-    if self.projection is None:
-      return None
-    if projection_key is None:
-      return self.projection[...]
-    return layers.draw_projection(projection_key, self.fast_weight, self.d, dtype)
-
   def _input_projection(self, linear: nnx.Linear, keys, values):
     """linear([onehot(value) ; embed(key)]) without forming the [B, T, S + e] input.
 
@@ -81,8 +68,8 @@ class RetrievalModel(nnx.Module):
     if self.fast_weight is None:
       return _softmax_read(q, k, v)
     config = self.fast_weight
-    projection = self._projection(projection_key, k.dtype)
-    phi_k, phi_q = self._phi(k, projection), self._phi(q, projection, is_query=True)       # [B, T|Q, d_dot]
+    projection = layers.call_projection(self.projection, projection_key, config, self.d, k.dtype)
+    phi_q, phi_k = layers.feature_pair(q, k, config, projection)           # [B, Q|T, d_dot]
     beta = (jax.nn.sigmoid(self._input_projection(self.beta_proj, keys, values))  # [B, T, 1]
             if self.beta_proj is not None else None)
     one_head = lambda a: a[:, :, None]
