@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import builders, sweep, train
+from experiments import builders, distributed, sweep, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and curve, "
                                           "e.g. configs/associative_recall.py:dpfp2-sum.")
@@ -29,6 +29,16 @@ _SWEEP_INDEX = flags.DEFINE_integer(
     "when that is set.")
 _RESTORE_FROM = flags.DEFINE_string("restore_from", None, "Start a new run from the latest "
                                     "checkpoint of another run's checkpoints/ directory.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process training: host:port of process 0's coordinator "
+    "(with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.",
+                                   lower_bound=0)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Start jax.distributed and detect the processes from the cluster "
+    "environment (SLURM, Open MPI, Kubernetes, TPU pods); explicit flags above take precedence.")
 flags.mark_flag_as_required("config")
 
 
@@ -54,11 +64,32 @@ flags.register_validator("sweep", _check_sweep)
 flags.register_validator("parallel", lambda p: p >= 1, "--parallel must be >= 1.")
 
 
+@flags.multi_flags_validator(["coordinator_address", "num_processes", "process_id",
+                              "distributed", "parallel"])
+def _check_processes(values) -> bool:
+  explicit = [values[k] for k in ("coordinator_address", "num_processes", "process_id")]
+  multi = values["distributed"] or any(v is not None for v in explicit)
+  if any(v is None for v in explicit) and any(v is not None for v in explicit) and not (
+      values["distributed"]):
+    raise flags.ValidationError(
+        "--coordinator_address, --num_processes and --process_id go together (got "
+        f"{explicit[0]!r}, {explicit[1]!r}, {explicit[2]!r}); or pass --distributed to detect "
+        "them from the cluster.")
+  if None not in explicit[1:] and explicit[2] >= explicit[1]:
+    raise flags.ValidationError(f"--process_id={explicit[2]} must be in 0..{explicit[1] - 1}.")
+  if multi and values["parallel"] > 1:
+    raise flags.ValidationError("--parallel runs sweep points as separate processes; it cannot "
+                                "be combined with multi-process training of one point.")
+  return True
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         detect=_DISTRIBUTED.value)
   config = _CONFIG.value
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]
   if _SWEEP.value is None and len(seeds) == 1:
@@ -89,7 +120,8 @@ def main(argv):
       point_config[key] = value
     builders.validate(point_config)
     workdir = sweep.point_dir(_WORKDIR.value, overrides)
-    print(f"Sweep point {overrides} -> {workdir}", flush=True)
+    if distributed.is_main():
+      print(f"Sweep point {overrides} -> {workdir}", flush=True)
     train.train(point_config, workdir)
 
 

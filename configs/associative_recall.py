@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.patience = 10                # stop after more than `patience` evals without a new best
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2
+  c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
   c.model = ml_collections.ConfigDict()
   c.model.d = 64
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus

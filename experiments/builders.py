@@ -33,6 +33,11 @@ def validate(config) -> None:
     positive(name, config[name])
   if not config.learning_rate > 0:
     raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate!r}.")
+  mesh = tuple(config.mesh_shape)
+  if len(mesh) != 1 or isinstance(mesh[0], bool) or not isinstance(mesh[0], int) or not (
+      mesh[0] == -1 or mesh[0] >= 1):
+    raise ValueError(f"config.mesh_shape must be (N,) with N >= 1 data-parallel devices, or (-1,) "
+                     f"for all devices; got {config.mesh_shape!r}.")
   fast_weight_config(config.model)
 
 

@@ -51,8 +51,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
       print(f"Warning: checkpoint at step {step} cannot be restored; using an older one.",
             flush=True)
       if set_aside:
-        path = os.path.join(str(mngr.directory), str(step))
-        os.replace(path, f"{path}.unreadable-{int(time.time())}")
+        if jax.process_index() == 0:
+          path = os.path.join(str(mngr.directory), str(step))
+          os.replace(path, f"{path}.unreadable-{int(time.time())}")
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices(f"set-aside-{step}")
         mngr.reload()
   return None, None
 

@@ -21,11 +21,11 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import builders, checkpoint, data
+from experiments import builders, checkpoint, data, distributed
 
 # Fields that may change between a run and its resumption: they change neither model nor data.
 RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
-                     "keep_checkpoints", "model.form", "model.chunk_size")
+                     "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape")
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
 
 
@@ -77,12 +77,20 @@ def check_resumable(saved: dict, current: dict) -> None:
                      f"values. Fields that may change on resume: {', '.join(RESUMABLE_CHANGES)}.")
 
 
+def _say(message: str) -> None:
+  """Progress on stdout, from process 0 only."""
+  if distributed.is_main():
+    print(message, flush=True)
+
+
 def _prepare_workdir(workdir: str | None) -> str:
   if workdir is None:
+    if jax.process_count() > 1:
+      raise ValueError("A multi-process run needs --workdir on a filesystem all processes share.")
     workdir = tempfile.mkdtemp(prefix="fwp-")
     print(f"No --workdir given; writing to {workdir}", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  probe = os.path.join(workdir, ".write-test")
+  probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
   try:
     with open(probe, "w") as f:
       f.write("ok")
@@ -101,6 +109,8 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
 
 
 def _write_json(path: str, obj) -> None:
+  if not distributed.is_main():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -122,15 +132,22 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
     with open(summary_path) as f:
       summary = json.load(f)
     if summary["stop_reason"] != "max_steps" or summary["steps"] >= config.max_steps:
-      print(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): "
-            f"{workdir}", flush=True)
+      _say(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): {workdir}")
       return summary
-    os.remove(summary_path)   # a larger max_steps continues a run that ran out of steps
+    distributed.barrier("read-summary")
+    if distributed.is_main():
+      os.remove(summary_path)   # a larger max_steps continues a run that ran out of steps
 
+  mesh = distributed.make_mesh(config.mesh_shape)
+  distributed.check_batch(config.batch_size, mesh)
+  _say(f"Mesh: {mesh.size} {jax.default_backend()} device(s) over {jax.process_count()} "
+       f"process(es); batch {config.batch_size} = {config.batch_size // mesh.size} per device")
   model = builders.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(config.learning_rate)
-  state = dict(params=params, rest=rest, opt_state=tx.init(params), loss_sum=jnp.float32(0),
+  params, rest = distributed.replicate((params, rest), mesh)
+  state = dict(params=params, rest=rest, opt_state=distributed.replicate(tx.init(params), mesh),
+               loss_sum=distributed.replicate(jnp.float32(0), mesh),
                **_counters(step=0, best_eval_loss=np.inf, bad_evals=0, loss_count=0,
                            wall_seconds=0.0))
 
@@ -144,17 +161,19 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
     # A new run from another run's weights: keep parameters and optimizer, restart counters.
     state.update(params=restored["params"], rest=restored["rest"],
                  opt_state=restored["opt_state"])
-    print(f"Starting from the checkpoint in {restore_from}", flush=True)
+    _say(f"Starting from the checkpoint in {restore_from}")
   elif restored is not None:
     state = restored
-    print(f"Resuming from step {restored_step} in {workdir}", flush=True)
+    _say(f"Resuming from step {restored_step} in {workdir}")
   step = int(state["step"])
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_metrics(metrics_path, step)
-  with open(metrics_path, "w") as f:  # drop lines written after the checkpoint we resume from
-    f.writelines(json.dumps(m) + "\n" for m in history)
+  distributed.barrier("read-metrics")
+  if distributed.is_main():  # drop lines written after the checkpoint we resume from
+    with open(metrics_path, "w") as f:
+      f.writelines(json.dumps(m) + "\n" for m in history)
 
-  train_step, eval_loss_fn = compile_steps(config, graphdef, tx)
+  train_step, eval_loss_fn = compile_steps(config, graphdef, tx, mesh)
   carry = (state["params"], state["opt_state"], state["loss_sum"])
   rest = state["rest"]
   best, bad_evals = float(state["best_eval_loss"]), int(state["bad_evals"])
@@ -179,8 +198,8 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
       step, loss_count = step + 1, loss_count + 1
       if step % config.eval_every == 0:
         params, opt_state, loss_sum = carry
-        train_loss = float(loss_sum) / loss_count
-        eval_loss = float(eval_loss_fn(params, rest, step))
+        train_loss = float(distributed.fetch(loss_sum)) / loss_count
+        eval_loss = float(distributed.fetch(eval_loss_fn(params, rest, step)))
         now = time.time()
         record = dict(step=step, train_loss=train_loss, eval_loss=eval_loss,
                       steps_per_second=(step - interval_step) / max(now - interval_start, 1e-9),
@@ -190,13 +209,14 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
           stop_reason = "non_finite"
           logging.error("Non-finite loss at step %d (train %s, eval %s); stopping. The last "
                         "checkpoint holds the parameters before it.", step, train_loss, eval_loss)
-          print(f"Stopped: non-finite loss at step {step} (train {train_loss}, eval "
-                f"{eval_loss}).", flush=True)
+          _say(f"Stopped: non-finite loss at step {step} (train {train_loss}, eval "
+               f"{eval_loss}).")
           break
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(record) + "\n")
-        print(f"step {step:>6}  train {train_loss:.5f}  eval {eval_loss:.5f}  "
-              f"{record['steps_per_second']:.1f} steps/s", flush=True)
+        if distributed.is_main():
+          with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        _say(f"step {step:>6}  train {train_loss:.5f}  eval {eval_loss:.5f}  "
+             f"{record['steps_per_second']:.1f} steps/s")
         last_eval = eval_loss
         carry = (params, opt_state, jnp.zeros_like(loss_sum))
         loss_count = 0
@@ -212,11 +232,12 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
           checkpoint.save(mngr, step, snapshot(), eval_loss)
       elif step % config.checkpoint_every == 0:
         checkpoint.save(mngr, step, snapshot(), None)
-      if stop.signal:
+      if distributed.any_process(stop.signal is not None):  # all processes stop at one step
+        stop.signal = stop.signal or "SIGTERM"
         if step not in mngr.all_steps():
           checkpoint.save(mngr, step, snapshot(), None)
-        print(f"Received {stop.signal}: saved a checkpoint at step {step}; relaunch the same "
-              f"command to resume.", flush=True)
+        _say(f"Received {stop.signal}: saved a checkpoint at step {step}; relaunch the same "
+             f"command to resume.")
         mngr.close()
         raise SystemExit(128 + getattr(signal, stop.signal))
     if stop_reason == "max_steps" and step not in mngr.all_steps():
@@ -228,7 +249,7 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
                  curve=config.curve, setting=config.setting, num_keys=config.num_keys,
                  seed=config.seed)
   _write_json(summary_path, summary)
-  print(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}", flush=True)
+  _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
 
 
@@ -238,8 +259,9 @@ def _counters(**values):
           for k, v in values.items()}
 
 
-def compile_steps(config, graphdef, tx):
-  """The jitted pure train step and eval function for this config."""
+def compile_steps(config, graphdef, tx, mesh=None):
+  """The jitted pure train step and eval function for this config; with a `mesh`, the train
+  batch is sharded over its data axis."""
   num_keys = config.num_keys
   redraw = config.model.redraw_projection
 
@@ -252,6 +274,8 @@ def compile_steps(config, graphdef, tx):
   def train_step(params, opt_state, loss_sum, rest, step):
     batch = data.train_batch(config.seed, step, batch_size=config.batch_size,
                              num_keys=num_keys, setting=config.setting)
+    if mesh is not None:
+      batch = distributed.shard_batch(batch, mesh)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params, rest)

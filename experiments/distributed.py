@@ -1,0 +1,86 @@
+"""Data parallelism on JAX's own runtime: a Mesh with one "data" axis over all devices.
+
+The batch is sharded over "data", parameters and optimizer state are replicated. One device is the
+degenerate mesh of the same code. Each batch is generated inside the jitted step from
+(seed, step), and its sharding constraint lets XLA compute only each device's slice, so in a
+multi-process run every process makes just its own part of the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def make_mesh(mesh_shape) -> Mesh:
+  """`mesh_shape` is a 1-tuple: the number of data-parallel devices, -1 for all of them."""
+  devices = jax.devices()
+  (size,) = tuple(mesh_shape)
+  size = len(devices) if size == -1 else size
+  if not 1 <= size <= len(devices):
+    raise ValueError(f"config.mesh_shape={tuple(mesh_shape)} asks for {size} devices; "
+                     f"{len(devices)} are available (use -1 for all).")
+  return Mesh(np.asarray(devices[:size]), (DATA,))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+  if batch_size % mesh.size:
+    raise ValueError(f"batch_size={batch_size} does not divide over the {mesh.size} devices of "
+                     f"the mesh; use a multiple of {mesh.size} or set config.mesh_shape.")
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Constrains every [B, ...] array of `batch` to be split over the data axis (inside jit)."""
+  return {k: jax.lax.with_sharding_constraint(v, NamedSharding(mesh, P(DATA)))
+          for k, v in batch.items()}
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, detect: bool = False) -> None:
+  """Starts JAX's multi-process runtime: from explicit values, or (`detect=True`) from the
+  cluster environment JAX recognises (SLURM, Open MPI, Kubernetes, TPU pods, ...). Does nothing
+  when neither is asked for, so one process is the degenerate case."""
+  explicit = (coordinator_address, num_processes, process_id)
+  if all(v is None for v in explicit):
+    if detect:
+      jax.distributed.initialize()
+    return
+  if any(v is None for v in explicit) and not detect:
+    raise ValueError(f"Multi-process training needs --coordinator_address, --num_processes and "
+                     f"--process_id together (got {coordinator_address!r}, {num_processes!r}, "
+                     f"{process_id!r}), or --distributed to detect them from the cluster.")
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1}.")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_main() -> bool:
+  """Process 0 writes config, metrics and summaries; every process joins checkpoints."""
+  return jax.process_index() == 0
+
+
+def fetch(x) -> np.ndarray:
+  """The value of a replicated array, readable on every process (a multi-process array spans
+  devices another process owns, so it cannot be read whole)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (so they all stop at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -1,0 +1,125 @@
+"""Data parallelism on 8 simulated CPU devices: same losses as 1 device, a really sharded batch,
+checkpoints that move between meshes. Each case runs in a subprocess, because the device count
+is fixed when jax starts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_launch import CONFIG, ROOT, launch, read_metrics
+
+SCRIPT = """
+import json, sys
+import jax
+from configs import associative_recall
+from experiments import data, distributed, train
+config = associative_recall.get_config("dpfp1-delta")
+config.num_keys, config.max_steps, config.eval_every, config.checkpoint_every = 6, 40, 20, 20
+config.batch_size = 16
+config.mesh_shape = (int(sys.argv[2]),)
+mesh = distributed.make_mesh(config.mesh_shape)
+batch = jax.jit(lambda: distributed.shard_batch(
+    data.train_batch(1, 0, batch_size=16, num_keys=6, setting=2), mesh))()
+shards = {k: len({s.device for s in v.addressable_shards}) for k, v in batch.items()}
+train.train(config, sys.argv[1])
+print("SHARDS", json.dumps(shards), jax.device_count())
+"""
+
+
+def run(workdir, mesh_size, devices=8):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  result = subprocess.run([sys.executable, "-c", SCRIPT, str(workdir), str(mesh_size)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith("SHARDS")][0]
+  shards, count = line[len("SHARDS "):].rsplit(" ", 1)
+  return json.loads(shards), int(count)
+
+
+def test_eight_devices_train_like_one(tmp_path):
+  shards8, count = run(tmp_path / "eight", 8)
+  assert count == 8 and set(shards8.values()) == {8}, shards8   # every array split 8 ways
+  shards1, _ = run(tmp_path / "one", 1)
+  assert set(shards1.values()) == {1}
+  eight, one = read_metrics(tmp_path / "eight"), read_metrics(tmp_path / "one")
+  assert [m["step"] for m in eight] == [m["step"] for m in one] == [20, 40]
+  for a, b in zip(eight, one):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
+
+
+def test_checkpoint_saved_on_eight_devices_resumes_on_one(tmp_path):
+  run(tmp_path, 8)
+  config = json.load(open(tmp_path / "config.json"))
+  os.remove(tmp_path / "summary.json")
+  script = SCRIPT.replace("config.max_steps, ", "config.max_steps, ").replace(
+      "6, 40, 20, 20", "6, 60, 20, 20")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path), "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resuming from step 40" in result.stdout
+  assert [m["step"] for m in read_metrics(tmp_path)] == [20, 40, 60]
+  assert config["mesh_shape"] == [8]
+
+
+def test_batch_that_does_not_divide_is_refused():
+  from experiments import distributed
+  mesh = distributed.make_mesh((1,))
+  distributed.check_batch(3, mesh)
+  with pytest.raises(ValueError, match="does not divide over the 2 devices"):
+    distributed.check_batch(3, type("M", (), {"size": 2})())
+  with pytest.raises(ValueError, match="are available"):
+    distributed.make_mesh((1000,))
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+LAUNCH_ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_steps=40",
+               "--config.eval_every=20", "--config.checkpoint_every=20", "--config.batch_size=16"]
+
+
+def test_two_processes_on_loopback_train_like_one(tmp_path):
+  """jax.distributed with two local processes (2 CPU devices each, a mesh of 4) trains the same
+  model as one process on one device; only process 0 writes metrics; orbax saves across both."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen(
+      [sys.executable, "launch.py", *LAUNCH_ARGS, f"--workdir={tmp_path / 'two'}",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "Mesh: 4 cpu device(s) over 2 process(es); batch 16 = 4 per device" in outputs[0][0]
+  assert "step     20" in outputs[0][0] and "step" not in outputs[1][0]  # process 0 reports
+  single = launch(*LAUNCH_ARGS, f"--workdir={tmp_path / 'one'}")
+  assert single.returncode == 0, single.stderr[-3000:]
+  two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+  assert [m["step"] for m in two] == [m["step"] for m in one] == [20, 40]
+  for a, b in zip(two, one):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
+  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["20", "40"]
+
+
+def test_process_flags_are_checked_at_parsing():
+  result = launch(*LAUNCH_ARGS, "--coordinator_address=localhost:1234", "--num_processes=2")
+  assert result.returncode != 0 and "go together" in result.stderr
+  result = launch(*LAUNCH_ARGS, "--coordinator_address=localhost:1234", "--num_processes=2",
+                  "--process_id=2")
+  assert result.returncode != 0 and "must be in 0..1" in result.stderr
+
+
+def test_mesh_shape_is_checked_at_parsing():
+  result = launch(*LAUNCH_ARGS, "--config.mesh_shape=(2,3)")
+  assert result.returncode != 0 and "config.mesh_shape must be (N,)" in result.stderr
