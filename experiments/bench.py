@@ -39,7 +39,7 @@ _MAX_PARALLEL_T = flags.DEFINE_integer("max_parallel_length", 4096,
                                        "Skip the O(T²) parallel form above this T.")
 _STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-sum:600",
                                      "softmax:200", "dpfp1-delta:100", "dpfp1-delta:200"],
-                           "Training steps to time, as curve:S.")
+                           "Training steps to time, as curve:S or curve:S:form.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case (median reported).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
@@ -98,9 +98,11 @@ def time_op(rule, form, t, chunk_size, shape, repeats, peak_rate):
   return row
 
 
-def time_train_step(curve, num_keys, repeats):
+def time_train_step(curve, num_keys, repeats, form=None):
   config = associative_recall.get_config(curve)
   config.num_keys = num_keys
+  if form:
+    config.model.form = form
   model = builders.build_model(config, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adam(config.learning_rate)
@@ -145,8 +147,8 @@ def main(argv):
                 f"{row['fwd_bwd_peak_mb']:>8.1f}", flush=True)
   print(f"\n{'train step':24} {'form':9} {'ms':>8}")
   for spec in _STEPS.value:
-    curve, num_keys = spec.split(":")
-    row = time_train_step(curve, int(num_keys), _REPEATS.value)
+    curve, num_keys, *form = spec.split(":")
+    row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
     rows.append(row)
     print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}", flush=True)
   if _OUT.value:

@@ -139,18 +139,39 @@ def _delta_block(w0, q, k, v, beta):
 # ---------------------------------------------------------------------------------------------
 # Forms. Each takes public-layout arrays (beta may be None for the sum rule) and returns (y, w).
 
+REMAT_SEGMENT = 64   # the recurrent form's backward keeps W once per this many steps
+
+
 def _recurrent(step: Callable, w0, q, k, v, beta):
-  time_major = lambda x: jnp.moveaxis(x, 1, 0)
-  xs = tuple(time_major(x) for x in (k, v) + (() if beta is None else (beta,)))
-  q_time_major = None if q is None else time_major(q)
+  """A scan over time. Differentiating a plain scan stores W at every step (T·V·K numbers); here
+  the steps run in segments of REMAT_SEGMENT under jax.checkpoint, so the backward pass keeps
+  W once per segment and recomputes the steps inside one segment at a time."""
+  t = k.shape[1]
+  seg = min(REMAT_SEGMENT, t)
+  num_segments = -(-t // seg)
+  pad = num_segments * seg - t
+
+  def segments(x):  # [B, T, ...] -> [N, seg, B, ...]; zero k, v, β leave W unchanged
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x, 1, 0).reshape((num_segments, seg) + x.shape[:1] + x.shape[2:])
+
+  xs = tuple(segments(x) for x in (k, v) + (() if beta is None else (beta,)))
+  qs = None if q is None else segments(q)
 
   def body(w, x):
     q_t, x = x
     y, w = step(w, q_t, *x)
     return w, y
 
-  w, y = jax.lax.scan(body, w0, (q_time_major, xs))
-  return (None if q is None else jnp.moveaxis(y, 0, 1)), w
+  @jax.checkpoint
+  def segment(w, x):
+    return jax.lax.scan(body, w, x)
+
+  w, y = jax.lax.scan(segment, w0, (qs, xs))
+  if q is None:
+    return None, w
+  y = y.reshape((num_segments * seg,) + y.shape[2:])[:t]
+  return jnp.moveaxis(y, 0, 1), w
 
 
 def _to_blocks(x, num_blocks, size):
@@ -247,6 +268,10 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
                      f"{k.shape[2]}, {k.shape[3]}] to match k, got {q.shape}.")
+  if form == "recurrent" and rule == "delta" and q.shape[1] < v.shape[-1]:
+    validate(rule, form, chunk_size)
+    _check_shapes(None, k, v, beta, None)
+    return _delta_read_by_queries(q, k, v, beta)
   if form != "parallel" or rule == "fwm":
     w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
     return jnp.einsum("bhvk,bqhk->bqhv", w, q)
@@ -260,6 +285,26 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
     u = _delta_writes(None, to_heads(k), u, jnp.moveaxis(beta, 2, 1))
   scores = jnp.einsum("bqhk,bhtk->bhqt", q, to_heads(k))
   return jnp.moveaxis(jnp.einsum("bhqt,bhtv->bhqv", scores, u), 1, 2)
+
+
+def _delta_read_by_queries(q, k, v, beta):
+  """W_T q for the delta rule by carrying the queries back through time instead of W forward.
+
+  W_t = W_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, so with q_T = q and
+  q_{t-1} = q_t − β_t k_t (k_t · q_t):  W_T q = Σ_t β_t (k_t · q_t) v_t  (W_0 = 0).
+  A reverse scan with a [B, H, Q, K] carry: O(T·Q·(K + V)) work and no V×K state, which for a
+  few queries (the retrieval task reads once) is far cheaper than building W_T.
+  """
+  time_major = lambda x: jnp.moveaxis(x, 1, 0)
+
+  def body(q_t, x):
+    k_t, beta_t = x                                          # [B, H, K], [B, H]
+    c = beta_t[..., None] * jnp.einsum("bhqk,bhk->bhq", q_t, k_t)
+    return q_t - c[..., None] * k_t[:, :, None], c
+
+  _, c = jax.lax.scan(body, jnp.moveaxis(q, 1, 2), (time_major(k), time_major(beta)),
+                      reverse=True)                          # c [T, B, H, Q]
+  return jnp.einsum("tbhq,bthv->bqhv", c, v)
 
 
 def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,

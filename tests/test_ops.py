@@ -91,6 +91,22 @@ def test_fwm_recurrent_matches_plain_loop_float64():
     assert float(jnp.max(jnp.sqrt(jnp.sum(w_ref ** 2, axis=(-2, -1))))) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
+  """The recurrent form's backward recomputes segments of REMAT_SEGMENT steps; with segments of
+  5 over T = 12 (two whole segments and one padded) outputs, state and gradients are unchanged."""
+  monkeypatch.setattr(ops, "REMAT_SEGMENT", 5)
+  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
+  with helpers.x64():
+    y, w = run(rule, "recurrent", 64, *inputs)
+    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
+    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
+    _, grads = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
+    keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
+    helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F64_RTOL,
+                             "grads")
+
+
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_forms_agree_float32(rule):
   """float32 tolerance, documented at F32_RTOL: every form against the recurrent form."""
@@ -228,11 +244,15 @@ def test_final_state_alone_matches_full_run(rule):
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
-def test_read_final_is_final_state_times_queries(rule):
+@pytest.mark.parametrize("num_queries", [1, 5])
+def test_read_final_is_final_state_times_queries(rule, num_queries):
+  """Fewer queries than value dimensions (4) takes the delta rule's recurrent read-out through
+  the queries carried back in time; more builds W_T. Both must equal W_T q."""
   forms = [("recurrent", 64)] if rule == "fwm" else FORMS
   with helpers.x64():
-    _, k, v, beta, _ = helpers.random_inputs(14, t=T)
-    queries = jnp.asarray(np.random.default_rng(15).normal(size=(2, 3, 2, k.shape[-1])))
+    _, k, v, beta, _ = helpers.random_inputs(14, t=T, d_value=4)
+    queries = jnp.asarray(np.random.default_rng(15).normal(size=(2, num_queries, 2,
+                                                                   k.shape[-1])))
     _, w_ref = reference.rule(rule, k, k, v, None if rule == "sum" else beta)
     expected = jnp.einsum("bhvk,bqhk->bqhv", w_ref, queries)
 
