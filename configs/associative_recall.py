@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_features = 64
   c.model.update_rule = "sum"            # sum | delta | fwm | softmax
   c.model.normalization = "attention"    # none | attention | sum
-  c.model.form = "chunked"               # recurrent | parallel | chunked
+  c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every forward pass
   return c

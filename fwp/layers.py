@@ -28,7 +28,7 @@ class FastWeightConfig:
   num_features: int = 64             # FAVOR+ m (d_dot = 2m)
   update_rule: str = "sum"
   normalization: str = "attention"
-  form: str = "chunked"
+  form: str = "auto"
   chunk_size: int = 64
   eps: float = 1e-6                  # attention normaliser: z·φ(q) + eps
 

@@ -13,6 +13,8 @@ Forms (picked by name, one small function each):
   recurrent  jax.lax.scan over time with the single-step function; O(T) time, O(VK) state.
   parallel   the whole sequence as one block of matrix products; O(T²).
   chunked    parallel inside blocks of `chunk_size`, recurrent across blocks.
+  auto       `choose_form`: parallel up to PARALLEL_MAX_T steps, chunked beyond (recurrent for
+             fwm); chunk_size="auto" is AUTO_CHUNK. Both constants come from the benchmark.
 
 Inside a block of C steps starting from state W0 (rows of Q, K, V, U are time steps):
   sum:    Y = Q W0ᵀ + tril(QKᵀ) V,              W = W0 + Vᵀ K
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 FORMS = ("recurrent", "parallel", "chunked")
+AUTO = "auto"            # form="auto" / chunk_size="auto": chosen per shape, see choose_form
 RULES = ("sum", "delta", "fwm")
 FWM_FORMS = ("recurrent",)
 
@@ -41,7 +44,7 @@ def validate(rule: str, form: str, chunk_size: int) -> None:
   """ValueError naming the valid choices for an unknown rule, form or a bad chunk size."""
   if rule not in RULES:
     raise ValueError(f"Unknown update rule {rule!r}; valid choices: {', '.join(RULES)}.")
-  valid = FWM_FORMS if rule == "fwm" else FORMS
+  valid = (FWM_FORMS if rule == "fwm" else FORMS) + (AUTO,)
   if form not in valid:
     if rule == "fwm" and form in FORMS:
       raise ValueError(
@@ -50,8 +53,29 @@ def validate(rule: str, form: str, chunk_size: int) -> None:
           f"Valid choices for fwm: {', '.join(valid)}.")
     raise ValueError(f"Unknown form {form!r} for the {rule} rule; valid choices: "
                      f"{', '.join(valid)}.")
+  if chunk_size == AUTO:
+    return
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}.")
+
+
+# Crossovers measured with `python -m experiments.bench` on a 2-core CPU (results/bench.md):
+# the O(T²) parallel form wins up to PARALLEL_MAX_T steps, chunks of AUTO_CHUNK beyond.
+PARALLEL_MAX_T = 128
+AUTO_CHUNK = 32
+
+
+def choose_form(rule: str, form: str, t: int) -> str:
+  """The concrete form for `form` (which may be "auto") at sequence length t."""
+  if form != AUTO:
+    return form
+  if rule == "fwm":
+    return "recurrent"
+  return "parallel" if t <= PARALLEL_MAX_T else "chunked"
+
+
+def choose_chunk_size(chunk_size, t: int) -> int:
+  return min(AUTO_CHUNK, t) if chunk_size == AUTO else chunk_size
 
 
 def _check_shapes(q, k, v, beta, initial_state) -> None:
@@ -115,12 +139,19 @@ def _block_read(w0, q, k, u):
   if q is None:
     return None
   scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
-  return jnp.einsum("bhck,bhvk->bhcv", q, w0) + jnp.einsum("bhcs,bhsv->bhcv", scores, u)
+  y = jnp.einsum("bhcs,bhsv->bhcv", scores, u)
+  return y if w0 is None else y + jnp.einsum("bhck,bhvk->bhcv", q, w0)
+
+
+def _add_writes(w0, u, k):
+  w = jnp.einsum("bhcv,bhck->bhvk", u, k)
+  return w if w0 is None else w0 + w
 
 
 def _sum_block(w0, q, k, v, beta=None):
+  """w0 None is a zero state (the parallel form without one skips its products)."""
   del beta
-  return _block_read(w0, q, k, v), w0 + jnp.einsum("bhcv,bhck->bhvk", v, k)
+  return _block_read(w0, q, k, v), _add_writes(w0, v, k)
 
 
 def _delta_writes(w0, k, v, beta):
@@ -133,7 +164,7 @@ def _delta_writes(w0, k, v, beta):
 
 def _delta_block(w0, q, k, v, beta):
   u = _delta_writes(w0, k, v, beta)
-  return _block_read(w0, q, k, u), w0 + jnp.einsum("bhcv,bhck->bhvk", u, k)
+  return _block_read(w0, q, k, u), _add_writes(w0, u, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +238,7 @@ def _chunked(block: Callable, w0, q, k, v, beta, chunk_size):
     y, w = block(w0, *(None if x is None else x[0] for x in xs))
     y = None if y is None else y[None]
   else:
-    w, y = jax.lax.scan(body, w0, xs)
+    w, y = jax.lax.scan(body, _zero_state(k, v, w0), xs)
   return (None if q is None else _from_blocks(y)[:, :t]), w
 
 
@@ -222,12 +253,13 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(q, k, v, beta, initial_state)
-  w0 = _zero_state(k, v, initial_state)
+  form, chunk_size = choose_form(rule, form, k.shape[1]), choose_chunk_size(chunk_size, k.shape[1])
+  w0 = initial_state
   if rule == "sum":
     beta = None
   if form == "recurrent":
     step = _STEPS[rule]
-    return _recurrent(step, w0, q, k, v, beta)
+    return _recurrent(step, _zero_state(k, v, w0), q, k, v, beta)
   # The parallel form is the chunked form with one chunk spanning the sequence.
   size = k.shape[1] if form == "parallel" else chunk_size
   return _chunked(_BLOCKS[rule], w0, q, k, v, beta, size)
@@ -268,14 +300,17 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
                      f"{k.shape[2]}, {k.shape[3]}] to match k, got {q.shape}.")
+  validate(rule, form, chunk_size)
+  if form == AUTO:  # a few queries: carry them back (delta); the sum rule reads in parallel
+    few = rule == "delta" and q.shape[1] < v.shape[-1]
+    form = "recurrent" if few or rule == "fwm" else (
+        "parallel" if rule == "sum" else choose_form(rule, form, k.shape[1]))
   if form == "recurrent" and rule == "delta" and q.shape[1] < v.shape[-1]:
-    validate(rule, form, chunk_size)
     _check_shapes(None, k, v, beta, None)
     return _delta_read_by_queries(q, k, v, beta)
   if form != "parallel" or rule == "fwm":
     w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
     return jnp.einsum("bhvk,bqhk->bqhv", w, q)
-  validate(rule, form, chunk_size)
   if rule == "delta" and beta is None:
     raise ValueError("The delta rule needs beta [batch, time, heads].")
   _check_shapes(None, k, v, beta if rule != "sum" else None, None)

@@ -17,11 +17,9 @@ else
 fi
 SETTING1="softmax linear-sum dpfp1-sum dpfp2-sum dpfp3-sum favor64-sum favor128-sum favor512-sum"
 SETTING2="dpfp1-sum linear-delta dpfp1-delta dpfp2-delta favor64-delta favor128-delta dpfp1-fwm tanh-fwm"
-run() {  # setting curve sweep form
-  local form=()
-  [[ "$2" != *fwm ]] && form=(--config.model.form=parallel)
+run() {  # setting curve sweep
   "$PY" launch.py --config="configs/associative_recall.py:$2" --config.setting="$1" \
-    --config.max_steps="$STEPS" "${form[@]}" --sweep="$3" --seeds="$SEEDS" \
+    --config.max_steps="$STEPS" --sweep="$3" --seeds="$SEEDS" \
     --parallel="$PARALLEL" --workdir="$RUNS/setting$1/$2"
 }
 SETTINGS=${SETTINGS:-1 2}                # e.g. SETTINGS=2 runs only setting 2

@@ -107,6 +107,25 @@ def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
                              "grads")
 
 
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+@pytest.mark.parametrize("parallel_max_t", [T, 4])   # auto -> parallel, auto -> chunks of 3
+def test_auto_form_and_chunk_size_match_plain_loop(rule, parallel_max_t, monkeypatch):
+  monkeypatch.setattr(ops, "PARALLEL_MAX_T", parallel_max_t)
+  monkeypatch.setattr(ops, "AUTO_CHUNK", 5)
+  expected = "recurrent" if rule == "fwm" else ("parallel" if parallel_max_t == T else "chunked")
+  assert ops.choose_form(rule, "auto", T) == expected
+  assert ops.choose_chunk_size("auto", T) == 5 and ops.choose_chunk_size("auto", 3) == 3
+  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
+  with helpers.x64():
+    y, w = run(rule, "auto", "auto", *inputs)
+    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
+    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
+    _, grads = loss_and_grads(rule, "auto", "auto", inputs, cotangents)
+    keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
+    helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F64_RTOL,
+                             "grads")
+
+
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_forms_agree_float32(rule):
   """float32 tolerance, documented at F32_RTOL: every form against the recurrent form."""
