@@ -1,6 +1,6 @@
 """Benchmarks: every rule × form × T × chunk size, and the paper's training step per curve and S.
 
-  python -m experiments.bench --out=results/bench.json            # the default grid
+  python -m experiments.bench --out=results/bench.json --markdown=results/bench.md  # default grid
   python -m experiments.bench --lengths=256 --chunk_sizes=64 --steps=linear-sum:100 --repeats=2
 
 Times are medians over `repeats` calls after a warm-up call (compilation excluded), on inputs
@@ -42,6 +42,7 @@ _STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-
                            "Training steps to time, as curve:S or curve:S:form.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case (median reported).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
+_MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
 
 
 def _median_seconds(fn, *args, repeats):
@@ -120,6 +121,29 @@ def time_train_step(curve, num_keys, repeats, form=None):
               setting=config.setting, batch=config.batch_size, ms=seconds * 1e3)
 
 
+def markdown(machine, rows, shape) -> str:
+  b, h, dk, dv = shape
+  lines = [f"Machine: {machine['cpu_count']} CPU cores, {machine['platform']}, jax "
+           f"{machine['jax']}, devices {machine['devices']}; measured float32 matmul rate "
+           f"(2048³) **{machine['matmul_gflops']:.1f} GFLOP/s**.", "",
+           f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
+           f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled estimate.",
+           "", "| rule | form | T | chunk | fwd ms | fwd+bwd ms | GFLOP/s | % of matmul | "
+           "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if r["kind"] == "op":
+      lines.append(f"| {r['rule']} | {r['form']} | {r['T']} | {r['chunk_size'] or '-'} | "
+                   f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gflops']:.1f} | "
+                   f"{100 * r['fwd_bwd_fraction_of_matmul']:.1f}% | {r['fwd_bwd_peak_mb']:.1f} |")
+  steps = [r for r in rows if r["kind"] == "train_step"]
+  if steps:
+    lines += ["", "Training steps (the paper's retrieval model, batch 32, forward + backward + "
+              "Adam):", "", "| curve | setting | S | form | ms/step |", "|---|---|---|---|---|"]
+    lines += [f"| {r['curve']} | {r['setting']} | {r['num_keys']} | {r['form']} | "
+              f"{r['ms']:.1f} |" for r in steps]
+  return "\n".join(lines) + "\n"
+
+
 def main(argv):
   del argv
   shape = [int(x) for x in _SHAPE.value]
@@ -151,6 +175,11 @@ def main(argv):
     row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
     rows.append(row)
     print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}", flush=True)
+  if _MARKDOWN.value:
+    os.makedirs(os.path.dirname(_MARKDOWN.value) or ".", exist_ok=True)
+    with open(_MARKDOWN.value, "w") as f:
+      f.write(markdown(machine, rows, shape))
+    print(f"wrote {_MARKDOWN.value}")
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:

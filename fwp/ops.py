@@ -178,9 +178,9 @@ def _recurrent(step: Callable, w0, q, k, v, beta):
   the steps run in segments of REMAT_SEGMENT under jax.checkpoint, so the backward pass keeps
   W once per segment and recomputes the steps inside one segment at a time."""
   t = k.shape[1]
-  seg = min(REMAT_SEGMENT, t)
-  num_segments = -(-t // seg)
-  pad = num_segments * seg - t
+  num_segments = -(-t // REMAT_SEGMENT)
+  seg = -(-t // num_segments)          # equal segments of at most REMAT_SEGMENT steps
+  pad = num_segments * seg - t         # < num_segments
 
   def segments(x):  # [B, T, ...] -> [N, seg, B, ...]; zero k, v, β leave W unchanged
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))

@@ -12,7 +12,8 @@ def test_bench_smoke(tmp_path):
   out = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "-m", "experiments.bench", "--lengths=16", "--chunk_sizes=8",
-       "--shape=1,1,4,4", "--steps=linear-sum:6", "--repeats=1", f"--out={out}"],
+       "--shape=1,1,4,4", "--steps=linear-sum:6", "--repeats=1", f"--out={out}",
+       f"--markdown={tmp_path / 'bench.md'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   data = json.loads(out.read_text())
@@ -22,3 +23,5 @@ def test_bench_smoke(tmp_path):
       (rule, form) for rule in ("sum", "delta") for form in ("recurrent", "parallel", "chunked")}
   assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in ops)
   assert [r["curve"] for r in data["rows"] if r["kind"] == "train_step"] == ["linear-sum"]
+  table = (tmp_path / "bench.md").read_text()
+  assert "| delta | chunked | 16 | 8 |" in table and "| linear-sum | 1 | 6 |" in table

@@ -51,9 +51,9 @@ def reference_loss_and_grads(rule, inputs, cotangents):
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(rule):
+def _reference(rule, t=T):
   with helpers.x64():
-    inputs = helpers.random_inputs(0, t=T)
+    inputs = helpers.random_inputs(0, t=t)
     rng = np.random.default_rng(1)
     cotangents = (jnp.asarray(rng.normal(size=inputs[2].shape)),
                   jnp.asarray(rng.normal(size=inputs[4].shape)))
@@ -93,10 +93,11 @@ def test_fwm_recurrent_matches_plain_loop_float64():
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
 def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
-  """The recurrent form's backward recomputes segments of REMAT_SEGMENT steps; with segments of
-  5 over T = 12 (two whole segments and one padded) outputs, state and gradients are unchanged."""
+  """The recurrent form's backward recomputes segments of at most REMAT_SEGMENT steps; with 5
+  over T = 13 (three segments of 5, the last padded by 2) outputs, state and gradients are
+  unchanged."""
   monkeypatch.setattr(ops, "REMAT_SEGMENT", 5)
-  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
+  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule, 13)
   with helpers.x64():
     y, w = run(rule, "recurrent", 64, *inputs)
     helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
