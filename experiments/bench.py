@@ -13,9 +13,11 @@ outputs + temporaries).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 
@@ -35,6 +37,7 @@ _FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "Sequence lengths T.")
 _CHUNKS = flags.DEFINE_list("chunk_sizes", ["32", "64", "128"], "Chunk sizes (chunked form).")
 _SHAPE = flags.DEFINE_list("shape", ["4", "4", "64", "64"], "batch, heads, d_key, d_value.")
+_SKIP = flags.DEFINE_list("skip", [], "rule:form pairs not to time, e.g. delta:parallel.")
 _MAX_PARALLEL_T = flags.DEFINE_integer("max_parallel_length", 4096,
                                        "Skip the O(T²) parallel form above this T.")
 _STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-sum:600",
@@ -146,6 +149,7 @@ def markdown(machine, rows, shape) -> str:
 
 def main(argv):
   del argv
+  faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints every thread's stack
   shape = [int(x) for x in _SHAPE.value]
   peak = matmul_gflops(repeats=_REPEATS.value)
   machine = dict(platform=platform.platform(), processor=platform.processor(),
@@ -159,12 +163,13 @@ def main(argv):
   for rule in _RULES.value:
     for form in _FORMS.value:
       for t in (int(x) for x in _LENGTHS.value):
-        if form == "parallel" and t > _MAX_PARALLEL_T.value:
+        if (form == "parallel" and t > _MAX_PARALLEL_T.value) or f"{rule}:{form}" in _SKIP.value:
           continue
         chunks = [int(c) for c in _CHUNKS.value] if form == "chunked" else [64]
         for chunk in chunks:
           row = time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
           rows.append(row)
+          _write(machine, rows, shape)
           print(f"{rule:6} {form:9} {t:>6} {str(row['chunk_size'] or '-'):>5} "
                 f"{row['fwd_ms']:>9.2f} {row['fwd_bwd_ms']:>11.2f} "
                 f"{row['fwd_bwd_gflops']:>8.1f} {100 * row['fwd_bwd_fraction_of_matmul']:>7.1f}% "
@@ -174,17 +179,23 @@ def main(argv):
     curve, num_keys, *form = spec.split(":")
     row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
     rows.append(row)
+    _write(machine, rows, shape)
     print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}", flush=True)
+  for path in (_OUT.value, _MARKDOWN.value):
+    if path:
+      print(f"wrote {path}")
+
+
+def _write(machine, rows, shape):
+  """Rewrites the outputs after every row, so a run that is stopped keeps what it measured."""
   if _MARKDOWN.value:
     os.makedirs(os.path.dirname(_MARKDOWN.value) or ".", exist_ok=True)
     with open(_MARKDOWN.value, "w") as f:
       f.write(markdown(machine, rows, shape))
-    print(f"wrote {_MARKDOWN.value}")
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:
       json.dump(dict(machine=machine, rows=rows), f, indent=2)
-    print(f"wrote {_OUT.value}")
 
 
 if __name__ == "__main__":

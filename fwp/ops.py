@@ -154,12 +154,41 @@ def _sum_block(w0, q, k, v, beta=None):
   return _block_read(w0, q, k, v), _add_writes(w0, v, k)
 
 
+def unit_lower_inverse(a):
+  """(I + L)⁻¹ for unit lower-triangular a [..., n, n], by matrix products only.
+
+  Doubling the diagonal block size: with the inverses X11, X22 of two diagonal blocks,
+  [[A11, 0], [A21, A22]]⁻¹ = [[X11, 0], [−X22 A21 X11, X22]]. log2(n) rounds of batched matmuls
+  (n padded to a power of two with identity). Used instead of lax.linalg.triangular_solve, whose
+  XLA:CPU backward was slow and at times deadlocked in our benchmarks (see README, Performance).
+  """
+  n = a.shape[-1]
+  batch = a.shape[:-2]
+  size = 1 << max(n - 1, 0).bit_length()
+  if size != n:
+    a = jnp.pad(a, [(0, 0)] * len(batch) + [(0, size - n), (0, size - n)])
+  inv = jnp.ones(batch + (size, 1, 1), a.dtype)               # size blocks of 1×1: [1]
+  s = 1
+  while s < size:
+    m = size // (2 * s)
+    pairs = inv.reshape(batch + (m, 2, s, s))
+    x11, x22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    blocks = a.reshape(batch + (m, 2 * s, m, 2 * s))
+    diagonal = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)  # [..., m, 2s, 2s]
+    x21 = -(x22 @ diagonal[..., s:, :s]) @ x11
+    inv = jnp.concatenate([jnp.concatenate([x11, jnp.zeros_like(x11)], -1),
+                           jnp.concatenate([x21, x22], -1)], -2)
+    s *= 2
+  return inv.reshape(batch + (size, size))[..., :n, :n]
+
+
 def _delta_writes(w0, k, v, beta):
-  """U [B, H, C, V], the writes u_t = β_t (v_t − W_{t-1} k_t) of one block, by one solve."""
+  """U [B, H, C, V], the writes u_t = β_t (v_t − W_{t-1} k_t) of one block: the unit
+  lower-triangular system (I + tril(diag(β) KKᵀ, −1)) U = diag(β)(V − K W0ᵀ)."""
   gram = jnp.einsum("bhck,bhsk->bhcs", k, k)
   a = jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
   rhs = beta[..., None] * (v if w0 is None else v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
-  return jax.lax.linalg.triangular_solve(a, rhs, left_side=True, lower=True, unit_diagonal=True)
+  return unit_lower_inverse(a) @ rhs
 
 
 def _delta_block(w0, q, k, v, beta):

@@ -287,3 +287,12 @@ def test_read_final_is_final_state_times_queries(rule, num_queries):
                        argnums=(0, 1, 2))(k, v, beta)
       grads_ref = grads if grads_ref is None else grads_ref
       helpers.assert_rel_close(grads, grads_ref, F64_RTOL, f"grads {rule}/{form}{chunk_size}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_unit_lower_inverse(n):
+  """The matmul-only inverse the delta rule's blocks use, against numpy, in float64."""
+  with helpers.x64():
+    rng = np.random.default_rng(n)
+    a = np.eye(n) + np.tril(rng.normal(size=(3, n, n)), -1)
+    helpers.assert_rel_close(ops.unit_lower_inverse(jnp.asarray(a)), np.linalg.inv(a), F64_RTOL)
