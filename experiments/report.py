@@ -86,7 +86,9 @@ def plot(rows, setting, path):
     ax.fill_between(sizes, [l.min() for l in losses], [l.max() for l in losses],
                     color=line.get_color(), alpha=0.2)
   ax.set_xlabel("number of unique keys S")
-  ax.set_ylabel("final eval loss")
+  ax.set_ylabel("final eval loss (log scale)")
+  ax.set_yscale("log")   # losses span 1e-4 (solved) to ~1 (failed)
+  ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)   # the stopping loss
   ax.set_title(f"Associative retrieval, setting {setting}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
