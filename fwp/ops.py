@@ -13,8 +13,9 @@ Forms (picked by name, one small function each):
   recurrent  jax.lax.scan over time with the single-step function; O(T) time, O(VK) state.
   parallel   the whole sequence as one block of matrix products; O(T²).
   chunked    parallel inside blocks of `chunk_size`, recurrent across blocks.
-  auto       `choose_form`: parallel up to PARALLEL_MAX_T steps, chunked beyond (recurrent for
-             fwm); chunk_size="auto" is AUTO_CHUNK. Both constants come from the benchmark.
+  auto       `choose_form`: for the sum rule parallel up to PARALLEL_MAX_T steps, chunked beyond;
+             chunked for delta; recurrent for fwm; chunk_size="auto" is AUTO_CHUNK. Both
+             constants come from the benchmark.
 
 Inside a block of C steps starting from state W0 (rows of Q, K, V, U are time steps):
   sum:    Y = Q W0ᵀ + tril(QKᵀ) V,              W = W0 + Vᵀ K
@@ -71,6 +72,8 @@ def choose_form(rule: str, form: str, t: int) -> str:
     return form
   if rule == "fwm":
     return "recurrent"
+  if rule == "delta":   # its parallel form inverts a T×T system: chunks win from T = 256 down
+    return "chunked"    # (and a sequence within one chunk is the parallel form anyway)
   return "parallel" if t <= PARALLEL_MAX_T else "chunked"
 
 

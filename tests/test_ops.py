@@ -113,7 +113,8 @@ def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
 def test_auto_form_and_chunk_size_match_plain_loop(rule, parallel_max_t, monkeypatch):
   monkeypatch.setattr(ops, "PARALLEL_MAX_T", parallel_max_t)
   monkeypatch.setattr(ops, "AUTO_CHUNK", 5)
-  expected = "recurrent" if rule == "fwm" else ("parallel" if parallel_max_t == T else "chunked")
+  expected = {"fwm": "recurrent", "delta": "chunked",
+              "sum": "parallel" if parallel_max_t == T else "chunked"}[rule]
   assert ops.choose_form(rule, "auto", T) == expected
   assert ops.choose_chunk_size("auto", T) == 5 and ops.choose_chunk_size("auto", 3) == 3
   inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
