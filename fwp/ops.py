@@ -326,26 +326,27 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   initial state): y [B, Q, H, V].
 
   The parallel form never forms W: y = (q Kᵀ) U with U = V for the sum rule and the delta
-  rule's solved writes, which is cheapest when Q·d_dot is small against d_value·d_dot. The other
-  forms build W_T with `final_state` and read it.
+  rule's solved writes, which is cheapest when Q·d_dot is small against d_value·d_dot. The
+  delta rule's recurrent form with fewer queries than value dimensions carries the queries back
+  in time (`_delta_read_by_queries`) and never forms W either. The other cases build W_T with
+  `final_state` and read it. `form="auto"` takes the cheapest of these for the shapes.
   """
   if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
                      f"{k.shape[2]}, {k.shape[3]}] to match k, got {q.shape}.")
   validate(rule, form, chunk_size)
-  if form == AUTO:  # a few queries: carry them back (delta); the sum rule reads in parallel
-    few = rule == "delta" and q.shape[1] < v.shape[-1]
-    form = "recurrent" if few or rule == "fwm" else (
-        "parallel" if rule == "sum" else choose_form(rule, form, k.shape[1]))
-  if form == "recurrent" and rule == "delta" and q.shape[1] < v.shape[-1]:
-    _check_shapes(None, k, v, beta, None)
+  if rule != "sum" and beta is None:
+    raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
+  _check_shapes(None, k, v, beta if rule != "sum" else None, None)
+  few_queries = rule == "delta" and q.shape[1] < v.shape[-1]
+  if form == AUTO:
+    form = "parallel" if rule == "sum" else (
+        "recurrent" if few_queries else choose_form(rule, form, k.shape[1]))
+  if form == "recurrent" and few_queries:
     return _delta_read_by_queries(q, k, v, beta)
-  if form != "parallel" or rule == "fwm":
+  if form != "parallel":
     w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
     return jnp.einsum("bhvk,bqhk->bqhv", w, q)
-  if rule == "delta" and beta is None:
-    raise ValueError("The delta rule needs beta [batch, time, heads].")
-  _check_shapes(None, k, v, beta if rule != "sum" else None, None)
   to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
   u = to_heads(v)
   if rule == "delta":

@@ -239,6 +239,8 @@ BAD_CALLS = [
     (lambda x: ops.fwm_rule(*x[:4], form="parallel"), "nonlinear in W"),
     (lambda x: ops.fwm_rule(*x[:4], form="chunked"), "Valid choices for fwm: recurrent"),
     (lambda x: ops.delta_rule(*x[:3], None, form="parallel"), "needs beta"),
+    (lambda x: ops.read_final("delta", x[0][:, :1], *x[1:3], None, form="recurrent"),
+     "needs beta"),
 ]
 
 
@@ -269,7 +271,7 @@ def test_final_state_alone_matches_full_run(rule):
 def test_read_final_is_final_state_times_queries(rule, num_queries):
   """Fewer queries than value dimensions (4) takes the delta rule's recurrent read-out through
   the queries carried back in time; more builds W_T. Both must equal W_T q."""
-  forms = [("recurrent", 64)] if rule == "fwm" else FORMS
+  forms = ([("recurrent", 64)] if rule == "fwm" else FORMS) + [("auto", "auto")]
   with helpers.x64():
     _, k, v, beta, _ = helpers.random_inputs(14, t=T, d_value=4)
     queries = jnp.asarray(np.random.default_rng(15).normal(size=(2, num_queries, 2,
