@@ -67,16 +67,13 @@ flags.register_validator("parallel", lambda p: p >= 1, "--parallel must be >= 1.
 @flags.multi_flags_validator(["coordinator_address", "num_processes", "process_id",
                               "distributed", "parallel"])
 def _check_processes(values) -> bool:
-  explicit = [values[k] for k in ("coordinator_address", "num_processes", "process_id")]
-  multi = values["distributed"] or any(v is not None for v in explicit)
-  if any(v is None for v in explicit) and any(v is not None for v in explicit) and not (
-      values["distributed"]):
-    raise flags.ValidationError(
-        "--coordinator_address, --num_processes and --process_id go together (got "
-        f"{explicit[0]!r}, {explicit[1]!r}, {explicit[2]!r}); or pass --distributed to detect "
-        "them from the cluster.")
-  if None not in explicit[1:] and explicit[2] >= explicit[1]:
-    raise flags.ValidationError(f"--process_id={explicit[2]} must be in 0..{explicit[1] - 1}.")
+  try:
+    distributed.check_processes(values["coordinator_address"], values["num_processes"],
+                                values["process_id"], detect=values["distributed"])
+  except ValueError as error:
+    raise flags.ValidationError(str(error)) from None
+  multi = values["distributed"] or any(
+      values[k] is not None for k in ("coordinator_address", "num_processes", "process_id"))
   if multi and values["parallel"] > 1:
     raise flags.ValidationError("--parallel runs sweep points as separate processes; it cannot "
                                 "be combined with multi-process training of one point.")

@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from experiments import distributed
+
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:
   policy = pp.AnyPreservationPolicy([
@@ -51,12 +53,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
       print(f"Warning: checkpoint at step {step} cannot be restored; using an older one.",
             flush=True)
       if set_aside:
-        if jax.process_index() == 0:
+        if distributed.is_main():
           path = os.path.join(str(mngr.directory), str(step))
           os.replace(path, f"{path}.unreadable-{int(time.time())}")
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils
-          multihost_utils.sync_global_devices(f"set-aside-{step}")
+        distributed.barrier(f"set-aside-{step}")
         mngr.reload()
   return None, None
 

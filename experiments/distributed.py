@@ -42,22 +42,28 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
           for k, v in batch.items()}
 
 
+def check_processes(coordinator_address: str | None, num_processes: int | None,
+                    process_id: int | None, *, detect: bool = False) -> None:
+  """ValueError for multi-process settings that cannot start (launch.py runs it at parsing)."""
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is None for v in explicit) and any(v is not None for v in explicit) and not detect:
+    raise ValueError(f"--coordinator_address, --num_processes and --process_id go together (got "
+                     f"{coordinator_address!r}, {num_processes!r}, {process_id!r}); or pass "
+                     f"--distributed to detect them from the cluster.")
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1}.")
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, detect: bool = False) -> None:
   """Starts JAX's multi-process runtime: from explicit values, or (`detect=True`) from the
   cluster environment JAX recognises (SLURM, Open MPI, Kubernetes, TPU pods, ...). Does nothing
   when neither is asked for, so one process is the degenerate case."""
-  explicit = (coordinator_address, num_processes, process_id)
-  if all(v is None for v in explicit):
+  check_processes(coordinator_address, num_processes, process_id, detect=detect)
+  if all(v is None for v in (coordinator_address, num_processes, process_id)):
     if detect:
       jax.distributed.initialize()
     return
-  if any(v is None for v in explicit) and not detect:
-    raise ValueError(f"Multi-process training needs --coordinator_address, --num_processes and "
-                     f"--process_id together (got {coordinator_address!r}, {num_processes!r}, "
-                     f"{process_id!r}), or --distributed to detect them from the cluster.")
-  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-    raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1}.")
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
