@@ -10,7 +10,8 @@ Every rule writes before it reads:
   y_t = W_t q_t, and the returned w is W_T.
 
 Forms (picked by name, one small function each):
-  recurrent  jax.lax.scan over time with the single-step function; O(T) time, O(VK) state.
+  recurrent  jax.lax.scan over time with the single-step function; O(T) time, O(VK) state, and
+             a hand-written backward that keeps W only once per REMAT_SEGMENT steps.
   parallel   the whole sequence as one block of matrix products; O(T²).
   chunked    parallel inside blocks of `chunk_size`, recurrent across blocks.
   auto       `choose_form`: for the sum rule parallel up to PARALLEL_MAX_T steps, chunked beyond;
@@ -27,7 +28,8 @@ Internally blocks use the layout [B, H, T, ·] so every product is a batched mat
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,29 +109,102 @@ def _zero_state(k, v, initial_state):
 
 
 # ---------------------------------------------------------------------------------------------
+# The recurrent form. Differentiating a plain lax.scan stores W after every step (T·V·K numbers)
+# and reads it back: on a CPU that memory traffic made the backward pass 20-50x the forward. Our
+# backward keeps W once per segment of REMAT_SEGMENT steps and one V-vector per step (the write's
+# correction r_t = v_t − W_{t-1} k_t): it walks back from the exact state at each segment's end,
+# undoing one step at a time (W_{t-1} = W_t − β_t r_t k_tᵀ), so rounding cannot build up beyond
+# one segment, and the per-step work stays in cache.
+# Steps work on [N, ·] arrays, N = batch·heads: w [N, V, K], k, q [N, K], v [N, V], beta [N].
+
+REMAT_SEGMENT = 64   # the backward restarts from a stored W once per this many steps
+
+
+def _matvec(w, x):          # W x: [N, V, K] · [N, K] -> [N, V]
+  return jnp.einsum("...vk,...k->...v", w, x)
+
+
+def _vecmat(x, w):          # Wᵀ x: [N, V] · [N, V, K] -> [N, K]
+  return jnp.einsum("...v,...vk->...k", x, w)
+
+
+def _outer(a, b):
+  return a[..., :, None] * b[..., None, :]
+
+
+class _Step(NamedTuple):
+  """One rule's step, its inverse and its backward. `forward(w, k, v, beta)` returns (W_t, res)
+  with res a few numbers per step; `inverse(w_t, k, v, beta, res)` returns W_{t-1} (None: not
+  undone, see `_recurrent_backward`);
+  `backward(w_prev, w_t, dw_t, k, v, beta, res)` returns (dW_{t-1}, dk, dv, dβ)."""
+  forward: Callable
+  inverse: Callable
+  backward: Callable
+
+
+def _sum_forward(w, k, v, beta):
+  return w + _outer(v, k), ()
+
+
+def _sum_backward(w_prev, w, dw, k, v, beta, res):
+  return dw, _vecmat(v, dw), _matvec(dw, k), jnp.zeros_like(beta)
+
+
+def _delta_forward(w, k, v, beta):
+  r = v - _matvec(w, k)                       # the correction the write makes, before β
+  return w + _outer(beta[..., None] * r, k), r
+
+
+def _delta_backward(w_prev, w, dw, k, v, beta, r):
+  du = _matvec(dw, k)                         # u = β r, W_t = W_{t-1} + u kᵀ
+  dr = beta[..., None] * du                   # r = v − W_{t-1} k
+  dk = _vecmat(beta[..., None] * r, dw) - _vecmat(dr, w_prev)
+  return dw - _outer(dr, k), dk, dr, jnp.sum(du * r, axis=-1)
+
+
+def _fwm_forward(w, k, v, beta):
+  p, r = _delta_forward(w, k, v, beta)
+  scale = jnp.maximum(1.0, jnp.sqrt(jnp.sum(p * p, axis=(-2, -1))))   # W_t = P / scale
+  return p / scale[..., None, None], (r, scale)
+
+
+def _fwm_backward(w_prev, w, dw, k, v, beta, res):
+  r, scale = res
+  # W = P / max(1, ‖P‖): dP = (dW − [‖P‖ > 1] ⟨dW, W⟩ W) / scale.
+  along = jnp.where(scale > 1.0, jnp.sum(dw * w, axis=(-2, -1)), 0.0)
+  dp = (dw - along[..., None, None] * w) / scale[..., None, None]
+  return _delta_backward(w_prev, None, dp, k, v, beta, r)
+
+
+_RECURRENT = {
+    "sum": _Step(_sum_forward, lambda w, k, v, beta, res: w - _outer(v, k), _sum_backward),
+    "delta": _Step(_delta_forward,
+                   lambda w, k, v, beta, r: w - _outer(beta[..., None] * r, k), _delta_backward),
+    "fwm": _Step(_fwm_forward, None, _fwm_backward),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Single steps (streaming / generation). Shapes: w [B, H, V, K], q, k [B, H, K], v [B, H, V],
 # beta [B, H]. Each returns (y [B, H, V], new w).
 
 def _read(w, q):
-  return None if q is None else jnp.einsum("bhvk,bhk->bhv", w, q)
+  return None if q is None else _matvec(w, q)
 
 
 def sum_rule_step(w, q, k, v):
-  w = w + v[..., :, None] * k[..., None, :]
+  w, _ = _sum_forward(w, k, v, None)
   return _read(w, q), w
 
 
 def delta_rule_step(w, q, k, v, beta):
-  v_old = jnp.einsum("bhvk,bhk->bhv", w, k)
-  w = w + (beta[..., None] * (v - v_old))[..., :, None] * k[..., None, :]
+  w, _ = _delta_forward(w, k, v, beta)
   return _read(w, q), w
 
 
 def fwm_rule_step(w, q, k, v, beta):
   """The delta (interpolated) update, then W / max(1, ‖W‖_F), then the read-out."""
-  _, w = delta_rule_step(w, None, k, v, beta)
-  norm = jnp.sqrt(jnp.sum(w * w, axis=(-2, -1), keepdims=True))
-  w = w / jnp.maximum(1.0, norm)
+  w, _ = _fwm_forward(w, k, v, beta)
   return _read(w, q), w
 
 
@@ -202,39 +277,97 @@ def _delta_block(w0, q, k, v, beta):
 # ---------------------------------------------------------------------------------------------
 # Forms. Each takes public-layout arrays (beta may be None for the sum rule) and returns (y, w).
 
-REMAT_SEGMENT = 64   # the recurrent form's backward keeps W once per this many steps
-
-
-def _recurrent(step: Callable, w0, q, k, v, beta):
-  """A scan over time. Differentiating a plain scan stores W at every step (T·V·K numbers); here
-  the steps run in segments of REMAT_SEGMENT under jax.checkpoint, so the backward pass keeps
-  W once per segment and recomputes the steps inside one segment at a time."""
-  t = k.shape[1]
+def _recurrent(rule: str, w0, q, k, v, beta):
+  """A scan over time in segments of at most REMAT_SEGMENT steps, with the backward pass of
+  `_recurrent_scan` (see "Single steps")."""
+  b, t, h, d_key = k.shape
+  d_value = v.shape[-1]
   num_segments = -(-t // REMAT_SEGMENT)
   seg = -(-t // num_segments)          # equal segments of at most REMAT_SEGMENT steps
   pad = num_segments * seg - t         # < num_segments
+  if beta is None:
+    beta = jnp.ones(k.shape[:3], k.dtype)
 
-  def segments(x):  # [B, T, ...] -> [N, seg, B, ...]; zero k, v, β leave W unchanged
+  def segments(x):  # [B, T, H, ...] -> [S, seg, B·H, ...]; zero k, v, β leave W unchanged
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.moveaxis(x, 1, 0).reshape((num_segments, seg) + x.shape[:1] + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0).reshape((num_segments, seg, b * h) + x.shape[3:])
 
-  xs = tuple(segments(x) for x in (k, v) + (() if beta is None else (beta,)))
+  xs = tuple(segments(x) for x in (k, v, beta))
   qs = None if q is None else segments(q)
-
-  def body(w, x):
-    q_t, x = x
-    y, w = step(w, q_t, *x)
-    return w, y
-
-  @jax.checkpoint
-  def segment(w, x):
-    return jax.lax.scan(body, w, x)
-
-  w, y = jax.lax.scan(segment, w0, (qs, xs))
+  y, w = _recurrent_scan(rule, w0.reshape(b * h, d_value, d_key), qs, xs)
+  w = w.reshape(b, h, d_value, d_key)
   if q is None:
     return None, w
-  y = y.reshape((num_segments * seg,) + y.shape[2:])[:t]
+  y = y.reshape(num_segments * seg, b, h, d_value)[:t]
   return jnp.moveaxis(y, 0, 1), w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrent_scan(rule, w0, qs, xs):
+  return _recurrent_forward(rule, w0, qs, xs)[0]
+
+
+def _recurrent_forward(rule, w0, qs, xs):
+  """(y, W_T) and what the backward needs: W at each segment start and each step's residual."""
+  step = _RECURRENT[rule]
+
+  def inner(w, x):
+    q_t, x = x
+    w, res = step.forward(w, *x)
+    return w, (_read(w, q_t), res)
+
+  def outer(w, x):
+    w_end, (y, res) = jax.lax.scan(inner, w, x)
+    return w_end, (w, y, res)
+
+  w_last, (starts, y, res) = jax.lax.scan(outer, w0, (qs, xs))
+  return (y, w_last), (starts, w_last, qs, xs, res)
+
+
+def _recurrent_backward(rule, saved, cotangents):
+  """Walks each segment back from its end. Invertible steps (sum, delta) undo one step at a time
+  from the exact end state; fwm, whose normalisation would amplify rounding when undone, reruns
+  the segment forward from its stored start and keeps its states."""
+  step = _RECURRENT[rule]
+  starts, w_last, qs, xs, res = saved
+  dy, dw_last = cotangents
+
+  def step_back(w_prev, w, dw, x):
+    q_t, dy_t, x_t, res_t = x
+    dq = None
+    if q_t is not None:                 # y_t = W_t q_t
+      dq = _vecmat(dy_t, w)
+      dw = dw + _outer(dy_t, q_t)
+    dw, dk, dv, dbeta = step.backward(w_prev, w, dw, *x_t, res_t)
+    return dw, (dq, (dk, dv, dbeta))
+
+  def undo(carry, x):
+    w, dw = carry
+    w_prev = step.inverse(w, *x[2], x[3])
+    dw, grads = step_back(w_prev, w, dw, x)
+    return (w_prev, dw), grads
+
+  def redo(dw, x):
+    w_prev, x = x
+    w, _ = step.forward(w_prev, *x[2])
+    return step_back(w_prev, w, dw, x)
+
+  def segment(dw, x):
+    w_start, w_end, x = x
+    if step.inverse is not None:
+      (_, dw), grads = jax.lax.scan(undo, (w_end, dw), x, reverse=True)
+    else:
+      _, w_prevs = jax.lax.scan(lambda w, x_t: (step.forward(w, *x_t)[0], w), w_start, x[2])
+      dw, grads = jax.lax.scan(redo, dw, (w_prevs, x), reverse=True)
+    return dw, grads
+
+  ends = jnp.concatenate([starts[1:], w_last[None]])
+  dw0, (dqs, dxs) = jax.lax.scan(segment, dw_last, (starts, ends, (qs, dy, xs, res)),
+                                 reverse=True)
+  return dw0, dqs, dxs
+
+
+_recurrent_scan.defvjp(_recurrent_forward, _recurrent_backward)
 
 
 def _to_blocks(x, num_blocks, size):
@@ -274,7 +407,6 @@ def _chunked(block: Callable, w0, q, k, v, beta, chunk_size):
   return (None if q is None else _from_blocks(y)[:, :t]), w
 
 
-_STEPS = {"sum": sum_rule_step, "delta": delta_rule_step, "fwm": fwm_rule_step}
 _BLOCKS = {"sum": _sum_block, "delta": _delta_block}
 
 
@@ -290,8 +422,7 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if rule == "sum":
     beta = None
   if form == "recurrent":
-    step = _STEPS[rule]
-    return _recurrent(step, _zero_state(k, v, w0), q, k, v, beta)
+    return _recurrent(rule, _zero_state(k, v, w0), q, k, v, beta)
   # The parallel form is the chunked form with one chunk spanning the sequence.
   size = k.shape[1] if form == "parallel" else chunk_size
   return _chunked(_BLOCKS[rule], w0, q, k, v, beta, size)

@@ -93,7 +93,7 @@ def test_fwm_recurrent_matches_plain_loop_float64():
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
 def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
-  """The recurrent form's backward recomputes segments of at most REMAT_SEGMENT steps; with 5
+  """The recurrent form's backward restarts from a stored state every REMAT_SEGMENT steps; with 5
   over T = 13 (three segments of 5, the last padded by 2) outputs, state and gradients are
   unchanged."""
   monkeypatch.setattr(ops, "REMAT_SEGMENT", 5)
@@ -106,6 +106,29 @@ def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
     keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
     helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F64_RTOL,
                              "grads")
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
+def test_recurrent_backward_float32_long_sequence(rule):
+  """The recurrent backward walks each segment back from its end (sum, delta: undoing
+  steps; fwm: rerunning the segment). In float32 over 70 steps (two segments of 35), with values large enough that the
+  fwm normalisation acts at every step (undoing it would amplify rounding by ‖P‖ per step), the
+  gradients stay at F32_RTOL of a float64 plain loop."""
+  t = 70
+  with helpers.x64():
+    inputs = helpers.random_inputs(5, t=t, d_key=16, d_value=8)
+    inputs = inputs[:2] + (3.0 * inputs[2],) + inputs[3:]
+    cotangents = (jnp.asarray(np.random.default_rng(1).normal(size=inputs[2].shape)),
+                  jnp.ones_like(inputs[4]))
+    _, grads_ref = reference_loss_and_grads(rule, inputs, cotangents)
+    if rule == "fwm":   # the normalisation binds: ‖P_t‖ > 1 at every step
+      _, w_ref = reference.rule(rule, *inputs)
+      assert float(jnp.min(jnp.sum(w_ref ** 2, axis=(-2, -1)))) == pytest.approx(1.0)
+  as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  _, grads = loss_and_grads(rule, "recurrent", 64, as_f32(inputs), as_f32(cotangents))
+  keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
+  helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F32_RTOL,
+                           "float32 grads")
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
