@@ -18,19 +18,15 @@ import json
 import os
 import platform
 import signal
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
 from flax import nnx
 
 from configs import associative_recall
-from experiments import builders, train
-from fwp import ops
+from experiments import builders, timing, train
 
 _RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
 _FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms to time.")
@@ -46,60 +42,6 @@ _STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case (median reported).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
-
-
-def _median_seconds(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))                     # warm-up: compile and first run
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  seconds = _median_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
-  return 2 * n ** 3 / seconds / 1e9
-
-
-def _peak_bytes(compiled) -> int | None:
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return None
-  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
-             analysis.temp_size_in_bytes)
-
-
-def time_op(rule, form, t, chunk_size, shape, repeats, peak_rate):
-  b, h, dk, dv = shape
-  keys = jax.random.split(jax.random.key(t), 5)
-  q = jax.random.normal(keys[0], (b, t, h, dk))
-  k = jax.nn.softmax(jax.random.normal(keys[1], (b, t, h, dk)), axis=-1)   # sum-normalised
-  v = jax.random.normal(keys[2], (b, t, h, dv))
-  beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, t, h)))
-  cot = jax.random.normal(keys[4], (b, t, h, dv))
-
-  def forward(q, k, v, beta):
-    return ops.apply_rule(rule, q, k, v, beta, form=form, chunk_size=chunk_size)[0]
-
-  def loss(q, k, v, beta):
-    return jnp.sum(forward(q, k, v, beta) * cot)
-
-  row = dict(kind="op", rule=rule, form=form, T=t, chunk_size=chunk_size if form == "chunked"
-             else None, batch=b, heads=h, d_key=dk, d_value=dv)
-  for name, fn, flops_per in (("fwd", forward, 6), ("fwd_bwd",
-                                                    jax.grad(loss, argnums=(0, 1, 2, 3)), 18)):
-    jitted = jax.jit(fn)
-    compiled = jitted.lower(q, k, v, beta).compile()
-    seconds = _median_seconds(compiled, q, k, v, beta, repeats=repeats)
-    gflops = flops_per * b * h * t * dk * dv / seconds / 1e9
-    row.update({f"{name}_ms": seconds * 1e3, f"{name}_gflops": gflops,
-                f"{name}_fraction_of_matmul": gflops / peak_rate,
-                f"{name}_peak_mb": (_peak_bytes(compiled) or 0) / 2 ** 20})
-  return row
 
 
 def time_train_step(curve, num_keys, repeats, form=None):
@@ -119,7 +61,7 @@ def time_train_step(curve, num_keys, repeats, form=None):
     step[0] += 1
     return carry[2]
 
-  seconds = _median_seconds(one_step, repeats=repeats)
+  seconds = timing.median_seconds(one_step, repeats=repeats)
   return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
               setting=config.setting, batch=config.batch_size, ms=seconds * 1e3)
 
@@ -151,7 +93,7 @@ def main(argv):
   del argv
   faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints every thread's stack
   shape = [int(x) for x in _SHAPE.value]
-  peak = matmul_gflops(repeats=_REPEATS.value)
+  peak = timing.matmul_gflops(repeats=_REPEATS.value)
   machine = dict(platform=platform.platform(), processor=platform.processor(),
                  cpu_count=os.cpu_count(), jax=jax.__version__,
                  devices=[str(d) for d in jax.devices()], matmul_gflops=peak)
@@ -167,7 +109,7 @@ def main(argv):
           continue
         chunks = [int(c) for c in _CHUNKS.value] if form == "chunked" else [64]
         for chunk in chunks:
-          row = time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
+          row = timing.time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
           rows.append(row)
           _write(machine, rows, shape)
           print(f"{rule:6} {form:9} {t:>6} {str(row['chunk_size'] or '-'):>5} "

@@ -25,3 +25,21 @@ def test_bench_smoke(tmp_path):
   assert [r["curve"] for r in data["rows"] if r["kind"] == "train_step"] == ["linear-sum"]
   table = (tmp_path / "bench.md").read_text()
   assert "| delta | chunked | 16 | 8 |" in table and "| linear-sum | 1 | 6 |" in table
+
+
+def test_profile_chunked_smoke(tmp_path):
+  out = tmp_path / "profile.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.profile_chunked", "--length=32", "--chunk_sizes=8",
+       "--shape=1,1,4,4", "--repeats=1", f"--out={out}", f"--markdown={tmp_path / 'p.md'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["what"] for r in rows if r["kind"] == "form"] == ["forward", "forward + backward"]
+  products = [r for r in rows if r["kind"] == "product"]
+  assert len(products) == 5 and all(r["scan_ms"] > 0 and r["batched_ms"] > 0 for r in products)
+  assert "whole form, forward + backward" in (tmp_path / "p.md").read_text()
+  # The inverse's FLOPs: Σ over rounds s = 1, 2, .., C/2 of C/2s pairs of two s×s products,
+  # = 2C(C²−1)/3 per C×C matrix; 4 chunks of C = 8, one batch·head.
+  assert products[-1]["flops"] == 4 * 2 * 8 * (8 * 8 - 1) // 3
+

@@ -1,0 +1,68 @@
+"""Timing helpers shared by `experiments.bench` and `experiments.profile_chunked` (no flags).
+
+Times are medians over `repeats` calls after a warm-up call, so compilation is excluded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from fwp import ops
+
+
+def median_seconds(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))                     # warm-up: compile and first run
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  seconds = median_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
+  return 2 * n ** 3 / seconds / 1e9
+
+
+def peak_bytes(compiled) -> int | None:
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+             analysis.temp_size_in_bytes)
+
+
+def time_op(rule, form, t, chunk_size, shape, repeats, peak_rate):
+  b, h, dk, dv = shape
+  keys = jax.random.split(jax.random.key(t), 5)
+  q = jax.random.normal(keys[0], (b, t, h, dk))
+  k = jax.nn.softmax(jax.random.normal(keys[1], (b, t, h, dk)), axis=-1)   # sum-normalised
+  v = jax.random.normal(keys[2], (b, t, h, dv))
+  beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, t, h)))
+  cot = jax.random.normal(keys[4], (b, t, h, dv))
+
+  def forward(q, k, v, beta):
+    return ops.apply_rule(rule, q, k, v, beta, form=form, chunk_size=chunk_size)[0]
+
+  def loss(q, k, v, beta):
+    return jnp.sum(forward(q, k, v, beta) * cot)
+
+  row = dict(kind="op", rule=rule, form=form, T=t, chunk_size=chunk_size if form == "chunked"
+             else None, batch=b, heads=h, d_key=dk, d_value=dv)
+  for name, fn, flops_per in (("fwd", forward, 6), ("fwd_bwd",
+                                                    jax.grad(loss, argnums=(0, 1, 2, 3)), 18)):
+    jitted = jax.jit(fn)
+    compiled = jitted.lower(q, k, v, beta).compile()
+    seconds = median_seconds(compiled, q, k, v, beta, repeats=repeats)
+    gflops = flops_per * b * h * t * dk * dv / seconds / 1e9
+    row.update({f"{name}_ms": seconds * 1e3, f"{name}_gflops": gflops,
+                f"{name}_fraction_of_matmul": gflops / peak_rate,
+                f"{name}_peak_mb": (peak_bytes(compiled) or 0) / 2 ** 20})
+  return row
