@@ -36,7 +36,7 @@ def collect(roots: list[str]) -> list[dict]:
         s = json.load(f)
       rows.append(dict(setting=s["setting"], model=s["curve"], num_keys=s["num_keys"],
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
-                       wall_seconds=round(s["wall_seconds"], 1)))
+                       wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
   if not rows:
     raise ValueError(f"No finished runs (summary.json) under {roots}.")
   return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
@@ -44,30 +44,40 @@ def collect(roots: list[str]) -> list[dict]:
 
 def write_csv(rows, path):
   with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS)
+    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
 
 
-def _grouped(rows, setting):
-  """{model: {num_keys: [final losses over seeds]}} for one setting."""
+def _grouped(rows, setting, field="final_eval_loss"):
+  """{model: {num_keys: [field over seeds]}} for one setting (runs with a final loss)."""
   out = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
     if r["setting"] == setting and r["final_eval_loss"] is not None:
-      out[r["model"]][r["num_keys"]].append(r["final_eval_loss"])
+      out[r["model"]][r["num_keys"]].append(r[field])
   return out
+
+
+# Markers for how a point's runs ended, when not by reaching the stopping loss or by patience.
+_MARKS = {"max_steps": "†", "non_finite": "‡"}
 
 
 def write_markdown(rows, path):
   lines = []
   for setting in sorted({r["setting"] for r in rows}):
     groups = _grouped(rows, setting)
+    reasons, steps = _grouped(rows, setting, "stop_reason"), _grouped(rows, setting, "steps")
     sizes = sorted({s for g in groups.values() for s in g})
-    lines += [f"### Setting {setting}: final eval loss, mean over seeds (seeds in brackets)", "",
+    lines += [f"### Setting {setting}: final eval loss, mean over seeds", "",
+              "In brackets: the number of seeds and the most steps a seed ran. † a run ended at "
+              "`max_steps` (its budget; it may still improve); ‡ a run stopped on a non-finite "
+              "loss.", "",
               "| model | " + " | ".join(f"S={s}" for s in sizes) + " |",
               "|---" * (len(sizes) + 1) + "|"]
     for model in sorted(groups):
-      cells = [f"{np.mean(groups[model][s]):.3f} ({len(groups[model][s])})"
+      cells = [f"{np.mean(groups[model][s]):.3g} ({len(groups[model][s])}, "
+               f"{max(steps[model][s])})"
+               + "".join(sorted({_MARKS.get(r, "") for r in reasons[model][s]}))
                if s in groups[model] else "" for s in sizes]
       lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")

@@ -134,3 +134,5 @@ def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   lines = (out / "associative_recall.csv").read_text().splitlines()
   assert lines[0] == "setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds"
   assert len(lines) == 5 and lines[1].startswith("1,linear-sum,4,1,")
+  table = (out / "associative_recall.md").read_text()   # 2 seeds, 20 steps, ended at max_steps
+  assert "| linear-sum | " in table and table.count(" (2, 20)†") == 2, table
