@@ -86,7 +86,7 @@ def write_markdown(rows, path):
 
 
 def plot(rows, setting, path):
-  groups = _grouped(rows, setting)
+  groups, reasons = _grouped(rows, setting), _grouped(rows, setting, "stop_reason")
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for model in sorted(groups):
     sizes = sorted(groups[model])
@@ -95,11 +95,15 @@ def plot(rows, setting, path):
     line, = ax.plot(sizes, mean, marker="o", markersize=3, label=model)
     ax.fill_between(sizes, [l.min() for l in losses], [l.max() for l in losses],
                     color=line.get_color(), alpha=0.2)
+    budget = [i for i, s in enumerate(sizes) if "max_steps" in reasons[model][s]]
+    ax.plot([sizes[i] for i in budget], mean[budget], linestyle="none", marker="o",
+            markersize=7, markerfacecolor="none", color=line.get_color())
   ax.set_xlabel("number of unique keys S")
   ax.set_ylabel("final eval loss (log scale)")
   ax.set_yscale("log")   # losses span 1e-4 (solved) to ~1 (failed)
   ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)   # the stopping loss
-  ax.set_title(f"Associative retrieval, setting {setting}")
+  ax.set_title(f"Associative retrieval, setting {setting} (open circles: a run ended at "
+               "max_steps)", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
