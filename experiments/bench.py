@@ -16,7 +16,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import platform
 import signal
 
 import jax
@@ -68,9 +67,7 @@ def time_train_step(curve, num_keys, repeats, form=None):
 
 def markdown(machine, rows, shape) -> str:
   b, h, dk, dv = shape
-  lines = [f"Machine: {machine['cpu_count']} CPU cores, {machine['platform']}, jax "
-           f"{machine['jax']}, devices {machine['devices']}; measured float32 matmul rate "
-           f"(2048³) **{machine['matmul_gflops']:.1f} GFLOP/s**.", "",
+  lines = [timing.machine_line(machine), "",
            f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
            f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled estimate.",
            "", "| rule | form | T | chunk | fwd ms | fwd+bwd ms | GFLOP/s | % of matmul | "
@@ -93,10 +90,8 @@ def main(argv):
   del argv
   faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints every thread's stack
   shape = [int(x) for x in _SHAPE.value]
-  peak = timing.matmul_gflops(repeats=_REPEATS.value)
-  machine = dict(platform=platform.platform(), processor=platform.processor(),
-                 cpu_count=os.cpu_count(), jax=jax.__version__,
-                 devices=[str(d) for d in jax.devices()], matmul_gflops=peak)
+  machine = timing.machine(repeats=_REPEATS.value)
+  peak = machine["matmul_gflops"]
   print(f"machine: {machine}")
   rows = []
   header = (f"{'rule':6} {'form':9} {'T':>6} {'chunk':>5} {'fwd ms':>9} {'fwd+bwd ms':>11} "

@@ -20,8 +20,6 @@ the chunk-shaped products bound what the chunked form can reach on this machine.
 from __future__ import annotations
 
 import json
-import os
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -81,9 +79,7 @@ def time_product(fn, x_shapes, w_shape, num_chunks, repeats):
 
 def markdown(machine, rows, shape, t) -> str:
   b, h, dk, dv = shape
-  lines = [f"Machine: {machine['cpu_count']} CPU cores, {machine['platform']}, jax "
-           f"{machine['jax']}; measured float32 matmul rate (2048³) "
-           f"**{machine['matmul_gflops']:.1f} GFLOP/s**.", "",
+  lines = [timing.machine_line(machine), "",
            f"Chunked delta rule, batch {b}, heads {h}, d_key {dk}, d_value {dv}, T = {t}. Each "
            f"product row times that product alone over all T/C chunks: in a `lax.scan` (as the "
            f"form runs it) and batched over the chunks in one call.", "",
@@ -106,12 +102,12 @@ def main(argv):
   del argv
   b, h, dk, dv = shape = [int(x) for x in _SHAPE.value]
   t, repeats = _T.value, _REPEATS.value
-  peak = timing.matmul_gflops(repeats=repeats)
-  machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), jax=jax.__version__,
-                 matmul_gflops=peak)
+  machine = timing.machine(repeats=repeats)
+  peak = machine["matmul_gflops"]
   print(f"machine: {machine}")
   rows = []
   for c in (int(x) for x in _CHUNKS.value):
+    first = len(rows)
     whole = timing.time_op("delta", "chunked", t, c, shape, repeats, peak)
     rows.append(dict(kind="form", chunk_size=c, what="forward", ms=whole["fwd_ms"],
                      gflops=whole["fwd_gflops"]))
@@ -124,15 +120,16 @@ def main(argv):
       rows.append(dict(kind="product", chunk_size=c, what=name, flops=total,
                        scan_ms=scan_ms, scan_gflops=total / scan_ms / 1e6, batched_ms=batched_ms,
                        batched_gflops=total / batched_ms / 1e6))
-    for r in rows[-7:]:
+    for r in rows[first:]:
       print(r, flush=True)
+  table = markdown(machine, rows, shape, t)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(dict(machine=machine, shape=shape, length=t, rows=rows), f, indent=2)
   if _MARKDOWN.value:
     with open(_MARKDOWN.value, "w") as f:
-      f.write(markdown(machine, rows, shape, t))
-  print(markdown(machine, rows, shape, t))
+      f.write(table)
+  print(table)
 
 
 if __name__ == "__main__":

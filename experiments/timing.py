@@ -5,6 +5,8 @@ Times are medians over `repeats` calls after a warm-up call, so compilation is e
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -29,6 +31,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   seconds = median_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
   return 2 * n ** 3 / seconds / 1e9
+
+
+def machine(repeats: int = 5) -> dict:
+  """What a table of timings was measured on, with the float32 matmul rate measured now."""
+  return dict(platform=platform.platform(), processor=platform.processor(),
+              cpu_count=os.cpu_count(), jax=jax.__version__,
+              devices=[str(d) for d in jax.devices()], matmul_gflops=matmul_gflops(repeats=repeats))
+
+
+def machine_line(machine: dict) -> str:
+  """The Markdown line that heads a table of timings."""
+  return (f"Machine: {machine['cpu_count']} CPU cores, {machine['platform']}, jax "
+          f"{machine['jax']}, devices {machine['devices']}; measured float32 matmul rate "
+          f"(2048³) **{machine['matmul_gflops']:.1f} GFLOP/s**.")
 
 
 def peak_bytes(compiled) -> int | None:

@@ -42,4 +42,3 @@ def test_profile_chunked_smoke(tmp_path):
   # The inverse's FLOPs: Σ over rounds s = 1, 2, .., C/2 of C/2s pairs of two s×s products,
   # = 2C(C²−1)/3 per C×C matrix; 4 chunks of C = 8, one batch·head.
   assert products[-1]["flops"] == 4 * 2 * 8 * (8 * 8 - 1) // 3
-
