@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import builders, distributed, sweep, train
+from experiments import distributed, sweep, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and curve, "
                                           "e.g. configs/associative_recall.py:dpfp2-sum.")
@@ -44,7 +44,7 @@ flags.mark_flag_as_required("config")
 
 def _check_config(config) -> bool:
   try:
-    builders.validate(config)
+    train.validate(config)
   except ValueError as error:
     raise flags.ValidationError(str(error)) from None
   return True
@@ -115,7 +115,7 @@ def main(argv):
     point_config = config.copy_and_resolve_references()
     for key, value in overrides.items():
       point_config[key] = value
-    builders.validate(point_config)
+    train.validate(point_config)
     workdir = sweep.point_dir(_WORKDIR.value, overrides)
     if distributed.is_main():
       print(f"Sweep point {overrides} -> {workdir}", flush=True)

@@ -13,30 +13,23 @@ authors did. Expected (the paper): dpfp2-sum reaches ~0 loss up to S ≈ 240 in 
 
 import ml_collections
 
+from configs import common
+
 PHIS = ("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512", "tanh")
 RULES = ("sum", "delta", "fwm")
 CURVES = ("softmax",) + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key the experiments read, declared once."""
-  c = ml_collections.ConfigDict()
+  """Every key the retrieval experiments read: the loop's (configs.common) and its own."""
+  c = common.loop_config("associative_recall")
   c.curve = "linear-sum"
   c.setting = 1                  # 1: S keys without replacement; 2: 2S with replacement
   c.num_keys = 20                # S
-  c.seed = 1
-  c.batch_size = 32
-  c.learning_rate = 1e-3
-  c.max_steps = 100_000
-  c.eval_every = 100
   c.eval_sequences = 20
   c.eval_max_queries = 200
   c.eval_full_length = False     # departure from the authors: evaluate setting 2 on length 2S
   c.stop_loss = 0.001
-  c.patience = 10                # stop after more than `patience` evals without a new best
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 2
-  c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
   c.model = ml_collections.ConfigDict()
   c.model.d = 64
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus

@@ -20,12 +20,11 @@ import signal
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import app, flags
 from flax import nnx
 
 from configs import associative_recall
-from experiments import builders, timing, train
+from experiments import tasks, timing, train
 
 _RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
 _FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms to time.")
@@ -48,15 +47,15 @@ def time_train_step(curve, num_keys, repeats, form=None):
   config.num_keys = num_keys
   if form:
     config.model.form = form
-  model = builders.build_model(config, nnx.Rngs(0))
+  model = tasks.associative_recall.build_model(config, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(config.learning_rate)
-  train_step, _ = train.compile_steps(config, graphdef, tx)
+  tx = train.make_optimizer(config)
+  train_step = train.compile_step(graphdef, tx, tasks.associative_recall.make(config))
   carry = [params, tx.init(params), jnp.float32(0)]
   step = [0]
 
   def one_step():
-    carry[:] = train_step(*carry, rest, step[0])
+    carry[:] = train_step(*carry, rest, step[0], None)
     step[0] += 1
     return carry[2]
 

@@ -90,3 +90,11 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+  """A host batch (the same global NumPy arrays on every process) as global arrays split over the
+  data axis; each process transfers only the rows its own devices hold."""
+  sharding = NamedSharding(mesh, P(DATA))
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+          for k, v in batch.items()}

@@ -1,7 +1,11 @@
-"""The one train loop: Adam on the paper's retrieval loss, eval, early stopping, checkpoints.
+"""The one train loop, for every task: optax, eval, early stopping, checkpoints, resume.
 
-A run's workdir holds config.json, metrics.jsonl (one line per eval), checkpoints/ and, when the
-run ends, summary.json. Relaunching on the same workdir resumes from the latest checkpoint.
+What a run computes comes from its task (experiments.tasks, picked by config.task): the model,
+the batch, the loss, the evaluation. What every run shares is here: the jitted step over
+nnx.split state, the optimizer, early stopping, orbax checkpoints and exact resume, SIGTERM, the
+data mesh. A run's workdir holds config.json, metrics.jsonl (one line per eval), checkpoints/
+and, when the run ends, summary.json. Relaunching on the same workdir resumes from the latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -21,20 +25,12 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import builders, checkpoint, data, distributed
+from experiments import checkpoint, distributed, tasks
 
 # Fields that may change between a run and its resumption: they change neither model nor data.
 RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
                      "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape")
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
-
-
-def retrieval_loss(predictions, targets, num_keys, mask=None):
-  """½‖onehot(target) − ŷ‖² summed over outputs, averaged over (unmasked) queries."""
-  per_query = 0.5 * jnp.sum((jax.nn.one_hot(targets, num_keys) - predictions) ** 2, axis=-1)
-  if mask is None:
-    return jnp.mean(per_query)
-  return jnp.sum(per_query * mask) / jnp.sum(mask)
 
 
 class _Stop:
@@ -117,9 +113,60 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def validate(config) -> None:
+  """Every check that needs no computation, the loop's fields and then the task's; launch.py
+  runs it at flag parsing, before anything is compiled."""
+  task_module = tasks.get(config.task)
+
+  def positive(name):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
+               "patience"):
+    positive(name)
+  if not config.learning_rate > 0:
+    raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate!r}.")
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"Unknown config.lr_schedule {config.lr_schedule!r}; valid choices: "
+                     f"{', '.join(LR_SCHEDULES)}.")
+  if isinstance(config.warmup_steps, bool) or not isinstance(config.warmup_steps, int) or (
+      config.warmup_steps < 0):
+    raise ValueError(f"config.warmup_steps must be an integer >= 0, got "
+                     f"{config.warmup_steps!r}.")
+  if not config.grad_clip >= 0:
+    raise ValueError(f"config.grad_clip must be >= 0 (0 turns clipping off), got "
+                     f"{config.grad_clip!r}.")
+  mesh = tuple(config.mesh_shape)
+  if len(mesh) != 1 or isinstance(mesh[0], bool) or not isinstance(mesh[0], int) or not (
+      mesh[0] == -1 or mesh[0] >= 1):
+    raise ValueError(f"config.mesh_shape must be (N,) with N >= 1 data-parallel devices, or (-1,) "
+                     f"for all devices; got {config.mesh_shape!r}.")
+  task_module.validate(config)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam; with a cosine schedule, linear warm-up then cosine to 0 at max_steps; optional
+  global-norm clipping first (the authors' LM recipe: 2,000 warm-up steps, clipping 0.25)."""
+  lr = config.learning_rate
+  if config.lr_schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps,
+                                            max(config.max_steps, config.warmup_steps + 1), 0.0)
+  elif config.warmup_steps:
+    lr = optax.linear_schedule(0.0, lr, config.warmup_steps)
+  adam = optax.adam(lr)
+  if config.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+  return adam
+
+
 def train(config, workdir: str | None = None, *, restore_from: str | None = None) -> dict:
   """Trains one run to its stopping criterion; returns the summary (also in summary.json)."""
-  builders.validate(config)
+  validate(config)
+  task_module = tasks.get(config.task)
   workdir = _prepare_workdir(workdir)
   config_dict = config.to_dict()
   config_path = os.path.join(workdir, "config.json")
@@ -142,9 +189,10 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   distributed.check_batch(config.batch_size, mesh)
   _say(f"Mesh: {mesh.size} {jax.default_backend()} device(s) over {jax.process_count()} "
        f"process(es); batch {config.batch_size} = {config.batch_size // mesh.size} per device")
-  model = builders.build_model(config, nnx.Rngs(config.seed))
+  task = task_module.make(config, mesh)
+  model = task_module.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(config.learning_rate)
+  tx = make_optimizer(config)
   params, rest = distributed.replicate((params, rest), mesh)
   state = dict(params=params, rest=rest, opt_state=distributed.replicate(tx.init(params), mesh),
                loss_sum=distributed.replicate(jnp.float32(0), mesh),
@@ -173,7 +221,7 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
     with open(metrics_path, "w") as f:
       f.writelines(json.dumps(m) + "\n" for m in history)
 
-  train_step, eval_loss_fn = compile_steps(config, graphdef, tx, mesh)
+  train_step = compile_step(graphdef, tx, task, mesh)
   carry = (state["params"], state["opt_state"], state["loss_sum"])
   rest = state["rest"]
   best, bad_evals = float(state["best_eval_loss"]), int(state["bad_evals"])
@@ -194,14 +242,19 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
       if step >= config.max_steps:
         stop_reason = "max_steps"
         break
-      carry = train_step(*carry, rest, step)
+      batch = task.host_batch(step)
+      if batch is not None:
+        batch = distributed.put_batch(batch, mesh)
+      carry = train_step(*carry, rest, step, batch)
       step, loss_count = step + 1, loss_count + 1
       if step % config.eval_every == 0:
         params, opt_state, loss_sum = carry
         train_loss = float(distributed.fetch(loss_sum)) / loss_count
-        eval_loss = float(distributed.fetch(eval_loss_fn(params, rest, step)))
+        evaluated = {k: float(distributed.fetch(v))
+                     for k, v in task.evaluate(graphdef, params, rest, step).items()}
+        eval_loss = evaluated["eval_loss"]
         now = time.time()
-        record = dict(step=step, train_loss=train_loss, eval_loss=eval_loss,
+        record = dict(step=step, train_loss=train_loss, **evaluated,
                       steps_per_second=(step - interval_step) / max(now - interval_start, 1e-9),
                       wall_seconds=wall_before + now - start_time)
         interval_start, interval_step = now, step
@@ -215,7 +268,8 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
         if distributed.is_main():
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        _say(f"step {step:>6}  train {train_loss:.5f}  eval {eval_loss:.5f}  "
+        extra = "".join(f"  {k} {v:.4g}" for k, v in evaluated.items() if k != "eval_loss")
+        _say(f"step {step:>6}  train {train_loss:.5f}  eval {eval_loss:.5f}{extra}  "
              f"{record['steps_per_second']:.1f} steps/s")
         last_eval = eval_loss
         carry = (params, opt_state, jnp.zeros_like(loss_sum))
@@ -243,11 +297,15 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
     if stop_reason == "max_steps" and step not in mngr.all_steps():
       checkpoint.save(mngr, step, snapshot(), None)
   mngr.close()
+  final = {}
+  if stop_reason != "non_finite":
+    final = {k: float(v) for k, v in task.final(graphdef, carry[0], rest).items()}
+    if final:
+      _say("Final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
   summary = dict(final_eval_loss=last_eval, best_eval_loss=best if math.isfinite(best) else None,
                  steps=step, stop_reason=stop_reason,
-                 wall_seconds=wall_before + time.time() - start_time,
-                 curve=config.curve, setting=config.setting, num_keys=config.num_keys,
-                 seed=config.seed)
+                 wall_seconds=wall_before + time.time() - start_time, seed=config.seed,
+                 task=config.task, **task.summary_fields, **final)
   _write_json(summary_path, summary)
   _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
@@ -259,43 +317,18 @@ def _counters(**values):
           for k, v in values.items()}
 
 
-def compile_steps(config, graphdef, tx, mesh=None):
-  """The jitted pure train step and eval function for this config; with a `mesh`, the train
-  batch is sharded over its data axis."""
-  num_keys = config.num_keys
-  redraw = config.model.redraw_projection
-
-  def projection_key(stream, index):
-    if not redraw:
-      return None
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 7919), stream), index)
+def compile_step(graphdef, tx, task, mesh=None):
+  """The jitted pure train step: (params, opt_state, loss_sum, rest, step, batch) -> (params,
+  opt_state, loss_sum + loss). `batch` is the task's host batch (None when the task makes its
+  batch inside the step); with a `mesh`, the task shards it over the data axis."""
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def train_step(params, opt_state, loss_sum, rest, step):
-    batch = data.train_batch(config.seed, step, batch_size=config.batch_size,
-                             num_keys=num_keys, setting=config.setting)
-    if mesh is not None:
-      batch = distributed.shard_batch(batch, mesh)
-
+  def train_step(params, opt_state, loss_sum, rest, step, batch):
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, rest)
-      y = model(batch["keys"], batch["values"], batch["queries"],
-                projection_key=projection_key(0, step))
-      return retrieval_loss(y, batch["targets"], num_keys)
+      return task.loss(nnx.merge(graphdef, params, rest), batch, step)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss_sum + loss
 
-  @jax.jit
-  def eval_loss(params, rest, index):
-    batch = data.eval_batch(config.seed, index, num_keys=num_keys, setting=config.setting,
-                            num_sequences=config.eval_sequences,
-                            max_queries=config.eval_max_queries,
-                            full_length=config.eval_full_length)
-    model = nnx.merge(graphdef, params, rest)
-    y = model(batch["keys"], batch["values"], batch["queries"],
-              projection_key=projection_key(1, index))
-    return retrieval_loss(y, batch["targets"], num_keys, batch["mask"])
-
-  return train_step, eval_loss
+  return train_step

@@ -120,14 +120,15 @@ class FastWeightAttention(nnx.Module):
   """
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, config: FastWeightConfig, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype=None):
     self.num_heads, self.d_head, self.config = num_heads, d_head, config
-    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, rngs=rngs)
+    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     self.q_proj = linear(num_heads * d_head)
     self.k_proj = linear(num_heads * d_head)
     self.v_proj = linear(num_heads * d_head)
-    self.beta_proj = (nnx.Linear(d_model, num_heads, rngs=rngs) if config.uses_beta else None)
-    self.out_proj = nnx.Linear(num_heads * d_head, d_model, use_bias=False, rngs=rngs)
+    self.beta_proj = (nnx.Linear(d_model, num_heads, dtype=dtype, rngs=rngs)
+                      if config.uses_beta else None)
+    self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
     self.projection = (FeatureProjection(draw_projection(rngs.params(), config, d_head))
                        if config.feature_map == "favor_plus" else None)
 
@@ -137,50 +138,95 @@ class FastWeightAttention(nnx.Module):
                        f"{self.config.feature_map!r}.")
     self.projection[...] = draw_projection(key, self.config, self.d_head)
 
+  def init_state(self, batch_size: int, dtype=jnp.float32) -> FastWeightState:
+    """The empty memory: W = 0 (and z = 0 under attention normalisation)."""
+    d_dot = self.config.d_dot(self.d_head)
+    w = jnp.zeros((batch_size, self.num_heads, self.d_head, d_dot), dtype)
+    z = (jnp.zeros((batch_size, self.num_heads, 1, d_dot), dtype)
+         if self.config.normalization == "attention" else None)
+    return FastWeightState(w, z)
+
   def __call__(self, x, *, initial_state: FastWeightState | None = None,
                return_state: bool = False, projection_key: jax.Array | None = None):
     _check_input(x, self.out_proj.out_features)
     b, t, _ = x.shape
-    heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
+    # The projections may run in bfloat16 (dtype=); the memory is always at least float32.
+    heads = lambda y: _at_least_f32(y).reshape(b, t, self.num_heads, self.d_head)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-    beta = jax.nn.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None
+    beta = (jax.nn.sigmoid(_at_least_f32(self.beta_proj(x))) if self.beta_proj is not None
+            else None)
     projection = call_projection(self.projection, projection_key, self.config, self.d_head,
-                                 x.dtype)
+                                 q.dtype)
     y, state = fast_weight_attention(q, k, v, beta, self.config, projection=projection,
                                      initial_state=initial_state)
     out = self.out_proj(y.reshape(b, t, -1))
     return (out, state) if return_state else out
 
 
-class SoftmaxAttention(nnx.Module):
-  """Causal softmax attention with FastWeightAttention's interface; its "state" is the key/value
-  cache (k, v) [B, T, H, d_head], which grows with T: softmax attention has no finite state."""
+class KVCache(NamedTuple):
+  """Softmax attention's decoding state: keys and values of every position so far, in a buffer of
+  fixed capacity L (k, v [B, L, H, d_head]); positions >= `length` are empty. It grows with the
+  context, which is the point of comparison with a fast weight memory."""
+  k: jax.Array
+  v: jax.Array
+  length: jax.Array        # [] int32
 
-  def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs):
+
+class SoftmaxAttention(nnx.Module):
+  """Causal softmax attention with FastWeightAttention's interface. Its state is a KVCache: with
+  `initial_state`, the T new positions are written at [length, length + T) of the cache (which
+  must have room: capacity is static, the length is traced, so it cannot be checked here) and
+  attend to everything before them."""
+
+  def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs,
+               dtype=None):
     self.num_heads, self.d_head = num_heads, d_head
-    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, rngs=rngs)
+    linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     self.q_proj = linear(num_heads * d_head)
     self.k_proj = linear(num_heads * d_head)
     self.v_proj = linear(num_heads * d_head)
-    self.out_proj = nnx.Linear(num_heads * d_head, d_model, use_bias=False, rngs=rngs)
+    self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
 
-  def __call__(self, x, *, return_state: bool = False):
+  def init_state(self, batch_size: int, capacity: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch_size, capacity, self.num_heads, self.d_head)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+  def __call__(self, x, *, initial_state: KVCache | None = None, return_state: bool = False):
     _check_input(x, self.out_proj.out_features)
     b, t, _ = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-    y = causal_softmax_attention(q, k, v)
+    if initial_state is None:
+      y, state = causal_softmax_attention(q, k, v), KVCache(k, v, jnp.asarray(t, jnp.int32))
+    else:
+      cache = initial_state
+      start = cache.length
+      ks = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), start, axis=1)
+      vs = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), start, axis=1)
+      query_pos = start + jnp.arange(t)
+      visible = jnp.arange(ks.shape[1])[None, :] <= query_pos[:, None]      # [T, L]
+      y = causal_softmax_attention(q, ks.astype(q.dtype), vs.astype(q.dtype), mask=visible)
+      state = KVCache(ks, vs, start + t)
     out = self.out_proj(y.reshape(b, t, -1))
-    return (out, (k, v)) if return_state else out
+    return (out, state) if return_state else out
 
 
-def causal_softmax_attention(q, k, v):
-  """q, k [B, T, H, d], v [B, T, H, V]; scores scaled by 1/√d, causal mask."""
+def linear_out(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, rngs=rngs)
+
+
+def causal_softmax_attention(q, k, v, mask=None):
+  """q [B, T, H, d], k [B, S, H, d], v [B, S, H, V]; scores scaled by 1/√d. `mask` [T, S] says
+  which keys each query sees; by default the causal mask (S = T)."""
   scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
-  t = q.shape[1]
-  mask = jnp.tril(jnp.ones((t, t), bool))
+  if mask is None:
+    mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
   scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
   return jnp.einsum("bhts,bshv->bthv", jax.nn.softmax(scores, axis=-1), v)
+
+
+def _at_least_f32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _check_input(x, d_model: int) -> None:

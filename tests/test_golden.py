@@ -8,12 +8,11 @@ A change of form, chunk size or a pure speed-up must leave them alone (to 1e-5).
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from configs import associative_recall
-from experiments import builders, train
+from experiments import tasks, train
 
 GOLDEN = {
     # curve: (cumulative train loss after steps 0, 1, 2; eval loss after 3 steps)
@@ -28,15 +27,17 @@ GOLDEN = {
 def test_first_steps_are_pinned(curve):
   config = associative_recall.get_config(curve)
   config.num_keys = 8
-  model = builders.build_model(config, nnx.Rngs(config.seed))
+  model = tasks.associative_recall.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(config.learning_rate)
-  train_step, eval_loss = train.compile_steps(config, graphdef, tx)
+  tx = train.make_optimizer(config)
+  task = tasks.associative_recall.make(config)
+  train_step = train.compile_step(graphdef, tx, task)
   carry = (params, tx.init(params), jax.numpy.float32(0))
   losses = []
   for step in range(3):
-    carry = train_step(*carry, rest, step)
+    carry = train_step(*carry, rest, step, None)
     losses.append(float(carry[2]))
   expected_losses, expected_eval = GOLDEN[curve]
   np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
-  np.testing.assert_allclose(float(eval_loss(carry[0], rest, 3)), expected_eval, rtol=1e-5)
+  eval_loss = task.evaluate(graphdef, carry[0], rest, 3)["eval_loss"]
+  np.testing.assert_allclose(float(eval_loss), expected_eval, rtol=1e-5)

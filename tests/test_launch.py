@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import associative_recall
-from experiments import builders, checkpoint, report, sweep, train
+from experiments import checkpoint, report, sweep, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/associative_recall.py"
@@ -68,7 +68,7 @@ def test_curves_parse_into_paper_models():
   for curve in associative_recall.CURVES:
     if curve.startswith("tanh") and not curve.endswith("fwm"):
       continue  # tanh is only used with FWM; sum normalisation would need φ ≥ 0
-    builders.validate(associative_recall.get_config(curve))
+    train.validate(associative_recall.get_config(curve))
 
 
 def test_sweep_points_and_dirs():

@@ -80,7 +80,8 @@ def test_favor_projection_is_state_not_parameter_and_redraws():
 def test_softmax_attention_is_causal_and_matches_definition():
   layer = layers.SoftmaxAttention(D_MODEL, HEADS, D_HEAD, rngs=nnx.Rngs(3))
   x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 6, D_MODEL)), jnp.float32)
-  out, (k, v) = layer(x, return_state=True)
+  out, (k, v, length) = layer(x, return_state=True)
+  assert int(length) == 6
   assert k.shape == v.shape == (1, 6, HEADS, D_HEAD)
   # Position 2 attends only to 0..2: changing later inputs leaves it alone.
   x2 = x.at[:, 3:].set(7.0)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import associative_recall
-from experiments import builders, data, train
+from experiments import data, tasks
 from tests import helpers
 
 
@@ -15,7 +15,7 @@ def _model(curve, num_keys=6, **model_overrides):
   config = associative_recall.get_config(curve)
   config.num_keys = num_keys
   config.model.update(model_overrides)
-  return config, builders.build_model(config, nnx.Rngs(0))
+  return config, tasks.associative_recall.build_model(config, nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum"])
@@ -30,7 +30,7 @@ def test_model_forms_agree_with_gradients(curve):
 
       def loss(params):
         y = nnx.merge(graphdef, params, rest)(batch["keys"], batch["values"], batch["queries"])
-        return train.retrieval_loss(y, batch["targets"], 6)
+        return tasks.associative_recall.retrieval_loss(y, batch["targets"], 6)
 
       results.append(jax.value_and_grad(loss)(params))
   for value, grads in results[1:]:

@@ -1,0 +1,97 @@
+"""The fields every run reads, whatever its task: declared once, extended by each config file."""
+
+import ml_collections
+
+
+def loop_config(task: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = task                  # experiments.tasks.TASKS
+  c.seed = 1
+  c.batch_size = 32
+  c.learning_rate = 1e-3
+  c.lr_schedule = "constant"     # constant | cosine (to 0 at max_steps, after warm-up)
+  c.warmup_steps = 0             # linear warm-up from 0
+  c.grad_clip = 0.0              # global-norm clipping; 0 = none
+  c.max_steps = 100_000
+  c.eval_every = 100
+  c.stop_loss = 0.0              # stop when the eval loss is at or below this
+  c.patience = 10                # stop after more than `patience` evals without a new best
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 2
+  c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
+  return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Language models: the fields of experiments.tasks.language_model, and the paper's model names.
+
+LM_RULES = ("sum", "delta", "fwm")
+
+
+def lm_config() -> ml_collections.ConfigDict:
+  c = loop_config("language_model")
+  c.model_name = "linear-delta"
+  c.corpus = "pydoc"             # pydoc | wikitext103
+  c.level = "byte"               # pydoc: byte | char; wikitext103: word
+  c.data_dir = ""                # wikitext103: the directory with wiki.{train,valid,test}.tokens
+  c.context = 128                # training and evaluation context (tgt_len; no memory)
+  c.eval_batch_size = 16         # windows per evaluation batch
+  c.sliding_stride = 1           # final sliding-window evaluation stride (1 = the authors'; 0 off)
+  c.learning_rate = 2.5e-4
+  c.lr_schedule = "cosine"
+  c.warmup_steps = 2000
+  c.grad_clip = 0.25
+  c.patience = 1_000_000         # no early stopping: train for max_steps, as the authors
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 4
+  c.model.d_model = 128
+  c.model.num_heads = 4
+  c.model.d_head = 32
+  c.model.d_ff = 512
+  c.model.dropout = 0.1
+  c.model.pre_norm = False               # post-LN, as the authors
+  c.model.positional = "sinusoidal"      # sinusoidal | none
+  c.model.adaptive_cutoffs = ()          # the authors' adaptive softmax: (20000, 40000, 200000)
+  c.model.dtype = "float32"              # matmul dtype: float32 | bfloat16 (GPU/TPU)
+  c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus
+  c.model.nu = 2                         # the authors' dpfp_n_roll default
+  c.model.num_features = 16              # the authors' performer_proj_dim default
+  c.model.update_rule = "delta"          # sum | delta | fwm | softmax
+  c.model.normalization = "sum"          # the authors' LM layers sum-normalise φ(q), φ(k)
+  c.model.form = "auto"                  # auto | recurrent | parallel | chunked
+  c.model.chunk_size = 64
+  c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
+  return c
+
+
+def lm_model_names_help() -> str:
+  return ("transformer, or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule in "
+          f"{', '.join(LM_RULES)} (e.g. linear-delta, dpfp2-sum, favor16-delta)")
+
+
+def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets the attention fields for a model name of the paper's LM tables."""
+  c.model_name = name
+  if name == "transformer":
+    c.model.update_rule, c.model.normalization = "softmax", "none"
+    return c
+  phi, _, rule = name.partition("-")
+  bad = ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.")
+  if rule not in LM_RULES:
+    raise bad
+  if phi == "linear":
+    c.model.feature_map = "elu_plus_one"
+  elif phi == "tanh":
+    c.model.feature_map = "tanh"
+  elif phi.startswith("dpfp") and phi[4:].isdigit() and int(phi[4:]) >= 1:
+    c.model.feature_map, c.model.nu = "dpfp", int(phi[4:])
+  elif phi.startswith("favor") and phi[5:].isdigit() and int(phi[5:]) >= 1:
+    c.model.feature_map, c.model.num_features = "favor_plus", int(phi[5:])
+  else:
+    raise bad
+  c.model.update_rule = rule
+  # FWM: no normaliser (its W is norm-bounded) and tanh features may be negative.
+  c.model.normalization = "none" if rule == "fwm" or phi == "tanh" else "sum"
+  if rule == "fwm":
+    c.model.form = "recurrent"
+  return c

@@ -1,0 +1,102 @@
+"""Associative retrieval (Section 6.1): the paper's model, loss and evaluation as a task.
+
+Batches are generated inside the jitted step from (seed, step) (experiments.data), so there is no
+host batch. FAVOR+ redraws its projection at every forward pass, in training and evaluation, as
+the authors do, from keys that are themselves functions of (seed, step).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from experiments import data, distributed
+from fwp import layers, models
+
+
+def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
+  """None for the softmax baseline; raises ValueError naming the valid choices otherwise."""
+  if model_config.update_rule == "softmax":
+    return None
+  return layers.FastWeightConfig(
+      feature_map=model_config.feature_map, nu=model_config.nu,
+      num_features=model_config.num_features, update_rule=model_config.update_rule,
+      normalization=model_config.normalization, form=model_config.form,
+      chunk_size=model_config.chunk_size)
+
+
+def validate(config) -> None:
+  """The retrieval fields; the loop's own fields are checked by experiments.train."""
+  if config.setting not in (1, 2):
+    raise ValueError(f"config.setting must be 1 or 2, got {config.setting!r}.")
+  if isinstance(config.num_keys, bool) or not isinstance(config.num_keys, int) or (
+      config.num_keys < 2):
+    raise ValueError(f"config.num_keys must be an integer >= 2, got {config.num_keys!r}.")
+  for name in ("eval_sequences", "eval_max_queries"):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  fast_weight_config(config.model)
+
+
+def build_model(config, rngs: nnx.Rngs) -> models.RetrievalModel:
+  return models.RetrievalModel(config.num_keys, fast_weight_config(config.model),
+                               d=config.model.d, rngs=rngs)
+
+
+def retrieval_loss(predictions, targets, num_keys, mask=None):
+  """½‖onehot(target) − ŷ‖² summed over outputs, averaged over (unmasked) queries."""
+  per_query = 0.5 * jnp.sum((jax.nn.one_hot(targets, num_keys) - predictions) ** 2, axis=-1)
+  if mask is None:
+    return jnp.mean(per_query)
+  return jnp.sum(per_query * mask) / jnp.sum(mask)
+
+
+def make(config, mesh=None) -> "AssociativeRecall":
+  return AssociativeRecall(config, mesh)
+
+
+class AssociativeRecall:
+
+  def __init__(self, config, mesh=None):
+    self.config, self.mesh = config, mesh
+    self.summary_fields = dict(curve=config.curve, setting=config.setting,
+                               num_keys=config.num_keys)
+    self._eval = jax.jit(self._eval_loss, static_argnums=0)
+
+  def _projection_key(self, stream, index):
+    c = self.config
+    if not c.model.redraw_projection:
+      return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed + 7919), stream), index)
+
+  def host_batch(self, step):
+    return None
+
+  def loss(self, model, batch, step):
+    del batch
+    c = self.config
+    batch = data.train_batch(c.seed, step, batch_size=c.batch_size, num_keys=c.num_keys,
+                             setting=c.setting)
+    if self.mesh is not None:
+      batch = distributed.shard_batch(batch, self.mesh)
+    y = model(batch["keys"], batch["values"], batch["queries"],
+              projection_key=self._projection_key(0, step))
+    return retrieval_loss(y, batch["targets"], c.num_keys)
+
+  def _eval_loss(self, graphdef, params, rest, index):
+    c = self.config
+    batch = data.eval_batch(c.seed, index, num_keys=c.num_keys, setting=c.setting,
+                            num_sequences=c.eval_sequences, max_queries=c.eval_max_queries,
+                            full_length=c.eval_full_length)
+    model = nnx.merge(graphdef, params, rest)
+    y = model(batch["keys"], batch["values"], batch["queries"],
+              projection_key=self._projection_key(1, index))
+    return retrieval_loss(y, batch["targets"], c.num_keys, batch["mask"])
+
+  def evaluate(self, graphdef, params, rest, step):
+    return dict(eval_loss=self._eval(graphdef, params, rest, step))
+
+  def final(self, graphdef, params, rest):
+    return {}

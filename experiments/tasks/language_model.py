@@ -1,0 +1,136 @@
+"""Language modelling: a Transformer LM (fwp.lm) on a text corpus (text_data), as a task.
+
+Training batches are host arrays (segments of the corpus's contiguous streams, a function of the
+step); the dropout and FAVOR+ keys are functions of (seed, step), so resume is exact. Evaluation
+during training is the plain non-overlapping one on the valid split (early stopping reads it);
+when a run ends, `final` adds valid and test, plain and sliding-window (the authors' protocol:
+stride 1, every token predicted with a full window of context), as perplexity and bits per unit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments import distributed
+from experiments.tasks import associative_recall, text_data
+from fwp import lm
+
+_DROPOUT, _PROJECTION = 1, 2     # key streams
+
+
+@functools.lru_cache(maxsize=4)
+def corpus(name: str, level: str, data_dir: str) -> text_data.Corpus:
+  return text_data.load(name, level, data_dir or None)
+
+
+def load_corpus(config) -> text_data.Corpus:
+  return corpus(config.corpus, config.level, config.data_dir)
+
+
+def lm_config(config, vocab_size: int) -> lm.LMConfig:
+  m = config.model
+  return lm.LMConfig(
+      vocab_size=vocab_size, num_layers=m.num_layers, d_model=m.d_model,
+      num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff, dropout=m.dropout,
+      fast_weight=associative_recall.fast_weight_config(m), pre_norm=m.pre_norm,
+      positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype)
+
+
+def validate(config) -> None:
+  text_data.check(config.corpus, config.level, config.data_dir or None)
+  for name in ("context", "eval_batch_size"):
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  stride = config.sliding_stride
+  if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride <= (
+      config.context):
+    raise ValueError(f"config.sliding_stride must be an integer in 0..context ({config.context}; "
+                     f"0 skips the sliding-window evaluation), got {stride!r}.")
+  lm_config(config, vocab_size=2)    # every model field, before any data is read
+
+
+def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
+  return lm.TransformerLM(lm_config(config, load_corpus(config).vocab.size), rngs=rngs)
+
+
+def make(config, mesh=None) -> "LanguageModelling":
+  return LanguageModelling(config, mesh)
+
+
+class LanguageModelling:
+
+  def __init__(self, config, mesh=None):
+    self.config, self.mesh = config, mesh
+    self.corpus = load_corpus(config)
+    train = self.corpus.splits["train"]
+    if text_data.num_segments(len(train), config.batch_size, config.context) < 1:
+      raise ValueError(f"The {config.corpus} training split ({len(train)} {self.corpus.unit}s) "
+                       f"is too short for batch_size {config.batch_size} × context "
+                       f"{config.context}.")
+    self.summary_fields = dict(model=config.model_name, corpus=config.corpus,
+                               level=config.level, context=config.context)
+    self._nll = jax.jit(self._nll_sum, static_argnums=0)
+    # The plain valid windows are read every eval: build them once.
+    self._valid_batches = list(text_data.eval_windows(
+        self.corpus.splits["valid"], config.context, config.context, config.eval_batch_size))
+
+  def _key(self, stream, step):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), stream), step)
+
+  def host_batch(self, step):
+    c = self.config
+    return text_data.train_batch(self.corpus.splits["train"], step, c.batch_size, c.context)
+
+  def loss(self, model, batch, step):
+    redraw = self.config.model.redraw_projection
+    log_probs = model(batch["inputs"], dropout_key=self._key(_DROPOUT, step),
+                      projection_key=self._key(_PROJECTION, step) if redraw else None)
+    return lm.cross_entropy(log_probs, batch["targets"])
+
+  def _nll_sum(self, graphdef, params, rest, batch):
+    model = nnx.merge(graphdef, params, rest)
+    log_probs = model(batch["inputs"])
+    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+
+  def mean_nll(self, graphdef, params, rest, batches) -> float:
+    """Nats per unit over the scored positions of `batches`."""
+    total, count = 0.0, 0.0
+    for batch in batches:
+      if self.mesh is not None:
+        batch = distributed.replicate(batch, self.mesh)
+      s, n = self._nll(graphdef, params, rest, batch)
+      total += float(distributed.fetch(s))
+      count += float(distributed.fetch(n))
+    return total / count
+
+  def _metrics(self, prefix, nll):
+    return {f"{prefix}_ppl": math.exp(min(nll, 700.0)),
+            f"{prefix}_bits_per_{self.corpus.unit}": nll / math.log(2)}
+
+  def evaluate(self, graphdef, params, rest, step):
+    nll = self.mean_nll(graphdef, params, rest, self._valid_batches)
+    return dict(eval_loss=nll, **self._metrics("valid", nll))
+
+  def final(self, graphdef, params, rest):
+    c = self.config
+    out = {}
+    strides = [("", c.context)] + ([("_sliding", c.sliding_stride)] if c.sliding_stride else [])
+    for split in ("valid", "test"):
+      for suffix, stride in strides:
+        batches = text_data.eval_windows(self.corpus.splits[split], c.context, stride,
+                                         c.eval_batch_size)
+        out.update(self._metrics(split + suffix,
+                                 self.mean_nll(graphdef, params, rest, batches)))
+    return out
+
+
+def encode(config, text: str) -> np.ndarray:
+  return load_corpus(config).vocab.encode(text)

@@ -1,0 +1,217 @@
+"""A decoder-only Transformer language model whose attention is any fast weight layer or softmax.
+
+Trained in parallel (every position of a segment at once, in the layer's parallel / chunked /
+recurrent form) and decoded as an RNN: `init_state` and `step(state, tokens)` carry each layer's
+fast weights (W, and z under attention normalisation) from one token to the next, so a fast
+weight model's memory is the same size at token 10 and token 10⁶. Softmax layers carry their
+growing key/value cache instead.
+
+Block (post-LN, as the authors' Transformer-XL code; `pre_norm=True` for pre-LN):
+  h = LN(x + drop(scale · attn(x)));  out = LN(h + drop(W₂ drop(relu(W₁ h))))
+`scale` is 1/√d_head for fast weight layers, as in the authors' layers (lmtool-fwp), 1 for
+softmax. The input is √d_model · embed(token) + sinusoid(position), dropped out; the output
+embedding is tied to the input one. With `adaptive_cutoffs` the output is the authors' adaptive
+softmax (div_val 1: one tied embedding, a head over the shortlist and one logit per tail
+cluster, then a softmax inside each cluster); it is computed in full, so `__call__` returns
+log-probabilities over the whole vocabulary either way, which is all a loss or a sampler needs.
+
+Departures from the authors, named: positions count forward from the segment's start (theirs
+count back from its end, which only differs once positions outlive one segment, as in decoding);
+β has a bias. Dropout keys are explicit arguments, so a step is a pure function of (params,
+batch, key) and resume is exact.
+
+Shapes: tokens [B, T] int; logits [B, T, V]; state = LMState(position [], layers (per layer a
+FastWeightState or KVCache)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fwp import layers
+
+POSITIONALS = ("sinusoidal", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  vocab_size: int
+  num_layers: int = 4
+  d_model: int = 128
+  num_heads: int = 4
+  d_head: int = 32
+  d_ff: int = 512
+  dropout: float = 0.1
+  fast_weight: layers.FastWeightConfig | None = None    # None: softmax attention
+  pre_norm: bool = False
+  positional: str = "sinusoidal"
+  adaptive_cutoffs: tuple[int, ...] = ()                # () = one softmax over the vocabulary
+  dtype: str = "float32"                                # matmul dtype: float32 | bfloat16
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"LMConfig.{name} must be a positive integer, got {value!r}.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+    if self.positional not in POSITIONALS:
+      raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
+                       f"{', '.join(POSITIONALS)}.")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
+    cut = tuple(self.adaptive_cutoffs)
+    if any(not isinstance(c, int) or c < 1 for c in cut) or list(cut) != sorted(set(cut)):
+      raise ValueError(f"adaptive_cutoffs must be increasing positive integers, got {cut!r}.")
+
+  @property
+  def cutoffs(self) -> tuple[int, ...]:
+    """The adaptive softmax's cluster boundaries inside this vocabulary (cutoffs past it drop)."""
+    return tuple(c for c in self.adaptive_cutoffs if c < self.vocab_size)
+
+
+class LMState(NamedTuple):
+  position: jax.Array            # [] int32: tokens consumed so far
+  layers: tuple                  # one FastWeightState or KVCache per block
+
+
+def sinusoid(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Array:
+  """[..., d_model]: sin in the first half, cos in the second (Transformer-XL's layout)."""
+  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; the identity when `key` is None (evaluation) or the rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _site(key, index):
+  return None if key is None else jax.random.fold_in(key, index)
+
+
+class Block(nnx.Module):
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+    if config.fast_weight is None:
+      self.attention = layers.SoftmaxAttention(config.d_model, config.num_heads, config.d_head,
+                                               rngs=rngs, dtype=dtype)
+      self.scale = 1.0
+    else:
+      self.attention = layers.FastWeightAttention(config.d_model, config.num_heads,
+                                                  config.d_head, config.fast_weight, rngs=rngs,
+                                                  dtype=dtype)
+      self.scale = 1.0 / math.sqrt(config.d_head)
+    self.norm_attention = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.ff_in = nnx.Linear(config.d_model, config.d_ff, dtype=dtype, rngs=rngs)
+    self.ff_out = nnx.Linear(config.d_ff, config.d_model, dtype=dtype, rngs=rngs)
+    self.norm_ff = nnx.LayerNorm(config.d_model, rngs=rngs)
+
+  def __call__(self, x, state, dropout_key, projection_key):
+    rate, pre = self.config.dropout, self.config.pre_norm
+    kwargs = {} if self.config.fast_weight is None else dict(projection_key=projection_key)
+    attn_in = self.norm_attention(x) if pre else x
+    a, state = self.attention(attn_in, initial_state=state, return_state=True, **kwargs)
+    x = x + dropout(self.scale * a.astype(x.dtype), rate, _site(dropout_key, 0))
+    if not pre:
+      x = self.norm_attention(x)
+    ff_in = self.norm_ff(x) if pre else x
+    h = dropout(jax.nn.relu(self.ff_in(ff_in)), rate, _site(dropout_key, 1))
+    x = x + dropout(self.ff_out(h).astype(x.dtype), rate, _site(dropout_key, 2))
+    if not pre:
+      x = self.norm_ff(x)
+    return x, state
+
+
+class TransformerLM(nnx.Module):
+  """Call on tokens [B, T] for log-probabilities [B, T, V]; `state` continues from a carried
+  LMState (an RNN over segments), `return_state` gives the state after the last token."""
+
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = nnx.Embed(config.vocab_size, config.d_model,
+                           embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.final_norm = nnx.LayerNorm(config.d_model, rngs=rngs) if config.pre_norm else None
+    self.output_bias = nnx.Param(jnp.zeros((config.vocab_size,)))
+    num_clusters = len(config.cutoffs)
+    self.cluster_proj = (nnx.Linear(config.d_model, num_clusters, rngs=rngs)
+                         if num_clusters else None)
+
+  def init_state(self, batch_size: int, *, cache_capacity: int = 0,
+                 dtype=jnp.float32) -> LMState:
+    """The empty state. Softmax layers need `cache_capacity` >= the tokens they will see."""
+    if self.config.fast_weight is None:
+      if cache_capacity < 1:
+        raise ValueError("A softmax-attention LM decodes with a key/value cache: pass "
+                         "cache_capacity >= the number of tokens to process.")
+      per_layer = [b.attention.init_state(batch_size, cache_capacity, dtype) for b in self.blocks]
+    else:
+      per_layer = [b.attention.init_state(batch_size, dtype) for b in self.blocks]
+    return LMState(jnp.zeros((), jnp.int32), tuple(per_layer))
+
+  def __call__(self, tokens, *, state: LMState | None = None, return_state: bool = False,
+               dropout_key: jax.Array | None = None, projection_key: jax.Array | None = None):
+    if tokens.ndim != 2:
+      raise ValueError(f"Expected tokens of shape [batch, time], got {tokens.shape}.")
+    c = self.config
+    t = tokens.shape[1]
+    start = jnp.zeros((), jnp.int32) if state is None else state.position
+    x = self.embed(tokens) * math.sqrt(c.d_model)
+    if c.positional == "sinusoidal":
+      x = x + sinusoid(start + jnp.arange(t), c.d_model, x.dtype)
+    x = dropout(x, c.dropout, _site(dropout_key, 0))
+    new_states = []
+    for i, block in enumerate(self.blocks):
+      layer_state = None if state is None else state.layers[i]
+      x, layer_state = block(x, layer_state, _site(dropout_key, i + 1),
+                             _site(projection_key, i))
+      new_states.append(layer_state)
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    out = self.log_probs(x)
+    if return_state:
+      return out, LMState(start + t, tuple(new_states))
+    return out
+
+  def log_probs(self, h):
+    """h [..., d_model] -> log p [..., V] through the tied output embedding."""
+    logits = h @ self.embed.embedding[...].T.astype(h.dtype) + self.output_bias[...]
+    cut = self.config.cutoffs
+    if not cut:
+      return jax.nn.log_softmax(_at_least_f32(logits), axis=-1)
+    logits = _at_least_f32(logits)
+    head = jnp.concatenate([logits[..., :cut[0]],
+                            _at_least_f32(self.cluster_proj(h))], axis=-1)
+    head = jax.nn.log_softmax(head, axis=-1)
+    parts = [head[..., :cut[0]]]
+    bounds = cut + (self.config.vocab_size,)
+    for i in range(len(cut)):
+      tail = jax.nn.log_softmax(logits[..., bounds[i]:bounds[i + 1]], axis=-1)
+      parts.append(head[..., cut[0] + i:cut[0] + i + 1] + tail)
+    return jnp.concatenate(parts, axis=-1)
+
+  def step(self, state: LMState, tokens):
+    """One token per sequence, tokens [B] -> (log p [B, V], next state): the RNN view."""
+    out, state = self(tokens[:, None], state=state, return_state=True)
+    return out[:, 0], state
+
+
+def _at_least_f32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def cross_entropy(log_probs, targets):
+  """Mean negative log-likelihood in nats per token."""
+  return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
