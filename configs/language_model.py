@@ -6,7 +6,7 @@
 The argument after ':' names the model as in the paper's LM tables: `transformer` (softmax
 attention), or <phi>-<rule> with phi ∈ {linear, dpfp<ν>, favor<m>, tanh} and rule ∈ {sum, delta,
 fwm}; fast weight layers sum-normalise φ(q) and φ(k) as the authors' LM layers do. Size: 4 layers,
-d_model 128, 4 heads × 32, FFN 512, context 128 bytes, batch 32, 3,000 steps of Adam 1e-3 (200
+d_model 128, 4 heads × 32, FFN 512, context 128 bytes, batch 32, 2,000 steps of Adam 1e-3 (200
 warm-up steps, cosine to 0, clipping 0.25) — about 20-40 minutes on a 2-core CPU. Expected: valid
 bits per byte falls from 8 to about 2 within the budget (results/language_model.md).
 """
@@ -21,7 +21,7 @@ def get_config(model: str = "linear-delta"):
   c.batch_size = 32
   c.learning_rate = 1e-3
   c.warmup_steps = 200
-  c.max_steps = 3000
+  c.max_steps = 2000
   c.eval_every = 250
   c.checkpoint_every = 250
   c.sliding_stride = 16          # stride 1 is the authors'; 16 keeps the final eval to a minute

@@ -193,11 +193,9 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   model = task_module.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(config)
-  params, rest = distributed.replicate((params, rest), mesh)
-  state = dict(params=params, rest=rest, opt_state=distributed.replicate(tx.init(params), mesh),
-               loss_sum=distributed.replicate(jnp.float32(0), mesh),
-               **_counters(step=0, best_eval_loss=np.inf, bad_evals=0, loss_count=0,
-                           wall_seconds=0.0))
+  state = fresh_state(params, rest, tx)
+  arrays = ("params", "rest", "opt_state", "loss_sum")   # the counters stay 64-bit NumPy
+  state.update(distributed.replicate({k: state[k] for k in arrays}, mesh))
 
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored_step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state))
@@ -309,6 +307,13 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   _write_json(summary_path, summary)
   _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
+
+
+def fresh_state(params, rest, tx) -> dict:
+  """The whole training state a checkpoint holds, at step 0."""
+  return dict(params=params, rest=rest, opt_state=tx.init(params), loss_sum=jnp.float32(0),
+              **_counters(step=0, best_eval_loss=np.inf, bad_evals=0, loss_count=0,
+                          wall_seconds=0.0))
 
 
 def _counters(**values):

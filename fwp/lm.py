@@ -83,8 +83,9 @@ class LMState(NamedTuple):
 
 def sinusoid(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Array:
   """[..., d_model]: sin in the first half, cos in the second (Transformer-XL's layout)."""
-  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
-  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  compute = jnp.promote_types(dtype, jnp.float32)
+  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=compute) / d_model))
+  angles = positions[..., None].astype(compute) * inv_freq
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
 
 
@@ -165,13 +166,23 @@ class TransformerLM(nnx.Module):
                dropout_key: jax.Array | None = None, projection_key: jax.Array | None = None):
     if tokens.ndim != 2:
       raise ValueError(f"Expected tokens of shape [batch, time], got {tokens.shape}.")
-    c = self.config
-    t = tokens.shape[1]
     start = jnp.zeros((), jnp.int32) if state is None else state.position
+    return self.forward(self.embed_tokens(tokens, start), state=state, return_state=return_state,
+                        dropout_key=dropout_key, projection_key=projection_key)
+
+  def embed_tokens(self, tokens, start=0):
+    """√d_model · embed(token) + sinusoid(start + t): the blocks' input [B, T, d_model]."""
+    c = self.config
     x = self.embed(tokens) * math.sqrt(c.d_model)
     if c.positional == "sinusoidal":
-      x = x + sinusoid(start + jnp.arange(t), c.d_model, x.dtype)
-    x = dropout(x, c.dropout, _site(dropout_key, 0))
+      x = x + sinusoid(start + jnp.arange(tokens.shape[1]), c.d_model, x.dtype)
+    return x
+
+  def forward(self, x, *, state: LMState | None = None, return_state: bool = False,
+              dropout_key: jax.Array | None = None, projection_key: jax.Array | None = None):
+    """The model from embedded inputs x [B, T, d_model] (what `__call__` feeds it)."""
+    start = jnp.zeros((), jnp.int32) if state is None else state.position
+    x = dropout(x, self.config.dropout, _site(dropout_key, 0))
     new_states = []
     for i, block in enumerate(self.blocks):
       layer_state = None if state is None else state.layers[i]
@@ -182,7 +193,7 @@ class TransformerLM(nnx.Module):
       x = self.final_norm(x)
     out = self.log_probs(x)
     if return_state:
-      return out, LMState(start + t, tuple(new_states))
+      return out, LMState(start + x.shape[1], tuple(new_states))
     return out
 
   def log_probs(self, h):

@@ -50,7 +50,11 @@ class Vocab:
     if self.level == "byte":
       return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
     index = {s: i for i, s in enumerate(self.symbols)}
-    units = list(text) if self.level == "char" else _words(text)
+    if self.level == "char":
+      units = list(text)
+    else:   # every finished line ends in <eos>; an unfinished last line (a prompt) does not
+      *lines, last = text.split("\n")
+      units = [u for line in lines for u in _words(line)] + last.split()
     unknown = sorted({u for u in units if u not in index})
     if unknown and UNK not in index:
       raise ValueError(f"These symbols are not in the vocabulary: {unknown[:10]}.")

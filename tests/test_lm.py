@@ -1,0 +1,158 @@
+"""The language model: its forms agree, it is causal, and decoding it as an RNN token by token
+gives the parallel pass's log-probabilities (float64, 1e-10), from an empty or a carried state."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fwp import layers, lm
+from tests.helpers import assert_rel_close, x64
+
+VOCAB, T = 13, 8
+FW = layers.FastWeightConfig
+MODELS = {
+    "transformer": None,
+    "fwp91-sum": FW("identity", update_rule="sum", normalization="none"),
+    "linear-sum-attention": FW("elu_plus_one", update_rule="sum", normalization="attention"),
+    "linear-delta": FW("elu_plus_one", update_rule="delta", normalization="sum"),
+    "dpfp2-sum": FW("dpfp", nu=2, update_rule="sum", normalization="sum"),
+    "favor4-delta": FW("favor_plus", num_features=4, update_rule="delta", normalization="sum"),
+    "tanh-fwm": FW("tanh", update_rule="fwm", normalization="none", form="recurrent"),
+}
+FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
+
+
+# Every rule in every form, every feature map and normalisation at least once (the full product
+# adds minutes and no new code path: φ and the normaliser act before the rule, per position).
+DECODE_CASES = [("transformer", None, None), ("tanh-fwm", None, None),
+                ("linear-delta", "recurrent", 64), ("linear-delta", "parallel", 64),
+                ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
+                ("linear-sum-attention", "chunked", 3), ("fwp91-sum", "parallel", 64),
+                ("dpfp2-sum", "chunked", 3), ("favor4-delta", "parallel", 64)]
+
+
+def build(name, form=None, chunk=64, **overrides):
+  """A tiny LM in float64 (parameters cast after init, so every form shares them)."""
+  fw = MODELS[name]
+  if fw is not None and form is not None:
+    fw = FW(fw.feature_map, nu=fw.nu, num_features=fw.num_features, update_rule=fw.update_rule,
+            normalization=fw.normalization, form=form, chunk_size=chunk)
+  config = lm.LMConfig(vocab_size=VOCAB, num_layers=2, d_model=8, num_heads=2, d_head=4,
+                       d_ff=16, dropout=0.0, fast_weight=fw, **overrides)
+  model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                       else a, state)
+  return nnx.merge(graphdef, state)
+
+
+def tokens(seed=0, b=2, t=T):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (b, t)), jnp.int32)
+
+
+def decode(model, toks, state):
+  out = []
+  for t in range(toks.shape[1]):
+    log_probs, state = model.step(state, toks[:, t])
+    out.append(log_probs)
+  return jnp.stack(out, axis=1), state
+
+
+@pytest.mark.parametrize("name,form,chunk", DECODE_CASES)
+def test_decoding_as_an_rnn_equals_the_parallel_pass(name, form, chunk):
+  with x64():
+    model, toks = build(name, form, chunk), tokens()
+    full = model(toks)
+    chex.assert_shape(full, (2, T, VOCAB))
+    chex.assert_tree_all_finite(full)
+    capacity = dict(cache_capacity=T, dtype=jnp.float64)
+    stepped, _ = decode(model, toks, model.init_state(2, **capacity))
+    chex.assert_trees_all_close(stepped, full, rtol=1e-10, atol=1e-12)
+    # A prompt in two pieces (the layer's form, carrying state), then stepping: the same.
+    state = model.init_state(2, **capacity)
+    first, state = model(toks[:, :3], state=state, return_state=True)
+    second, state = model(toks[:, 3:6], state=state, return_state=True)
+    rest, state = decode(model, toks[:, 6:], state)
+    chex.assert_trees_all_close(jnp.concatenate([first, second, rest], axis=1), full,
+                                rtol=1e-10, atol=1e-12)
+    assert int(state.position) == T
+
+
+@pytest.mark.parametrize("name", [n for n, f in MODELS.items() if f and f.update_rule != "fwm"])
+def test_forms_agree_on_outputs_and_parameter_gradients(name):
+  with x64():
+    toks = tokens(1)
+
+    def loss_and_grads(form, chunk):
+      model = build(name, form, chunk)
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      loss = lambda p: lm.cross_entropy(nnx.merge(graphdef, p, rest)(toks[:, :-1]), toks[:, 1:])
+      return jax.value_and_grad(loss)(params), nnx.merge(graphdef, params, rest)(toks)
+
+    (loss_r, grads_r), out_r = loss_and_grads("recurrent", 64)
+    for form, chunk in FORMS[1:]:
+      (loss, grads), out = loss_and_grads(form, chunk)
+      chex.assert_trees_all_close(out, out_r, rtol=1e-10, atol=1e-12)
+      chex.assert_trees_all_close(loss, loss_r, rtol=1e-12)
+      assert_rel_close(grads, grads_r, 1e-10, f"{name} {form} gradients")
+
+
+@pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
+                                       ("transformer", None), ("tanh-fwm", None)])
+def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
+  """By gradients: ∂ log p_t / ∂ x_s = 0 for every s > t (x: the embedded inputs)."""
+  with x64():
+    model = build(name, form, 3)
+    x = model.embed_tokens(tokens(2, b=1))
+    jac = jax.jacrev(lambda x: jnp.sum(model.forward(x), axis=-1))(x)   # [1, T, 1, T, D]
+    influence = np.abs(np.asarray(jac[0, :, 0])).sum(-1)                   # [t, s]
+    assert np.all(influence[np.triu_indices(T, 1)] == 0.0)
+    assert np.all(influence[np.diag_indices(T)] > 0.0)
+
+
+def test_adaptive_softmax_is_a_distribution_over_the_vocabulary():
+  with x64():
+    model = build("linear-delta", "chunked", 3, adaptive_cutoffs=(4, 9, 100))
+    log_probs = model(tokens())
+  assert model.config.cutoffs == (4, 9)          # a cutoff past the vocabulary is dropped
+  np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-12)
+
+
+def test_dropout_is_a_function_of_its_key_and_off_without_one():
+  config = lm.LMConfig(vocab_size=VOCAB, num_layers=1, d_model=8, num_heads=2, d_head=4,
+                       d_ff=16, dropout=0.5, fast_weight=MODELS["linear-delta"])
+  model, toks = lm.TransformerLM(config, rngs=nnx.Rngs(0)), tokens()
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(model(toks, dropout_key=key), model(toks, dropout_key=key))
+  assert not np.allclose(model(toks, dropout_key=key), model(toks))
+  np.testing.assert_array_equal(model(toks), model(toks))
+
+
+def test_bfloat16_matmuls_keep_the_memory_in_float32():
+  config = lm.LMConfig(vocab_size=VOCAB, num_layers=1, d_model=8, num_heads=2, d_head=4,
+                       d_ff=16, dropout=0.0, fast_weight=MODELS["linear-delta"],
+                       dtype="bfloat16")
+  model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
+  log_probs, state = model(tokens(), return_state=True)
+  chex.assert_tree_all_finite(log_probs)
+  assert state.layers[0].w.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_layers", 0, "num_layers must be a positive integer"),
+    ("dropout", 1.0, "dropout must be in [0, 1)"),
+    ("positional", "rotary", "valid choices: sinusoidal, none"),
+    ("dtype", "float16", "float32 or bfloat16"),
+    ("adaptive_cutoffs", (9, 4), "increasing positive integers"),
+])
+def test_bad_config_names_the_field(field, value, message):
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+    lm.LMConfig(vocab_size=VOCAB, **{field: value})
+
+
+def test_softmax_decoding_needs_a_cache_capacity():
+  with pytest.raises(ValueError, match="cache_capacity"):
+    build("transformer").init_state(1)
