@@ -17,8 +17,8 @@ ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_s
         "--config.eval_every=20", "--config.checkpoint_every=20"]
 
 
-def _start(workdir):
-  return subprocess.Popen([sys.executable, "launch.py", *ARGS, f"--workdir={workdir}"],
+def _start(workdir, args=ARGS):
+  return subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -44,20 +44,26 @@ def _strip(metrics):
   return [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in metrics]
 
 
-def test_sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path):
+def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args=ARGS, lines=3):
+  """Kills a run after `lines` evals, relaunches it, and compares metrics and final state with a
+  run left alone: bitwise (timing fields aside)."""
   alone, killed = tmp_path / "alone", tmp_path / "killed"
-  assert launch(*ARGS, f"--workdir={alone}").returncode == 0
-  proc = _start(killed)
-  _wait_for_metrics(killed, 3, proc)
+  assert launch(*args, f"--workdir={alone}").returncode == 0
+  proc = _start(killed, args)
+  _wait_for_metrics(killed, lines, proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert not (killed / "summary.json").exists()
-  resumed = launch(*ARGS, f"--workdir={killed}")
+  resumed = launch(*args, f"--workdir={killed}")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from step" in resumed.stdout
   assert _strip(read_metrics(alone)) == _strip(read_metrics(killed))
   for a, b in zip(_final_params(alone), _final_params(killed)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path):
+  sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path)
 
 
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):

@@ -67,7 +67,14 @@ class Vocab:
     units = [self.symbols[i] for i in ids]
     if self.level == "char":
       return "".join(units)
-    return " ".join(units).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+    lines, line = [], []
+    for unit in units:
+      if unit == EOS:
+        lines.append(" ".join(line) + "\n")
+        line = []
+      else:
+        line.append(unit)
+    return "".join(lines) + " ".join(line)
 
 
 @dataclasses.dataclass(frozen=True)
