@@ -42,3 +42,22 @@ def test_profile_chunked_smoke(tmp_path):
   # The inverse's FLOPs: Σ over rounds s = 1, 2, .., C/2 of C/2s pairs of two s×s products,
   # = 2C(C²−1)/3 per C×C matrix; 4 chunks of C = 8, one batch·head.
   assert products[-1]["flops"] == 4 * 2 * 8 * (8 * 8 - 1) // 3
+
+
+def test_bench_lm_smoke(tmp_path):
+  out = tmp_path / "bench_lm.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_lm", "--batch=1", "--layers=1",
+       "--models=transformer,linear-delta", "--decode_models=transformer,linear-delta",
+       "--positions=8,32", "--repeats=1", f"--out={out}",
+       f"--markdown={tmp_path / 'b.md'}", f"--plot={tmp_path / 'b.png'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  steps = [r for r in rows if r["kind"] == "train_step"]
+  assert [r["model"] for r in steps] == ["transformer", "linear-delta"]
+  assert all(r["tokens_per_second"] > 0 and r["fraction_of_matmul"] > 0 for r in steps)
+  decode = {(r["model"], r["position"]): r["state_bytes"] for r in rows if r["kind"] == "decode"}
+  assert decode[("linear-delta", 8)] == decode[("linear-delta", 32)]      # a fixed-size memory
+  assert decode[("transformer", 32)] > decode[("transformer", 8)]         # a growing cache
+  assert (tmp_path / "b.png").stat().st_size > 0

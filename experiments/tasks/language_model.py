@@ -60,6 +60,15 @@ def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
   return lm.TransformerLM(lm_config(config, load_corpus(config).vocab.size), rngs=rngs)
 
 
+def lm_loss(config, model, batch, step):
+  """Cross-entropy of {inputs, targets} with this step's dropout (and FAVOR+) keys."""
+  key = lambda stream: jax.random.fold_in(
+      jax.random.fold_in(jax.random.key(config.seed), stream), step)
+  log_probs = model(batch["inputs"], dropout_key=key(_DROPOUT),
+                    projection_key=key(_PROJECTION) if config.model.redraw_projection else None)
+  return lm.cross_entropy(log_probs, batch["targets"])
+
+
 def make(config, mesh=None) -> "LanguageModelling":
   return LanguageModelling(config, mesh)
 
@@ -81,18 +90,12 @@ class LanguageModelling:
     self._valid_batches = list(text_data.eval_windows(
         self.corpus.splits["valid"], config.context, config.context, config.eval_batch_size))
 
-  def _key(self, stream, step):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), stream), step)
-
   def host_batch(self, step):
     c = self.config
     return text_data.train_batch(self.corpus.splits["train"], step, c.batch_size, c.context)
 
   def loss(self, model, batch, step):
-    redraw = self.config.model.redraw_projection
-    log_probs = model(batch["inputs"], dropout_key=self._key(_DROPOUT, step),
-                      projection_key=self._key(_PROJECTION, step) if redraw else None)
-    return lm.cross_entropy(log_probs, batch["targets"])
+    return lm_loss(self.config, model, batch, step)
 
   def _nll_sum(self, graphdef, params, rest, batch):
     model = nnx.merge(graphdef, params, rest)
