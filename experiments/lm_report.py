@@ -1,8 +1,8 @@
-"""Tables and a figure from finished language-model runs.
+"""Tables and a figure from finished language-model runs (experiments.report calls it).
 
-  python -m experiments.lm_report runs/lm_grid --out=results
+  python -m experiments.report runs/lm_grid --out=results
 
-Walks the given directories for language-model runs (summary.json + metrics.jsonl) and writes
+Finds the language-model runs (summary.json + metrics.jsonl) under the given directories and writes
 `language_model.csv` (one row per run and eval: model, seed, step, valid loss and bits), a Markdown
 table of the final numbers per model (mean over seeds, with the spread), and
 `language_model.png`: valid bits per unit against steps, one line per model (mean over seeds).
@@ -19,9 +19,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-_OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
 
 
 def collect(roots: list[str]) -> list[dict]:
@@ -37,8 +34,6 @@ def collect(roots: list[str]) -> list[dict]:
       with open(os.path.join(directory, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f if line.strip()]
       runs.append(dict(summary=summary, metrics=metrics))
-  if not runs:
-    raise ValueError(f"No finished language-model runs (summary.json) under {roots}.")
   return sorted(runs, key=lambda r: (r["summary"]["model"], r["summary"]["seed"]))
 
 
@@ -111,8 +106,7 @@ def plot(runs, path):
   plt.close(fig)
 
 
-def report(roots: list[str], out: str) -> list[str]:
-  runs = collect(roots)
+def report(runs: list[dict], out: str) -> list[str]:
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, f"language_model.{ext}") for ext in ("csv", "md", "png")]
   write_csv(runs, paths[0])
@@ -120,12 +114,3 @@ def report(roots: list[str], out: str) -> list[str]:
     f.write(markdown(runs))
   plot(runs, paths[2])
   return paths
-
-
-def main(argv):
-  for path in report(argv[1:], _OUT.value):
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-  app.run(main)

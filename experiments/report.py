@@ -1,6 +1,7 @@
-"""Tables and figures from finished runs.
+"""Tables and figures from finished runs, for every task found.
 
   python -m experiments.report runs/setting1 runs/setting2 --out=results
+  python -m experiments.report runs/lm_grid --out=results       # language_model.* (lm_report)
 
 Walks the given directories for runs (a summary.json beside a config.json), writes
 `associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds), a
@@ -21,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import lm_report  # noqa: E402
+
 COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds")
 
 _OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
@@ -34,11 +37,11 @@ def collect(roots: list[str]) -> list[dict]:
         continue
       with open(os.path.join(directory, "summary.json")) as f:
         s = json.load(f)
+      if s.get("task", "associative_recall") != "associative_recall":
+        continue
       rows.append(dict(setting=s["setting"], model=s["curve"], num_keys=s["num_keys"],
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
                        wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
-  if not rows:
-    raise ValueError(f"No finished runs (summary.json) under {roots}.")
   return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
 
 
@@ -112,16 +115,24 @@ def plot(rows, setting, path):
 
 
 def report(roots: list[str], out: str) -> list[str]:
+  """Writes the tables and figures of every task with finished runs under `roots`."""
+  written = []
   rows = collect(roots)
-  os.makedirs(out, exist_ok=True)
-  written = [os.path.join(out, "associative_recall.csv"),
-             os.path.join(out, "associative_recall.md")]
-  write_csv(rows, written[0])
-  write_markdown(rows, written[1])
-  for setting in sorted({r["setting"] for r in rows}):
-    path = os.path.join(out, f"associative_recall_setting{setting}.png")
-    plot(rows, setting, path)
-    written.append(path)
+  if rows:
+    os.makedirs(out, exist_ok=True)
+    written += [os.path.join(out, "associative_recall.csv"),
+                os.path.join(out, "associative_recall.md")]
+    write_csv(rows, written[0])
+    write_markdown(rows, written[1])
+    for setting in sorted({r["setting"] for r in rows}):
+      path = os.path.join(out, f"associative_recall_setting{setting}.png")
+      plot(rows, setting, path)
+      written.append(path)
+  lm_runs = lm_report.collect(roots)
+  if lm_runs:
+    written += lm_report.report(lm_runs, out)
+  if not written:
+    raise ValueError(f"No finished runs (summary.json) under {roots}.")
   return written
 
 

@@ -17,4 +17,4 @@ for model in $MODELS; do for seed in $SEEDS; do echo "$model $seed"; done; done 
   xargs -P "$PARALLEL" -L 1 sh -c '"$0" launch.py --config="configs/language_model.py:$1" \
     --config.seed="$2" --workdir="'"$RUNS"'/$1/seed=$2" > "'"$RUNS"'.$1.$2.log" 2>&1 || \
     echo "failed: $1 seed $2 (see '"$RUNS"'.$1.$2.log)"' "$PY"
-"$PY" -m experiments.lm_report "$RUNS" --out=results
+"$PY" -m experiments.report "$RUNS" --out=results
