@@ -29,7 +29,12 @@ from experiments import checkpoint, distributed, tasks
 
 # Fields that may change between a run and its resumption: they change neither model nor data.
 RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
-                     "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape")
+                     "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape",
+                     "eval_batch_size", "sliding_stride")
+# Fields added after runs already existed, with the value those runs used implicitly: a saved
+# config without one of them resumes when the current value is this one.
+ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
+                "grad_clip": 0.0}
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
 
 
@@ -64,6 +69,7 @@ def flatten(config_dict, prefix=""):
 
 def check_resumable(saved: dict, current: dict) -> None:
   saved_flat, current_flat = flatten(saved), flatten(current)
+  saved_flat = {**{k: v for k, v in ADDED_FIELDS.items() if k in current_flat}, **saved_flat}
   changed = sorted(k for k in set(saved_flat) | set(current_flat)
                    if k not in RESUMABLE_CHANGES and saved_flat.get(k) != current_flat.get(k))
   if changed:

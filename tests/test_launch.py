@@ -112,6 +112,20 @@ def test_resume_equals_uninterrupted_run(tmp_path):
       np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_from_before_the_task_fields_resumes(tmp_path):
+  """config.json written before `task`, `lr_schedule`, `warmup_steps`, `grad_clip` existed."""
+  train.train(_tiny_config(max_steps=20), str(tmp_path))
+  path = tmp_path / "config.json"
+  old = json.load(open(path))
+  for key in ("task", "lr_schedule", "warmup_steps", "grad_clip"):
+    del old[key]
+  json.dump(old, open(path, "w"))
+  assert train.train(_tiny_config(max_steps=40), str(tmp_path))["steps"] == 40
+  with pytest.raises(ValueError, match=r"grad_clip: 0\.0 -> 1\.0"):
+    json.dump(old, open(path, "w"))
+    train.train(_tiny_config(max_steps=60, grad_clip=1.0), str(tmp_path))
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path):
   train.train(_tiny_config(max_steps=20), str(tmp_path))
   with pytest.raises(ValueError, match=r"model\.nu: 1 -> 2"):
