@@ -10,11 +10,14 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
 import os
 import signal
+import socket
 import tempfile
 import time
 
@@ -172,8 +175,37 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def train(config, workdir: str | None = None, *, restore_from: str | None = None) -> dict:
   """Trains one run to its stopping criterion; returns the summary (also in summary.json)."""
   validate(config)
-  task_module = tasks.get(config.task)
   workdir = _prepare_workdir(workdir)
+  with _workdir_lock(workdir):
+    return _train(config, workdir, restore_from)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """One run per workdir: process 0 holds an exclusive flock on workdir/.lock while it trains.
+  The kernel drops the lock when the process dies, however it dies, so none is ever stale."""
+  if not distributed.is_main():
+    yield
+    return
+  path = os.path.join(workdir, ".lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ValueError(f"Workdir {workdir!r} is in use by a run that is still going ({holder}). "
+                       f"Wait for it, stop it, or use another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _train(config, workdir: str, restore_from: str | None) -> dict:
+  task_module = tasks.get(config.task)
   config_dict = config.to_dict()
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):

@@ -111,3 +111,17 @@ def test_restore_from_starts_a_new_run_from_another_runs_weights(tmp_path):
   assert first["eval_loss"] < read_metrics(source)[0]["eval_loss"]
   with open(os.path.join(new, "summary.json")) as f:
     assert json.load(f)["steps"] == 20
+
+
+def test_a_second_launch_on_a_running_workdir_is_refused(tmp_path):
+  long_run = [a for a in ARGS if not a.startswith("--config.max_steps")] + [
+      "--config.max_steps=1000000"]
+  proc = _start(tmp_path, long_run)
+  _wait_for_metrics(tmp_path, 1, proc)
+  second = launch(*ARGS, f"--workdir={tmp_path}")
+  assert second.returncode != 0
+  assert "is in use by a run that is still going (pid " in second.stderr, second.stderr[-2000:]
+  proc.send_signal(signal.SIGKILL)               # a killed run leaves no stale lock
+  proc.communicate()
+  resumed = launch(*ARGS, f"--workdir={tmp_path}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
