@@ -94,23 +94,48 @@ def _prepare_workdir(workdir: str | None) -> str:
       raise ValueError("A multi-process run needs --workdir on a filesystem all processes share.")
     workdir = tempfile.mkdtemp(prefix="fwp-")
     print(f"No --workdir given; writing to {workdir}", flush=True)
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"Workdir {workdir!r} is a file, not a directory: pass a directory path.")
   probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
   try:
+    os.makedirs(workdir, exist_ok=True)
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
   except OSError as error:
-    raise ValueError(f"Workdir {workdir!r} cannot be written: {error}") from error
+    raise ValueError(f"Workdir {workdir!r} cannot be written ({error}); pass a directory you "
+                     f"can write (and with free space).") from error
   return workdir
 
 
 def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+  """The eval records up to `up_to_step`. A line that does not parse (a crash mid-write, a
+  truncated file) is dropped with a warning: the resumed run writes its evals again."""
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  return [m for m in lines if m["step"] <= up_to_step]
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        step = int(record["step"])
+      except (ValueError, KeyError, TypeError):
+        print(f"Warning: {path} line {number} is not a metrics record; dropping it.", flush=True)
+        continue
+      if step <= up_to_step:
+        records.append(record)
+  return records
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as error:
+    raise ValueError(f"{path} ({what}) is not valid JSON ({error}): restore it, delete it to "
+                     f"start that part over, or use a new --workdir.") from None
 
 
 def _write_json(path: str, obj) -> None:
@@ -209,13 +234,11 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   config_dict = config.to_dict()
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):
-    with open(config_path) as f:
-      check_resumable(json.load(f), config_dict)
+    check_resumable(_read_json(config_path, "the run's config"), config_dict)
   _write_json(config_path, config_dict)
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
+    summary = _read_json(summary_path, "the finished run's summary")
     if summary["stop_reason"] != "max_steps" or summary["steps"] >= config.max_steps:
       _say(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): {workdir}")
       return summary

@@ -84,12 +84,23 @@ def choose_chunk_size(chunk_size, t: int) -> int:
 
 
 def _check_shapes(q, k, v, beta, initial_state) -> None:
+  """Shapes and dtypes, on static information only (works on tracers, before compiling).
+  Values (NaN, Inf) cannot be checked here: they propagate, and the train loop stops on them."""
+  for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("initial_state", initial_state)):
+    if x is not None and not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      raise ValueError(f"{name} must be a floating-point array (float32, float64, bfloat16 or "
+                       f"float16), got dtype {getattr(x, 'dtype', type(x).__name__)}; cast it "
+                       f"with .astype(jnp.float32).")
   if k.ndim != 4:
     raise ValueError(f"k must be [batch, time, heads, d_key], got shape {k.shape}.")
   if q is not None and k.shape != q.shape:
     raise ValueError(f"k must have q's shape {q.shape} [batch, time, heads, d_key], "
                      f"got {k.shape}.")
   b, t, h, d_key = k.shape
+  if min(b, t, h, d_key) == 0:
+    raise ValueError(f"q, k, v need at least one batch row, time step, head and feature; got k "
+                     f"of shape {k.shape} [batch, time, heads, d_key]. An empty sequence (T = 0) "
+                     f"has no outputs: skip the call.")
   if v.ndim != 4 or v.shape[:3] != (b, t, h):
     raise ValueError(f"v must be [batch, time, heads, d_value] = [{b}, {t}, {h}, d_value] to "
                      f"match k, got {v.shape}.")
