@@ -38,6 +38,8 @@ _SIZE = flags.DEFINE_enum("size", "small", ["small", "medium"], "The paper's set
 _BATCH = flags.DEFINE_integer("batch", None, "Batch size (default: the setting's).")
 _LAYERS = flags.DEFINE_integer("layers", None, "Layers (default: the setting's 16).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 256, "Vocabulary size.")
+_DROPOUTS = flags.DEFINE_list("dropouts", ["config", "0"], "Dropout rates to time the training "
+                              "step with ('config': the setting's 0.1; 0 shows the RNG's cost).")
 _DECODE_MODELS = flags.DEFINE_list("decode_models", ["transformer", "linear-delta"],
                                    "Models whose per-token decoding cost to time.")
 _POSITIONS = flags.DEFINE_list("positions", ["128", "512", "2048", "8192", "16384"],
@@ -48,9 +50,11 @@ _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown 
 _PLOT = flags.DEFINE_string("plot", None, "Write the decoding figure (PNG) here.")
 
 
-def _config(model: str):
+def _config(model: str, dropout: str = "config"):
   config = wikitext103.get_config(f"{_SIZE.value}-{model}")
   config.model.adaptive_cutoffs = ()
+  if dropout != "config":
+    config.model.dropout = float(dropout)
   if _BATCH.value:
     config.batch_size = _BATCH.value
   if _LAYERS.value:
@@ -76,8 +80,8 @@ def step_flops(model: lm.TransformerLM, batch: int, context: int) -> float:
   return dense + c.num_layers * attention
 
 
-def time_train_step(model_name: str, repeats: int, peak: float) -> dict:
-  config = _config(model_name)
+def time_train_step(model_name: str, repeats: int, peak: float, dropout: str = "config") -> dict:
+  config = _config(model_name, dropout)
   model = _build(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = train.make_optimizer(config)
@@ -97,7 +101,7 @@ def time_train_step(model_name: str, repeats: int, peak: float) -> dict:
   seconds = timing.median_seconds(one_step, repeats=repeats)
   flops = step_flops(model, b, t)
   return dict(kind="train_step", model=model_name, form=config.model.form, batch=b, context=t,
-              layers=config.model.num_layers, ms=seconds * 1e3, tokens_per_second=b * t / seconds,
+              layers=config.model.num_layers, dropout=config.model.dropout, ms=seconds * 1e3, tokens_per_second=b * t / seconds,
               gflops=flops / seconds / 1e9, fraction_of_matmul=flops / seconds / 1e9 / peak)
 
 
@@ -122,13 +126,19 @@ def time_decode(model_name: str, position: int, repeats: int) -> dict:
 def markdown(machine, rows) -> str:
   lines = [timing.machine_line(machine), "", "### Training step (paper's small-setting shapes, "
            f"vocabulary {_VOCAB.value})", "",
-           "| model | form | layers | batch × context | ms / step | tokens / s | GFLOP/s | "
-           "% of matmul |", "|---|---|---|---|---|---|---|---|"]
+           "| model | form | layers | batch × context | dropout | ms / step | tokens / s | "
+           "GFLOP/s | % of matmul |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "train_step":
       lines.append(f"| {r['model']} | {r['form']} | {r['layers']} | {r['batch']} × "
-                   f"{r['context']} | {r['ms']:.0f} | {r['tokens_per_second']:.0f} | "
-                   f"{r['gflops']:.1f} | {100 * r['fraction_of_matmul']:.1f}% |")
+                   f"{r['context']} | {r['dropout']} | {r['ms']:.0f} | "
+                   f"{r['tokens_per_second']:.0f} | {r['gflops']:.1f} | "
+                   f"{100 * r['fraction_of_matmul']:.1f}% |")
+  for r in rows:
+    if r["kind"] == "gemm":
+      lines.append(f"\nThe model's own largest product, [{r['m']}, {r['k']}] × [{r['k']}, "
+                   f"{r['n']}] (the feed-forward input layer), runs at {r['gflops']:.1f} GFLOP/s "
+                   f"= {100 * r['fraction_of_matmul']:.0f}% of the 2048³ rate, alone.")
   lines += ["", "### Generating one token at position p (batch 1)", "",
             "| model | p | ms / token | state MB |", "|---|---|---|---|"]
   for r in rows:
@@ -165,12 +175,18 @@ def main(argv):
   peak = machine["matmul_gflops"]
   print(timing.machine_line(machine), flush=True)
   rows = []
+  config = _config(_MODELS.value[0] if _MODELS.value else "transformer")
+  m, k, n = config.batch_size * config.context, config.model.d_model, config.model.d_ff
+  gemm = timing.matmul_gflops(n, _REPEATS.value, k=k, m=m)
+  rows.append(dict(kind="gemm", m=m, k=k, n=n, gflops=gemm, fraction_of_matmul=gemm / peak))
   for name in _MODELS.value:
-    row = time_train_step(name, _REPEATS.value, peak)
-    rows.append(row)
-    _write(machine, rows)
-    print(f"train step {name:14} {row['ms']:9.0f} ms  {row['tokens_per_second']:9.0f} tok/s  "
-          f"{100 * row['fraction_of_matmul']:5.1f}% of matmul", flush=True)
+    for dropout in _DROPOUTS.value:
+      row = time_train_step(name, _REPEATS.value, peak, dropout)
+      rows.append(row)
+      _write(machine, rows)
+      print(f"train step {name:14} dropout {row['dropout']:<4} {row['ms']:9.0f} ms  "
+            f"{row['tokens_per_second']:9.0f} tok/s  {100 * row['fraction_of_matmul']:5.1f}% of "
+            f"matmul", flush=True)
   for name in _DECODE_MODELS.value:
     for p in (int(x) for x in _POSITIONS.value):
       row = time_decode(name, p, _REPEATS.value)

@@ -26,11 +26,14 @@ def median_seconds(fn, *args, repeats):
   return statistics.median(times)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,
+                  m: int | None = None) -> float:
+  """float32 [m, k] × [k, n] rate (n³ by default)."""
+  m, k = m or n, k or n
+  a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
   seconds = median_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
-  return 2 * n ** 3 / seconds / 1e9
+  return 2 * m * k * n / seconds / 1e9
 
 
 def machine(repeats: int = 5) -> dict:

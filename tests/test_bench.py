@@ -49,7 +49,7 @@ def test_bench_lm_smoke(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.bench_lm", "--batch=1", "--layers=1",
        "--models=transformer,linear-delta", "--decode_models=transformer,linear-delta",
-       "--positions=8,32", "--repeats=1", f"--out={out}",
+       "--positions=8,32", "--repeats=1", "--dropouts=config", f"--out={out}",
        f"--markdown={tmp_path / 'b.md'}", f"--plot={tmp_path / 'b.png'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
