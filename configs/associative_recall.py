@@ -3,7 +3,8 @@
   python launch.py --config=configs/associative_recall.py:dpfp2-sum --config.num_keys=100 \
       --workdir=runs/dpfp2-sum-S100
 
-The argument after ':' names a paper curve: `softmax`, or `<phi>-<rule>` with
+The argument after ':' names a paper curve: `softmax`, `fwp91-sum` (the fast weight programmer of
+1991 = the unnormalised linear Transformer: φ = identity, no normalisation), or `<phi>-<rule>` with
 phi ∈ {linear, dpfp1, dpfp2, dpfp3, favor64, favor128, favor512, tanh} and rule ∈ {sum, delta, fwm}.
 The rule fixes the normalisation as the paper does: sum → attention normalisation; delta → sum
 normalisation; fwm → none, with a layer-normalised read-out. Sum-rule curves default to setting 1
@@ -17,7 +18,7 @@ from configs import common
 
 PHIS = ("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512", "tanh")
 RULES = ("sum", "delta", "fwm")
-CURVES = ("softmax",) + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
+CURVES = ("softmax", "fwp91-sum") + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,12 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 def apply_curve(c: ml_collections.ConfigDict, curve: str) -> ml_collections.ConfigDict:
   if curve not in CURVES:
-    raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax or <phi>-<rule> with phi "
-                     f"in {', '.join(PHIS)} and rule in {', '.join(RULES)}.")
+    raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax, fwp91-sum or "
+                     f"<phi>-<rule> with phi in {', '.join(PHIS)} and rule in {', '.join(RULES)}.")
   c.curve = curve
   if curve == "softmax":
     c.model.update_rule = "softmax"
     c.model.normalization = "none"
+    return c
+  if curve == "fwp91-sum":
+    c.model.feature_map, c.model.update_rule, c.model.normalization = "identity", "sum", "none"
     return c
   phi, rule = curve.split("-")
   if phi == "linear":

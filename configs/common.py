@@ -65,8 +65,9 @@ def lm_config() -> ml_collections.ConfigDict:
 
 
 def lm_model_names_help() -> str:
-  return ("transformer, or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule in "
-          f"{', '.join(LM_RULES)} (e.g. linear-delta, dpfp2-sum, favor16-delta)")
+  return ("transformer, fwp91-sum (the 1991 fast weight programmer: φ = identity, no "
+          "normalisation), or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule "
+          f"in {', '.join(LM_RULES)} (e.g. linear-delta, dpfp2-sum, favor16-delta)")
 
 
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -74,6 +75,9 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
   c.model_name = name
   if name == "transformer":
     c.model.update_rule, c.model.normalization = "softmax", "none"
+    return c
+  if name == "fwp91-sum":
+    c.model.feature_map, c.model.update_rule, c.model.normalization = "identity", "sum", "none"
     return c
   phi, _, rule = name.partition("-")
   bad = ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.")

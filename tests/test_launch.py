@@ -57,7 +57,9 @@ def test_bad_flags_fail_at_parsing(args, message):
 
 
 def test_curves_parse_into_paper_models():
-  assert len(associative_recall.CURVES) == 25
+  assert len(associative_recall.CURVES) == 26
+  c = associative_recall.get_config("fwp91-sum")
+  assert (c.model.feature_map, c.model.normalization, c.setting) == ("identity", "none", 1)
   c = associative_recall.get_config("dpfp3-sum")
   assert (c.model.feature_map, c.model.nu, c.model.normalization, c.setting) == (
       "dpfp", 3, "attention", 1)

@@ -113,6 +113,20 @@ def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
     assert np.all(influence[np.diag_indices(T)] > 0.0)
 
 
+@pytest.mark.parametrize("form,chunk", FORMS)
+def test_the_1991_fwp_layer_is_masked_linear_attention(form, chunk):
+  """fwp91-sum: the fast weight layer with φ = identity and no normaliser computes exactly the
+  unnormalised linear Transformer's (QKᵀ ⊙ M)V, per head, in every form."""
+  with x64():
+    layer = build("fwp91-sum", form, chunk).blocks[0].attention
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, T, 8)))
+    q, k, v = (p(x).reshape(2, T, 2, 4) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    y, _ = layers.fast_weight_attention(q, k, v, None, layer.config)
+    mask = np.tril(np.ones((T, T)))
+    expected = jnp.einsum("bhts,bshv->bthv", jnp.einsum("bthd,bshd->bhts", q, k) * mask, v)
+    chex.assert_trees_all_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_adaptive_softmax_is_a_distribution_over_the_vocabulary():
   with x64():
     model = build("linear-delta", "chunked", 3, adaptive_cutoffs=(4, 9, 100))
