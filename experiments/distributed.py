@@ -26,6 +26,17 @@ def make_mesh(mesh_shape) -> Mesh:
   return Mesh(np.asarray(devices[:size]), (DATA,))
 
 
+def needs_step_sync(mesh: Mesh) -> bool:
+  """True where each training step must finish before the next is dispatched: several devices of
+  the mesh in this process on the CPU backend. There, XLA:CPU runs every device's program on
+  one shared pool, and with several steps in flight a later step's programs, blocked in their
+  all-reduce, can starve an earlier step's last program: the rendezvous times out and XLA aborts
+  ("Expected 8 threads to join the rendezvous, but only 7 of them arrived on time"). Reproduced
+  without fwp by scripts/xla_cpu_collective_deadlock.py (jax 0.10.2, 8 devices on 2 cores)."""
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  return len(local) > 1 and local[0].platform == "cpu"
+
+
 def check_batch(batch_size: int, mesh: Mesh) -> None:
   if batch_size % mesh.size:
     raise ValueError(f"batch_size={batch_size} does not divide over the {mesh.size} devices of "

@@ -281,6 +281,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
       f.writelines(json.dumps(m) + "\n" for m in history)
 
   train_step = compile_step(graphdef, tx, task, mesh)
+  sync_each_step = distributed.needs_step_sync(mesh)
   carry = (state["params"], state["opt_state"], state["loss_sum"])
   rest = state["rest"]
   best, bad_evals = float(state["best_eval_loss"]), int(state["bad_evals"])
@@ -305,6 +306,8 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
       if batch is not None:
         batch = distributed.put_batch(batch, mesh)
       carry = train_step(*carry, rest, step, batch)
+      if sync_each_step:
+        jax.block_until_ready(carry)
       step, loss_count = step + 1, loss_count + 1
       if step % config.eval_every == 0:
         params, opt_state, loss_sum = carry
