@@ -18,13 +18,11 @@ import json
 import os
 import signal
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
 from configs import associative_recall
-from experiments import tasks, timing, train
+from experiments import tasks, timing
 
 _RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
 _FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms to time.")
@@ -48,18 +46,8 @@ def time_train_step(curve, num_keys, repeats, form=None):
   if form:
     config.model.form = form
   model = tasks.associative_recall.build_model(config, nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = train.make_optimizer(config)
-  train_step = train.compile_step(graphdef, tx, tasks.associative_recall.make(config))
-  carry = [params, tx.init(params), jnp.float32(0)]
-  step = [0]
-
-  def one_step():
-    carry[:] = train_step(*carry, rest, step[0], None)
-    step[0] += 1
-    return carry[2]
-
-  seconds = timing.median_seconds(one_step, repeats=repeats)
+  seconds = timing.train_step_seconds(model, config, tasks.associative_recall.make(config), None,
+                                      repeats)
   return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
               setting=config.setting, batch=config.batch_size, ms=seconds * 1e3)
 

@@ -28,7 +28,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs import wikitext103
-from experiments import timing, train
+from experiments import timing
 from experiments.tasks import language_model
 from fwp import lm
 
@@ -83,22 +83,11 @@ def step_flops(model: lm.TransformerLM, batch: int, context: int) -> float:
 def time_train_step(model_name: str, repeats: int, peak: float, dropout: str = "config") -> dict:
   config = _config(model_name, dropout)
   model = _build(config)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = train.make_optimizer(config)
   loss = types.SimpleNamespace(loss=functools.partial(language_model.lm_loss, config))
-  train_step = train.compile_step(graphdef, tx, loss)
   b, t = config.batch_size, config.context
   tokens = np.random.default_rng(0).integers(0, _VOCAB.value, (b, t + 1)).astype(np.int32)
   batch = dict(inputs=jnp.asarray(tokens[:, :-1]), targets=jnp.asarray(tokens[:, 1:]))
-  carry = [params, tx.init(params), jnp.float32(0)]
-  step = [0]
-
-  def one_step():
-    carry[:] = train_step(*carry, rest, step[0], batch)
-    step[0] += 1
-    return carry[2]
-
-  seconds = timing.median_seconds(one_step, repeats=repeats)
+  seconds = timing.train_step_seconds(model, config, loss, batch, repeats)
   flops = step_flops(model, b, t)
   return dict(kind="train_step", model=model_name, form=config.model.form, batch=b, context=t,
               layers=config.model.num_layers, dropout=config.model.dropout, ms=seconds * 1e3, tokens_per_second=b * t / seconds,

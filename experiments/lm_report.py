@@ -21,16 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def collect(roots: list[str]) -> list[dict]:
+def collect(finished: list[tuple[str, dict]]) -> list[dict]:
+  """The language-model runs among (directory, summary) pairs, with their metrics."""
   runs = []
-  for root in roots:
-    for directory, _, files in os.walk(root):
-      if "summary.json" not in files:
-        continue
-      with open(os.path.join(directory, "summary.json")) as f:
-        summary = json.load(f)
-      if summary.get("task") != "language_model":
-        continue
+  for directory, summary in finished:
+    if summary.get("task") == "language_model":
       with open(os.path.join(directory, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f if line.strip()]
       runs.append(dict(summary=summary, metrics=metrics))

@@ -29,16 +29,22 @@ COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "
 _OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
 
 
-def collect(roots: list[str]) -> list[dict]:
-  rows = []
+def finished_runs(roots: list[str]) -> list[tuple[str, dict]]:
+  """(directory, summary) of every finished run (a summary.json) under `roots`."""
+  runs = []
   for root in roots:
     for directory, _, files in os.walk(root):
-      if "summary.json" not in files:
-        continue
-      with open(os.path.join(directory, "summary.json")) as f:
-        s = json.load(f)
-      if s.get("task", "associative_recall") != "associative_recall":
-        continue
+      if "summary.json" in files:
+        with open(os.path.join(directory, "summary.json")) as f:
+          runs.append((directory, json.load(f)))
+  return runs
+
+
+def collect(finished: list[tuple[str, dict]]) -> list[dict]:
+  """One row per associative-recall run among (directory, summary) pairs."""
+  rows = []
+  for _, s in finished:
+    if s.get("task", "associative_recall") == "associative_recall":
       rows.append(dict(setting=s["setting"], model=s["curve"], num_keys=s["num_keys"],
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
                        wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
@@ -117,7 +123,8 @@ def plot(rows, setting, path):
 def report(roots: list[str], out: str) -> list[str]:
   """Writes the tables and figures of every task with finished runs under `roots`."""
   written = []
-  rows = collect(roots)
+  finished = finished_runs(roots)
+  rows = collect(finished)
   if rows:
     os.makedirs(out, exist_ok=True)
     written += [os.path.join(out, "associative_recall.csv"),
@@ -128,7 +135,7 @@ def report(roots: list[str], out: str) -> list[str]:
       path = os.path.join(out, f"associative_recall_setting{setting}.png")
       plot(rows, setting, path)
       written.append(path)
-  lm_runs = lm_report.collect(roots)
+  lm_runs = lm_report.collect(finished)
   if lm_runs:
     written += lm_report.report(lm_runs, out)
   if not written:

@@ -12,7 +12,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from experiments import train
 from fwp import ops
 
 
@@ -24,6 +26,23 @@ def median_seconds(fn, *args, repeats):
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def train_step_seconds(model, config, task, batch, repeats: int) -> float:
+  """Median seconds of the train loop's own jitted step (experiments.train.compile_step) for
+  `model` under `config`'s optimizer; `task` supplies the loss, `batch` the host batch or None."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = train.make_optimizer(config)
+  train_step = train.compile_step(graphdef, tx, task)
+  carry = [params, tx.init(params), jnp.float32(0)]
+  step = [0]
+
+  def one_step():
+    carry[:] = train_step(*carry, rest, step[0], batch)
+    step[0] += 1
+    return carry[2]
+
+  return median_seconds(one_step, repeats=repeats)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,

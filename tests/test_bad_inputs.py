@@ -2,7 +2,6 @@
 in a clear error that names the problem (and the fix), raised before anything is compiled, or is
 recovered from with no data lost. One table per family."""
 
-import json
 import os
 import shutil
 

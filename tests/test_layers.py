@@ -1,6 +1,5 @@
 """Layers: one set of parameters computes one function, whatever the form."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
