@@ -113,7 +113,10 @@ def main(argv):
   seconds = time.time() - start
   print(f"[{config.model_name}, step {step}, {len(ids)} prompt + {len(new)} generated "
         f"{language_model.load_corpus(config).unit}s in {seconds:.1f} s]")
-  print(prompt + vocab.decode(new))
+  text = vocab.decode(new)
+  if vocab.level == "word" and prompt and not prompt.endswith(("\n", " ")) and text[:1] != "\n":
+    text = " " + text                      # words are joined by spaces
+  print(prompt + text)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,29 @@ def test_lm_on_four_simulated_devices_trains_like_one(tmp_path):
   for a, b in zip(metrics[4], metrics[1]):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+
+
+def test_word_level_wikitext_run_end_to_end(tmp_path):
+  """The WikiText-103 path on files in its format: tokenise, train with the adaptive softmax,
+  evaluate (plain and sliding), generate words."""
+  from tests.test_lm_data import write_wikitext
+  data_dir = write_wikitext(tmp_path / "wt")
+  result = launch("--config=configs/wikitext103.py:small-linear-delta",
+                  f"--config.data_dir={data_dir}", "--config.model.num_layers=1",
+                  "--config.model.d_model=16", "--config.model.num_heads=2",
+                  "--config.model.d_head=8", "--config.model.d_ff=32", "--config.context=8",
+                  "--config.batch_size=2", "--config.max_steps=6", "--config.eval_every=3",
+                  "--config.warmup_steps=2", "--config.eval_batch_size=4",
+                  "--config.sliding_stride=4", "--config.model.adaptive_cutoffs=(5,10)",
+                  f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(tmp_path / "run" / "summary.json"))
+  assert summary["corpus"] == "wikitext103" and summary["level"] == "word"
+  assert all(k in summary for k in ("valid_ppl", "test_ppl", "test_sliding_bits_per_token"))
+  assert os.path.exists(os.path.join(data_dir, "fwp-cache", "train.npy"))
+  out = subprocess.run([sys.executable, "-m", "experiments.generate",
+                        f"--workdir={tmp_path / 'run'}", "--prompt=The game", "--num_tokens=5",
+                        "--top_k=3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "2 prompt + 5 generated tokens" in out.stdout
+  assert out.stdout.splitlines()[1].startswith("The game")
