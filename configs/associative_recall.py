@@ -3,7 +3,8 @@
   python launch.py --config=configs/associative_recall.py:dpfp2-sum --config.num_keys=100 \
       --workdir=runs/dpfp2-sum-S100
 
-The argument after ':' names a paper curve: `softmax`, `fwp91-sum` (the fast weight programmer of
+The argument after ':' names a paper curve: `softmax`, `additive` (Bahdanau et al. 2014's
+attention, wᵀ tanh(W_q q + W_k k)), `fwp91-sum` (the fast weight programmer of
 1991 = the unnormalised linear Transformer: φ = identity, no normalisation), or `<phi>-<rule>` with
 phi ∈ {linear, dpfp1, dpfp2, dpfp3, favor64, favor128, favor512, tanh} and rule ∈ {sum, delta, fwm}.
 The rule fixes the normalisation as the paper does: sum → attention normalisation; delta → sum
@@ -18,7 +19,7 @@ from configs import common
 
 PHIS = ("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512", "tanh")
 RULES = ("sum", "delta", "fwm")
-CURVES = ("softmax", "fwp91-sum") + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
+CURVES = ("softmax", "additive", "fwp91-sum") + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus
   c.model.nu = 1
   c.model.num_features = 64
-  c.model.update_rule = "sum"            # sum | delta | fwm | softmax
+  c.model.update_rule = "sum"            # sum | delta | fwm | softmax | additive
   c.model.normalization = "attention"    # none | attention | sum
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
@@ -46,11 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def apply_curve(c: ml_collections.ConfigDict, curve: str) -> ml_collections.ConfigDict:
   if curve not in CURVES:
-    raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax, fwp91-sum or "
+    raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax, additive, fwp91-sum or "
                      f"<phi>-<rule> with phi in {', '.join(PHIS)} and rule in {', '.join(RULES)}.")
   c.curve = curve
-  if curve == "softmax":
-    c.model.update_rule = "softmax"
+  if curve in ("softmax", "additive"):
+    c.model.update_rule = curve
     c.model.normalization = "none"
     return c
   if curve == "fwp91-sum":

@@ -56,7 +56,7 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus
   c.model.nu = 2                         # the authors' dpfp_n_roll default
   c.model.num_features = 16              # the authors' performer_proj_dim default
-  c.model.update_rule = "delta"          # sum | delta | fwm | softmax
+  c.model.update_rule = "delta"          # sum | delta | fwm | softmax | additive
   c.model.normalization = "sum"          # the authors' LM layers sum-normalise φ(q), φ(k)
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
@@ -65,7 +65,7 @@ def lm_config() -> ml_collections.ConfigDict:
 
 
 def lm_model_names_help() -> str:
-  return ("transformer, fwp91-sum (the 1991 fast weight programmer: φ = identity, no "
+  return ("transformer, additive (Bahdanau attention), fwp91-sum (the 1991 fast weight programmer: φ = identity, no "
           "normalisation), or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule "
           f"in {', '.join(LM_RULES)} (e.g. linear-delta, dpfp2-sum, favor16-delta)")
 
@@ -73,8 +73,9 @@ def lm_model_names_help() -> str:
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Sets the attention fields for a model name of the paper's LM tables."""
   c.model_name = name
-  if name == "transformer":
-    c.model.update_rule, c.model.normalization = "softmax", "none"
+  if name in ("transformer", "additive"):
+    c.model.update_rule = "softmax" if name == "transformer" else "additive"
+    c.model.normalization = "none"
     return c
   if name == "fwp91-sum":
     c.model.feature_map, c.model.update_rule, c.model.normalization = "identity", "sum", "none"

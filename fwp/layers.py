@@ -172,20 +172,32 @@ class KVCache(NamedTuple):
   length: jax.Array        # [] int32
 
 
+SCORINGS = ("dot", "additive")
+
+
 class SoftmaxAttention(nnx.Module):
   """Causal softmax attention with FastWeightAttention's interface. Its state is a KVCache: with
   `initial_state`, the T new positions are written at [length, length + T) of the cache (which
   must have room: capacity is static, the length is traced, so it cannot be checked here) and
-  attend to everything before them."""
+  attend to everything before them.
+
+  `scoring="dot"`: q·k/√d (Vaswani et al. 2017). `scoring="additive"`: wᵀ tanh(q + k) per head,
+  with q = W_q x and k = W_k x the projections (Bahdanau, Cho, Bengio 2014); it forms a
+  [B, T, S, H, d] tensor, so time and memory are O(T²·d), not O(T²)."""
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs,
-               dtype=None):
+               dtype=None, scoring: str = "dot"):
+    if scoring not in SCORINGS:
+      raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
+                       f"{', '.join(SCORINGS)}.")
     self.num_heads, self.d_head = num_heads, d_head
     linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     self.q_proj = linear(num_heads * d_head)
     self.k_proj = linear(num_heads * d_head)
     self.v_proj = linear(num_heads * d_head)
     self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
+    self.score_weight = (nnx.Param(nnx.initializers.normal(d_head ** -0.5)(
+        rngs.params(), (num_heads, d_head))) if scoring == "additive" else None)
 
   def init_state(self, batch_size: int, capacity: int, dtype=jnp.float32) -> KVCache:
     shape = (batch_size, capacity, self.num_heads, self.d_head)
@@ -196,8 +208,10 @@ class SoftmaxAttention(nnx.Module):
     b, t, _ = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, self.d_head)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+    w = None if self.score_weight is None else self.score_weight[...].astype(q.dtype)
     if initial_state is None:
-      y, state = causal_softmax_attention(q, k, v), KVCache(k, v, jnp.asarray(t, jnp.int32))
+      y = causal_softmax_attention(q, k, v, score_weight=w)
+      state = KVCache(k, v, jnp.asarray(t, jnp.int32))
     else:
       cache = initial_state
       start = cache.length
@@ -205,7 +219,8 @@ class SoftmaxAttention(nnx.Module):
       vs = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), start, axis=1)
       query_pos = start + jnp.arange(t)
       visible = jnp.arange(ks.shape[1])[None, :] <= query_pos[:, None]      # [T, L]
-      y = causal_softmax_attention(q, ks.astype(q.dtype), vs.astype(q.dtype), mask=visible)
+      y = causal_softmax_attention(q, ks.astype(q.dtype), vs.astype(q.dtype), mask=visible,
+                                   score_weight=w)
       state = KVCache(ks, vs, start + t)
     out = self.out_proj(y.reshape(b, t, -1))
     return (out, state) if return_state else out
@@ -215,10 +230,14 @@ def linear_out(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, rngs=rngs)
 
 
-def causal_softmax_attention(q, k, v, mask=None):
-  """q [B, T, H, d], k [B, S, H, d], v [B, S, H, V]; scores scaled by 1/√d. `mask` [T, S] says
-  which keys each query sees; by default the causal mask (S = T)."""
-  scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+def causal_softmax_attention(q, k, v, mask=None, score_weight=None):
+  """q [B, T, H, d], k [B, S, H, d], v [B, S, H, V]; scores q·k/√d, or with `score_weight` w
+  [H, d] the additive scores wᵀ tanh(q + k). `mask` [T, S] says which keys each query sees; by
+  default the causal mask (S = T)."""
+  if score_weight is None:
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+  else:
+    scores = jnp.einsum("btshd,hd->bhts", jnp.tanh(q[:, :, None] + k[:, None]), score_weight)
   if mask is None:
     mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
   scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)

@@ -49,6 +49,7 @@ class LMConfig:
   d_ff: int = 512
   dropout: float = 0.1
   fast_weight: layers.FastWeightConfig | None = None    # None: softmax attention
+  scoring: str = "dot"                                  # without fast weights: dot | additive
   pre_norm: bool = False
   positional: str = "sinusoidal"
   adaptive_cutoffs: tuple[int, ...] = ()                # () = one softmax over the vocabulary
@@ -64,6 +65,9 @@ class LMConfig:
     if self.positional not in POSITIONALS:
       raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
                        f"{', '.join(POSITIONALS)}.")
+    if self.scoring not in layers.SCORINGS:
+      raise ValueError(f"Unknown attention scoring {self.scoring!r}; valid choices: "
+                       f"{', '.join(layers.SCORINGS)}.")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
     cut = tuple(self.adaptive_cutoffs)
@@ -107,7 +111,7 @@ class Block(nnx.Module):
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
     if config.fast_weight is None:
       self.attention = layers.SoftmaxAttention(config.d_model, config.num_heads, config.d_head,
-                                               rngs=rngs, dtype=dtype)
+                                               rngs=rngs, dtype=dtype, scoring=config.scoring)
       self.scale = 1.0
     else:
       self.attention = layers.FastWeightAttention(config.d_model, config.num_heads,

@@ -21,11 +21,12 @@ from fwp import layers, ops
 
 
 class RetrievalModel(nnx.Module):
-  """`fast_weight=None` is the softmax-attention baseline; otherwise a one-head fast weight memory
-  configured by `fast_weight` (feature map, rule, normalisation, form)."""
+  """`fast_weight=None` is an attention baseline (`scoring`: "dot" softmax attention or
+  Bahdanau's "additive"); otherwise a one-head fast weight memory configured by `fast_weight`
+  (feature map, rule, normalisation, form)."""
 
   def __init__(self, num_keys: int, fast_weight: layers.FastWeightConfig | None, *,
-               d: int = 64, rngs: nnx.Rngs):
+               d: int = 64, rngs: nnx.Rngs, scoring: str = "dot"):
     if num_keys < 2:
       raise ValueError(f"num_keys must be >= 2, got {num_keys}.")
     self.num_keys, self.d, self.fast_weight = num_keys, d, fast_weight
@@ -40,6 +41,11 @@ class RetrievalModel(nnx.Module):
     self.beta_proj = nnx.Linear(num_keys + e, 1, rngs=rngs) if uses_beta else None
     fwm = fast_weight is not None and fast_weight.update_rule == "fwm"
     self.layer_norm = nnx.LayerNorm(num_keys, rngs=rngs) if fwm else None
+    if scoring not in layers.SCORINGS:
+      raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
+                       f"{', '.join(layers.SCORINGS)}.")
+    self.score_weight = (nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,)))
+                         if fast_weight is None and scoring == "additive" else None)
     favor = fast_weight is not None and fast_weight.feature_map == "favor_plus"
     self.projection = (layers.FeatureProjection(layers.draw_projection(rngs.params(),
                                                                        fast_weight, d))
@@ -66,7 +72,7 @@ class RetrievalModel(nnx.Module):
     k = self._input_projection(self.k_proj, keys, values)                    # [B, T, d]
     q = self.q_proj(self.embed(queries))                                     # [B, Q, d]
     if self.fast_weight is None:
-      return _softmax_read(q, k, v)
+      return _softmax_read(q, k, v, self.score_weight)
     config = self.fast_weight
     projection = layers.call_projection(self.projection, projection_key, config, self.d, k.dtype)
     phi_q, phi_k = layers.feature_pair(q, k, config, projection)           # [B, Q|T, d_dot]
@@ -83,9 +89,14 @@ class RetrievalModel(nnx.Module):
     return y
 
 
-def _softmax_read(q, k, v):
-  """Each query attends over the whole written sequence (it comes after it): scores q·k/√d."""
-  scores = jnp.einsum("bqd,btd->bqt", q, k) / math.sqrt(q.shape[-1])
+def _softmax_read(q, k, v, score_weight=None):
+  """Each query attends over the whole written sequence (it comes after it): scores q·k/√d, or
+  wᵀ tanh(q + k) (additive attention) with `score_weight` w [d]."""
+  if score_weight is None:
+    scores = jnp.einsum("bqd,btd->bqt", q, k) / math.sqrt(q.shape[-1])
+  else:
+    scores = jnp.einsum("bqtd,d->bqt", jnp.tanh(q[:, :, None] + k[:, None]),
+                        score_weight[...].astype(q.dtype))
   return jnp.einsum("bqt,bts->bqs", jax.nn.softmax(scores, axis=-1), v)
 
 

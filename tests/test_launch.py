@@ -57,7 +57,7 @@ def test_bad_flags_fail_at_parsing(args, message):
 
 
 def test_curves_parse_into_paper_models():
-  assert len(associative_recall.CURVES) == 26
+  assert len(associative_recall.CURVES) == 27
   c = associative_recall.get_config("fwp91-sum")
   assert (c.model.feature_map, c.model.normalization, c.setting) == ("identity", "none", 1)
   c = associative_recall.get_config("dpfp3-sum")

@@ -92,6 +92,21 @@ def test_softmax_attention_is_causal_and_matches_definition():
   np.testing.assert_allclose(y[0, 2, 0], manual, rtol=1e-5)
 
 
+def test_additive_attention_matches_a_plain_loop():
+  """Bahdanau scoring, per head and query: softmax over s ≤ t of wᵀ tanh(q_t + k_s)."""
+  with helpers.x64():
+    rng = np.random.default_rng(5)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 2, 3))) for _ in range(3))
+    w = jnp.asarray(rng.normal(size=(2, 3)))
+    y = layers.causal_softmax_attention(q, k, v, score_weight=w)
+    for t in range(5):
+      for h in range(2):
+        scores = np.array([np.dot(w[h], np.tanh(q[0, t, h] + k[0, s, h])) for s in range(t + 1)])
+        p = np.exp(scores - scores.max())
+        expected = (p / p.sum()) @ np.asarray(v[0, :t + 1, h])
+        np.testing.assert_allclose(y[0, t, h], expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("feature_map", "relu", "valid choices: identity, elu_plus_one"),
     ("update_rule", "oja", "valid choices: sum, delta, fwm"),

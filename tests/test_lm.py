@@ -15,6 +15,7 @@ VOCAB, T = 13, 8
 FW = layers.FastWeightConfig
 MODELS = {
     "transformer": None,
+    "additive": None,
     "fwp91-sum": FW("identity", update_rule="sum", normalization="none"),
     "linear-sum-attention": FW("elu_plus_one", update_rule="sum", normalization="attention"),
     "linear-delta": FW("elu_plus_one", update_rule="delta", normalization="sum"),
@@ -27,7 +28,7 @@ FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
 
 # Every rule in every form, every feature map and normalisation at least once (the full product
 # adds minutes and no new code path: φ and the normaliser act before the rule, per position).
-DECODE_CASES = [("transformer", None, None), ("tanh-fwm", None, None),
+DECODE_CASES = [("transformer", None, None), ("additive", None, None), ("tanh-fwm", None, None),
                 ("linear-delta", "recurrent", 64), ("linear-delta", "parallel", 64),
                 ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
                 ("linear-sum-attention", "chunked", 3), ("fwp91-sum", "parallel", 64),
@@ -37,6 +38,8 @@ DECODE_CASES = [("transformer", None, None), ("tanh-fwm", None, None),
 def build(name, form=None, chunk=64, **overrides):
   """A tiny LM in float64 (parameters cast after init, so every form shares them)."""
   fw = MODELS[name]
+  if name == "additive":
+    overrides = dict(overrides, scoring="additive")
   if fw is not None and form is not None:
     fw = FW(fw.feature_map, nu=fw.nu, num_features=fw.num_features, update_rule=fw.update_rule,
             normalization=fw.normalization, form=form, chunk_size=chunk)
@@ -101,7 +104,8 @@ def test_forms_agree_on_outputs_and_parameter_gradients(name):
 
 
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
-                                       ("transformer", None), ("tanh-fwm", None)])
+                                       ("transformer", None), ("additive", None),
+                                       ("tanh-fwm", None)])
 def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
   """By gradients: ∂ log p_t / ∂ x_s = 0 for every s > t (x: the embedded inputs)."""
   with x64():

@@ -62,3 +62,16 @@ def test_favor_redraw_changes_output_and_fixed_projection_does_not():
   args = (batch["keys"], batch["values"], batch["queries"])
   np.testing.assert_array_equal(model(*args), model(*args))
   assert not np.allclose(model(*args), model(*args, projection_key=jax.random.key(3)))
+
+
+def test_additive_baseline_reads_like_its_definition():
+  """The `additive` curve: each query's read-out is softmax_t(wᵀ tanh(q + k_t)) · v."""
+  config, model = _model("additive")
+  assert model.score_weight is not None and config.model.update_rule == "additive"
+  keys, values, queries = jnp.array([[0, 3, 5]]), jnp.array([[2, 2, 4]]), jnp.array([[3]])
+  y = model(keys, values, queries)
+  q = model.q_proj(model.embed(queries))[0, 0]
+  k = model._input_projection(model.k_proj, keys, values)[0]
+  scores = jnp.tanh(q + k) @ model.score_weight[...]
+  expected = jax.nn.softmax(scores) @ jax.nn.one_hot(values[0], 6)
+  np.testing.assert_allclose(y[0, 0], expected, rtol=1e-5, atol=1e-6)

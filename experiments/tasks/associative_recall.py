@@ -15,9 +15,13 @@ from experiments import data, distributed
 from fwp import layers, models
 
 
+# Attention baselines, by config.model.update_rule: (no fast weights) and their scoring.
+ATTENTION_BASELINES = {"softmax": "dot", "additive": "additive"}
+
+
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
-  """None for the softmax baseline; raises ValueError naming the valid choices otherwise."""
-  if model_config.update_rule == "softmax":
+  """None for an attention baseline; raises ValueError naming the valid choices otherwise."""
+  if model_config.update_rule in ATTENTION_BASELINES:
     return None
   return layers.FastWeightConfig(
       feature_map=model_config.feature_map, nu=model_config.nu,
@@ -42,7 +46,8 @@ def validate(config) -> None:
 
 def build_model(config, rngs: nnx.Rngs) -> models.RetrievalModel:
   return models.RetrievalModel(config.num_keys, fast_weight_config(config.model),
-                               d=config.model.d, rngs=rngs)
+                               d=config.model.d, rngs=rngs,
+                               scoring=ATTENTION_BASELINES.get(config.model.update_rule, "dot"))
 
 
 def retrieval_loss(predictions, targets, num_keys, mask=None):

@@ -39,7 +39,8 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
       vocab_size=vocab_size, num_layers=m.num_layers, d_model=m.d_model,
       num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff, dropout=m.dropout,
       fast_weight=associative_recall.fast_weight_config(m), pre_norm=m.pre_norm,
-      positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype)
+      positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype,
+      scoring=associative_recall.ATTENTION_BASELINES.get(m.update_rule, "dot"))
 
 
 def validate(config) -> None:
