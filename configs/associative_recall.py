@@ -6,7 +6,8 @@
 The argument after ':' names a paper curve: `softmax`, `additive` (Bahdanau et al. 2014's
 attention, wᵀ tanh(W_q q + W_k k)), `fwp91-sum` (the fast weight programmer of
 1991 = the unnormalised linear Transformer: φ = identity, no normalisation), or `<phi>-<rule>` with
-phi ∈ {linear, dpfp1, dpfp2, dpfp3, favor64, favor128, favor512, tanh} and rule ∈ {sum, delta, fwm}.
+phi ∈ {linear, dpfp1, dpfp2, dpfp3, favor64, favor128, favor512, tanh} and rule ∈ {sum, delta, fwm}
+or a recurrent FWP built on the delta rule (Irie et al. 2021): delta_rnn, rdn, delta_lstm.
 The rule fixes the normalisation as the paper does: sum → attention normalisation; delta → sum
 normalisation; fwm → none, with a layer-normalised read-out. Sum-rule curves default to setting 1
 (capacity), delta and FWM to setting 2. tanh-fwm uses learning rate 1e-4 and batch 128, as the
@@ -19,7 +20,10 @@ from configs import common
 
 PHIS = ("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512", "tanh")
 RULES = ("sum", "delta", "fwm")
-CURVES = ("softmax", "additive", "fwp91-sum") + tuple(f"{phi}-{rule}" for phi in PHIS for rule in RULES)
+RECURRENT = ("delta_rnn", "rdn", "delta_lstm")   # recurrent FWPs (Irie et al. 2021), on delta
+CURVES = ("softmax", "additive", "fwp91-sum") + tuple(
+    f"{phi}-{rule}" for phi in PHIS for rule in RULES + RECURRENT
+    if not (phi == "tanh" and rule != "fwm" and rule != "sum"))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,13 +46,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every forward pass
+  c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   return c
 
 
 def apply_curve(c: ml_collections.ConfigDict, curve: str) -> ml_collections.ConfigDict:
   if curve not in CURVES:
     raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax, additive, fwp91-sum or "
-                     f"<phi>-<rule> with phi in {', '.join(PHIS)} and rule in {', '.join(RULES)}.")
+                     f"<phi>-<rule> with phi in {', '.join(PHIS)} and rule in "
+                     f"{', '.join(RULES + RECURRENT)} (tanh: sum or fwm only; tanh features are "
+                     f"not positive, so they cannot be sum-normalised).")
   c.curve = curve
   if curve in ("softmax", "additive"):
     c.model.update_rule = curve
@@ -66,6 +73,8 @@ def apply_curve(c: ml_collections.ConfigDict, curve: str) -> ml_collections.Conf
     c.model.feature_map, c.model.nu = "dpfp", int(phi[4:])
   else:
     c.model.feature_map, c.model.num_features = "favor_plus", int(phi[5:])
+  if rule in RECURRENT:
+    rule, c.model.recurrence = "delta", rule
   c.model.update_rule = rule
   c.model.normalization = {"sum": "attention", "delta": "sum", "fwm": "none"}[rule]
   if rule == "fwm":

@@ -26,6 +26,8 @@ def loop_config(task: str) -> ml_collections.ConfigDict:
 # Language models: the fields of experiments.tasks.language_model, and the paper's model names.
 
 LM_RULES = ("sum", "delta", "fwm")
+# Recurrent FWPs (Irie et al. 2021, fwp.rfwp): delta-rule memories with a recurrence on top.
+LM_RECURRENT = ("delta_rnn", "rdn", "delta_lstm")
 
 
 def lm_config() -> ml_collections.ConfigDict:
@@ -61,13 +63,15 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
+  c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   return c
 
 
 def lm_model_names_help() -> str:
   return ("transformer, additive (Bahdanau attention), fwp91-sum (the 1991 fast weight programmer: φ = identity, no "
           "normalisation), or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule "
-          f"in {', '.join(LM_RULES)} (e.g. linear-delta, dpfp2-sum, favor16-delta)")
+          f"in {', '.join(LM_RULES + LM_RECURRENT)} (e.g. linear-delta, dpfp2-sum, favor16-delta, "
+          "linear-delta_rnn)")
 
 
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -82,7 +86,7 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
     return c
   phi, _, rule = name.partition("-")
   bad = ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.")
-  if rule not in LM_RULES:
+  if rule not in LM_RULES + LM_RECURRENT:
     raise bad
   if phi == "linear":
     c.model.feature_map = "elu_plus_one"
@@ -94,6 +98,8 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
     c.model.feature_map, c.model.num_features = "favor_plus", int(phi[5:])
   else:
     raise bad
+  if rule in LM_RECURRENT:
+    rule, c.model.recurrence = "delta", rule
   c.model.update_rule = rule
   # FWM: no normaliser (its W is norm-bounded) and tanh features may be negative.
   c.model.normalization = "none" if rule == "fwm" or phi == "tanh" else "sum"

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import feature_maps, normalization, ops
+from fwp import feature_maps, normalization, ops, rfwp
 
 PHI_NEEDS_POSITIVE = ("elu_plus_one", "dpfp", "favor_plus")
+RECURRENCES = ("none",) + rfwp.RECURRENCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +32,22 @@ class FastWeightConfig:
   form: str = "auto"
   chunk_size: int = 64
   eps: float = 1e-6                  # attention normaliser: z·φ(q) + eps
+  # Recurrent FWPs (fwp.rfwp): "delta_rnn" and "delta_lstm" add recurrent fast weights on top of
+  # Delta Nets (which keep `form`); "rdn" makes the slow net recurrent (always a scan).
+  recurrence: str = "none"
 
   def __post_init__(self):
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
     ops.validate(self.update_rule, self.form, self.chunk_size)
+    if self.recurrence not in RECURRENCES:
+      raise ValueError(f"Unknown recurrence {self.recurrence!r}; valid choices: "
+                       f"{', '.join(RECURRENCES)}.")
+    if self.recurrence != "none" and (self.update_rule != "delta"
+                                      or self.normalization == "attention"):
+      raise ValueError(f"The {self.recurrence} recurrent FWP is built on the delta rule with sum "
+                       f"or no normalisation (as the authors' layers), got update_rule="
+                       f"{self.update_rule!r}, normalization={self.normalization!r}.")
     if self.feature_map == "dpfp" and (not isinstance(self.nu, int) or self.nu < 1):
       raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
     if self.feature_map == "favor_plus" and self.num_features < 1:
@@ -48,6 +60,11 @@ class FastWeightConfig:
   def uses_beta(self) -> bool:
     return self.update_rule != "sum"
 
+  @property
+  def memories(self) -> int:
+    """Delta Nets per head: three (gates i, u, o) for the Delta LSTM, else one."""
+    return rfwp.GATES if self.recurrence == "delta_lstm" else 1
+
   def d_dot(self, d_head: int) -> int:
     return feature_maps.output_dim(self.feature_map, d_head, nu=self.nu,
                                    num_features=self.num_features)
@@ -55,9 +72,11 @@ class FastWeightConfig:
 
 class FastWeightState(NamedTuple):
   """The fast weights after the last step: w [B, H, V, d_dot]; z [B, H, 1, d_dot] is the attention
-  normaliser's running key sum (None for other normalisations)."""
-  w: jax.Array
+  normaliser's running key sum (None for other normalisations); `rec` is a recurrent FWP's state
+  (fwp.rfwp: DeltaRNNState, DeltaLSTMState, or RDNState, which holds the RDN's W, w is None)."""
+  w: jax.Array | None
   z: jax.Array | None = None
+  rec: tuple | None = None
 
 
 def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection=None,
@@ -81,13 +100,18 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
 
 def feature_pair(q, k, config: FastWeightConfig, projection=None):
   """(φ(q), φ(k)) for `config`, sum-normalised when its normalisation is "sum"."""
-  phi = lambda x, is_query: feature_maps.apply(config.feature_map, x, nu=config.nu,
-                                               projection=projection, is_query=is_query)
-  # A query-side stabiliser is exact only where a normaliser divides it out.
-  q, k = phi(q, config.normalization != "none"), phi(k, False)
-  if config.normalization == "sum":
-    q, k = normalization.sum_normalize(q), normalization.sum_normalize(k)
-  return q, k
+  phi = feature_function(config, projection)
+  return phi(q, True), phi(k, False)
+
+
+def feature_function(config: FastWeightConfig, projection=None):
+  """phi(x, is_query): φ, then sum normalisation when the config asks for it."""
+  def phi(x, is_query):
+    # A query-side stabiliser is exact only where a normaliser divides it out.
+    x = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
+                           is_query=is_query and config.normalization != "none")
+    return normalization.sum_normalize(x) if config.normalization == "sum" else x
+  return phi
 
 
 def _linear_form(config: FastWeightConfig) -> str:
@@ -112,22 +136,38 @@ def call_projection(stored: FeatureProjection | None, key, config: FastWeightCon
 
 
 class FastWeightAttention(nnx.Module):
-  """Multi-head linear attention / fast weight programmer.
+  """Multi-head linear attention / fast weight programmer, or a recurrent FWP (config.recurrence).
 
   Call with x [B, T, D]. `projection_key` draws a fresh FAVOR+ projection for this call only (the
   authors redraw at every forward pass); without it the layer's stored projection is used, and
   `redraw_projection` replaces that one.
+
+  Recurrent FWPs (fwp.rfwp), as the authors' layers: the Delta RNN adds, per head, a recurrent
+  key (softmax), value and β (sigmoid) from x; the Delta LSTM has three Delta Nets (q, k, v, β per
+  gate) and three such recurrent writes; the RDN adds learned R_q, R_k, R_v, r_b (normal, std
+  1/√d_head) through which tanh(y_{t-1}) enters q, k, v and β.
   """
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, config: FastWeightConfig, *,
                rngs: nnx.Rngs, dtype=None):
     self.num_heads, self.d_head, self.config = num_heads, d_head, config
     linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
-    self.q_proj = linear(num_heads * d_head)
-    self.k_proj = linear(num_heads * d_head)
-    self.v_proj = linear(num_heads * d_head)
-    self.beta_proj = (nnx.Linear(d_model, num_heads, dtype=dtype, rngs=rngs)
+    heads = num_heads * config.memories
+    self.q_proj = linear(heads * d_head)
+    self.k_proj = linear(heads * d_head)
+    self.v_proj = linear(heads * d_head)
+    self.beta_proj = (nnx.Linear(d_model, heads, dtype=dtype, rngs=rngs)
                       if config.uses_beta else None)
+    # Delta RNN / LSTM: recurrent key and value (d_head each) and β per head and memory.
+    self.rec_proj = (linear(heads * (2 * d_head + 1))
+                     if config.recurrence in ("delta_rnn", "delta_lstm") else None)
+    if config.recurrence == "rdn":
+      init = nnx.initializers.normal(1.0 / math.sqrt(d_head))
+      shapes = rfwp.RDNWeights((num_heads, d_head, d_head), (num_heads, d_head, d_head),
+                               (num_heads, d_head, d_head), (num_heads, d_head))
+      self.rdn_weights = nnx.List([nnx.Param(init(rngs.params(), shape)) for shape in shapes])
+    else:
+      self.rdn_weights = None
     self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
     self.projection = (FeatureProjection(draw_projection(rngs.params(), config, d_head))
                        if config.feature_map == "favor_plus" else None)
@@ -139,28 +179,58 @@ class FastWeightAttention(nnx.Module):
     self.projection[...] = draw_projection(key, self.config, self.d_head)
 
   def init_state(self, batch_size: int, dtype=jnp.float32) -> FastWeightState:
-    """The empty memory: W = 0 (and z = 0 under attention normalisation)."""
-    d_dot = self.config.d_dot(self.d_head)
-    w = jnp.zeros((batch_size, self.num_heads, self.d_head, d_dot), dtype)
-    z = (jnp.zeros((batch_size, self.num_heads, 1, d_dot), dtype)
-         if self.config.normalization == "attention" else None)
-    return FastWeightState(w, z)
+    """The empty memory: W = 0 (and z = 0 under attention normalisation; a recurrent FWP's R,
+    y and c are 0 too)."""
+    c, h, v = self.config, self.num_heads, self.d_head
+    d_dot = c.d_dot(self.d_head)
+    zeros = lambda *shape: jnp.zeros((batch_size,) + shape, dtype)
+    if c.recurrence == "rdn":
+      return FastWeightState(None, None, rfwp.RDNState(zeros(h, v, d_dot), zeros(h, v)))
+    w = zeros(h * c.memories, v, d_dot)
+    z = zeros(h, 1, d_dot) if c.normalization == "attention" else None
+    rec = {"none": None,
+           "delta_rnn": rfwp.DeltaRNNState(zeros(h, v, v), zeros(h, v)),
+           "delta_lstm": rfwp.DeltaLSTMState(zeros(h, rfwp.GATES, v, v), zeros(h, v),
+                                             zeros(h, v))}[c.recurrence]
+    return FastWeightState(w, z, rec)
 
   def __call__(self, x, *, initial_state: FastWeightState | None = None,
                return_state: bool = False, projection_key: jax.Array | None = None):
     _check_input(x, self.out_proj.out_features)
     b, t, _ = x.shape
+    config, memories = self.config, self.config.memories
     # The projections may run in bfloat16 (dtype=); the memory is always at least float32.
-    heads = lambda y: _at_least_f32(y).reshape(b, t, self.num_heads, self.d_head)
+    heads = lambda y, n=self.num_heads * memories: _at_least_f32(y).reshape(b, t, n, -1)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-    beta = (jax.nn.sigmoid(_at_least_f32(self.beta_proj(x))) if self.beta_proj is not None
-            else None)
-    projection = call_projection(self.projection, projection_key, self.config, self.d_head,
+    beta_logit = (_at_least_f32(self.beta_proj(x)) if self.beta_proj is not None else None)
+    projection = call_projection(self.projection, projection_key, config, self.d_head,
                                  q.dtype)
-    y, state = fast_weight_attention(q, k, v, beta, self.config, projection=projection,
-                                     initial_state=initial_state)
+    rec0 = None if initial_state is None else initial_state.rec
+    if config.recurrence == "rdn":
+      weights = rfwp.RDNWeights(*(p[...].astype(q.dtype) for p in self.rdn_weights))
+      y, rec = rfwp.rdn(q, k, v, beta_logit, weights, phi=feature_function(config, projection),
+                        initial_state=rec0)
+      state = FastWeightState(None, None, rec)
+    else:
+      beta = None if beta_logit is None else jax.nn.sigmoid(beta_logit)
+      y, state = fast_weight_attention(q, k, v, beta, config, projection=projection,
+                                       initial_state=initial_state)
+      if self.rec_proj is not None:
+        y, rec = self._recurrent_part(y, heads(self.rec_proj(x)), rec0)
+        state = state._replace(rec=rec)
     out = self.out_proj(y.reshape(b, t, -1))
     return (out, state) if return_state else out
+
+  def _recurrent_part(self, z, rec_in, rec0):
+    """The Delta RNN / LSTM recurrence on the Delta Nets' outputs z [B, T, H·memories, V]."""
+    v = self.d_head
+    kr = jax.nn.softmax(rec_in[..., :v], axis=-1)       # the authors' softmax recurrent keys
+    vr, br = rec_in[..., v:2 * v], jax.nn.sigmoid(rec_in[..., 2 * v])
+    if self.config.recurrence == "delta_rnn":
+      return rfwp.delta_rnn(z, kr, vr, br, initial_state=rec0)
+    b, t = z.shape[:2]
+    gates = lambda a: a.reshape((b, t, self.num_heads, rfwp.GATES) + a.shape[3:])
+    return rfwp.delta_lstm(gates(z), gates(kr), gates(vr), gates(br), initial_state=rec0)
 
 
 class KVCache(NamedTuple):

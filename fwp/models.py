@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers, ops
+from fwp import layers, ops, rfwp
 
 
 class RetrievalModel(nnx.Module):
@@ -38,7 +38,8 @@ class RetrievalModel(nnx.Module):
     self.k_proj = nnx.Linear(num_keys + e, d, use_bias=False, kernel_init=init, rngs=rngs)
     self.q_proj = nnx.Linear(e, d, use_bias=False, kernel_init=init, rngs=rngs)
     uses_beta = fast_weight is not None and fast_weight.uses_beta
-    self.beta_proj = nnx.Linear(num_keys + e, 1, rngs=rngs) if uses_beta else None
+    self.beta_proj = (nnx.Linear(num_keys + e, fast_weight.memories, rngs=rngs) if uses_beta
+                      else None)
     fwm = fast_weight is not None and fast_weight.update_rule == "fwm"
     self.layer_norm = nnx.LayerNorm(num_keys, rngs=rngs) if fwm else None
     if scoring not in layers.SCORINGS:
@@ -46,6 +47,8 @@ class RetrievalModel(nnx.Module):
                        f"{', '.join(layers.SCORINGS)}.")
     self.score_weight = (nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,)))
                          if fast_weight is None and scoring == "additive" else None)
+    self.recurrent = (RecurrentParts(num_keys, e, d, fast_weight, rngs)
+                      if fast_weight is not None and fast_weight.recurrence != "none" else None)
     favor = fast_weight is not None and fast_weight.feature_map == "favor_plus"
     self.projection = (layers.FeatureProjection(layers.draw_projection(rngs.params(),
                                                                        fast_weight, d))
@@ -75,6 +78,8 @@ class RetrievalModel(nnx.Module):
       return _softmax_read(q, k, v, self.score_weight)
     config = self.fast_weight
     projection = layers.call_projection(self.projection, projection_key, config, self.d, k.dtype)
+    if self.recurrent is not None:
+      return self._recurrent_read(keys, values, queries, v, k, projection)
     phi_q, phi_k = layers.feature_pair(q, k, config, projection)           # [B, Q|T, d_dot]
     beta = (jax.nn.sigmoid(self._input_projection(self.beta_proj, keys, values))  # [B, T, 1]
             if self.beta_proj is not None else None)
@@ -87,6 +92,75 @@ class RetrievalModel(nnx.Module):
     if self.layer_norm is not None:
       y = self.layer_norm(y)
     return y
+
+
+  def _recurrent_read(self, keys, values, queries, v, k, projection):
+    """A recurrent FWP reads at every written step (its output y_t is fed back), so each written
+    step also has a query: q_t = W_q embed(key_t), what the memory holds under the key being
+    written. The query key is then one more step from the final state that reads and writes
+    nothing; every query starts from that same state."""
+    config, parts = self.fast_weight, self.recurrent
+    phi = layers.feature_function(config, projection)
+    proj = lambda linear: self._input_projection(linear, keys, values)
+    beta_logit = proj(self.beta_proj)                                        # [B, T, G]
+    emb_written, emb_query = self.embed(keys), self.embed(queries)
+    if config.recurrence == "rdn":
+      y, state = rfwp.rdn(self.q_proj(emb_written)[:, :, None], k[:, :, None], v[:, :, None],
+                          beta_logit, parts.rdn_weights(), phi=phi)
+      read = lambda qx: rfwp.rdn_step(state, qx[:, None], None, None, None, parts.rdn_weights(),
+                                      phi, write=False)[0][:, 0]
+      return jax.vmap(read, in_axes=1, out_axes=1)(self.q_proj(emb_query))  # [B, Q, S]
+    g = config.memories                  # the Delta LSTM's gates i, u, o; the values feed u
+    gates = lambda a: a.reshape(a.shape[:2] + (g, -1))
+    queries_of = lambda emb: gates(self.q_proj(emb) if g == 1 else
+                                   jnp.concatenate([self.q_proj(emb), parts.q_extra(emb)], -1))
+    if g == 1:
+      k_all, v_all = k[:, :, None], v[:, :, None]                            # [B, T, 1, ·]
+    else:
+      k_all = gates(jnp.concatenate([k, proj(parts.k_extra)], -1))
+      v_io = proj(parts.v_extra).reshape(k.shape[:2] + (g - 1, -1))        # gates i and o
+      v_all = jnp.concatenate([v_io[:, :, :1], v[:, :, None], v_io[:, :, 1:]], axis=2)
+    z, w = ops.delta_rule(phi(queries_of(emb_written), True), phi(k_all, False), v_all,
+                          jax.nn.sigmoid(beta_logit), form=config.form,
+                          chunk_size=config.chunk_size)                      # z [B, T, G, S]
+    rec, s = gates(proj(parts.rec_proj)), self.num_keys
+    kr, vr, br = jax.nn.softmax(rec[..., :s], -1), rec[..., s:2 * s], jax.nn.sigmoid(rec[..., -1])
+    z_query = jnp.einsum("bgsk,bqgk->bqgs", w, phi(queries_of(emb_query), True))
+    if g == 1:
+      _, state = rfwp.delta_rnn(z, kr, vr, br)
+      read = lambda zq: rfwp.delta_rnn_step(state, zq, None, None, None, write=False)[0][:, 0]
+    else:
+      one_head = lambda a: a[:, :, None]
+      _, state = rfwp.delta_lstm(one_head(z), one_head(kr), one_head(vr), one_head(br))
+      read = lambda zq: rfwp.delta_lstm_step(state, zq[:, None], None, None, None,
+                                             write=False)[0][:, 0]
+    return jax.vmap(read, in_axes=1, out_axes=1)(z_query)
+
+
+class RecurrentParts(nnx.Module):
+  """The retrieval model's extra slow weights for a recurrent FWP (fwp.rfwp), one head:
+  Delta RNN / LSTM: the recurrent key (softmax), value and β of each memory from x_t;
+  Delta LSTM: keys, queries and values of the input and output gates' memories (the update
+  gate's values are the one-hot values); RDN: R_q, R_k [S, d], R_v [S, S], r_b [S]."""
+
+  def __init__(self, num_keys: int, e: int, d: int, config: layers.FastWeightConfig,
+               rngs: nnx.Rngs):
+    s, g = num_keys, config.memories
+    init = _uniform_symmetric(1 / math.sqrt(d))
+    linear = lambda d_in, d_out, **kw: nnx.Linear(d_in, d_out, use_bias=False, rngs=rngs, **kw)
+    self.rec_proj = (linear(s + e, g * (2 * s + 1)) if config.recurrence != "rdn" else None)
+    self.k_extra = linear(s + e, (g - 1) * d, kernel_init=init) if g > 1 else None
+    self.q_extra = linear(e, (g - 1) * d, kernel_init=init) if g > 1 else None
+    self.v_extra = linear(s + e, (g - 1) * s) if g > 1 else None
+    if config.recurrence == "rdn":
+      normal = nnx.initializers.normal(1 / math.sqrt(s))
+      shapes = rfwp.RDNWeights((1, s, d), (1, s, d), (1, s, s), (1, s))
+      self.rdn = nnx.List([nnx.Param(normal(rngs.params(), shape)) for shape in shapes])
+    else:
+      self.rdn = None
+
+  def rdn_weights(self) -> rfwp.RDNWeights:
+    return rfwp.RDNWeights(*(p[...] for p in self.rdn))
 
 
 def _softmax_read(q, k, v, score_weight=None):

@@ -55,3 +55,54 @@ def masked_linear_attention(q, k, v):
   mask = jnp.tril(jnp.ones((t, t)))
   scores = jnp.einsum("bthk,bshk->bhts", q, k) * mask
   return jnp.einsum("bhts,bshv->bthv", scores, v)
+
+
+# Recurrent fast weight programmers (fwp.rfwp), one head: every step written out.
+
+def softmax(x):
+  e = jnp.exp(x - jnp.max(x))
+  return e / jnp.sum(e)
+
+
+def delta_rnn_one_head(z, kr, vr, br, r, y):
+  """z, kr, vr [T, V], br [T]; r [V, V], y [V]: the recurrent write, then y = z + R softmax(y)."""
+  ys = []
+  for t in range(z.shape[0]):
+    r = delta_update(r, kr[t], vr[t], br[t])
+    y = z[t] + r @ softmax(y)
+    ys.append(y)
+  return jnp.stack(ys), (r, y)
+
+
+def delta_lstm_one_head(z, kr, vr, br, r, y, c):
+  """z, kr, vr [T, 3, V] (gates i, u, o), br [T, 3]; r [3, V, V]; y, c [V]."""
+  ys = []
+  for t in range(z.shape[0]):
+    s = softmax(y)
+    a = []
+    new_r = []
+    for g in range(3):
+      r_g = delta_update(r[g], kr[t, g], vr[t, g], br[t, g])
+      new_r.append(r_g)
+      a.append(z[t, g] + r_g @ s)
+    r = jnp.stack(new_r)
+    i, u, o = jax.nn.sigmoid(a[0]), a[1], jax.nn.sigmoid(a[2])
+    c = i * u + (1 - i) * c
+    y = o * c
+    ys.append(y)
+  return jnp.stack(ys), (r, y, c)
+
+
+def rdn_one_head(qx, kx, vx, bx, rq, rk, rv, rb, phi, w, y):
+  """qx, kx [T, D], vx [T, V], bx [T]; rq, rk [V, D], rv [V, V], rb [V]; w [V, K], y [V]."""
+  ys = []
+  for t in range(qx.shape[0]):
+    h = jnp.tanh(y)
+    q = phi(qx[t] + h @ rq, True)
+    k = phi(kx[t] + h @ rk, False)
+    v = vx[t] + h @ rv
+    beta = jax.nn.sigmoid(bx[t] + h @ rb)
+    w = delta_update(w, k, v, beta)
+    y = w @ q
+    ys.append(y)
+  return jnp.stack(ys), (w, y)

@@ -57,7 +57,12 @@ def test_bad_flags_fail_at_parsing(args, message):
 
 
 def test_curves_parse_into_paper_models():
-  assert len(associative_recall.CURVES) == 27
+  # 3 + 7 positive φ × 6 rules (sum, delta, fwm, delta_rnn, rdn, delta_lstm) + tanh-{sum, fwm}
+  assert len(associative_recall.CURVES) == 47
+  assert "tanh-delta" not in associative_recall.CURVES   # listed curves are all valid
+  c = associative_recall.get_config("dpfp2-delta_lstm")
+  assert (c.model.update_rule, c.model.recurrence, c.model.normalization, c.setting) == (
+      "delta", "delta_lstm", "sum", 2)
   c = associative_recall.get_config("fwp91-sum")
   assert (c.model.feature_map, c.model.normalization, c.setting) == ("identity", "none", 1)
   c = associative_recall.get_config("dpfp3-sum")
@@ -68,8 +73,6 @@ def test_curves_parse_into_paper_models():
   c = associative_recall.get_config("tanh-fwm")
   assert (c.learning_rate, c.batch_size, c.model.form) == (1e-4, 128, "recurrent")
   for curve in associative_recall.CURVES:
-    if curve.startswith("tanh") and not curve.endswith("fwm"):
-      continue  # tanh is only used with FWM; sum normalisation would need φ ≥ 0
     train.validate(associative_recall.get_config(curve))
 
 

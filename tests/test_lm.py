@@ -1,6 +1,8 @@
 """The language model: its forms agree, it is causal, and decoding it as an RNN token by token
 gives the parallel pass's log-probabilities (float64, 1e-10), from an empty or a carried state."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,12 @@ MODELS = {
     "dpfp2-sum": FW("dpfp", nu=2, update_rule="sum", normalization="sum"),
     "favor4-delta": FW("favor_plus", num_features=4, update_rule="delta", normalization="sum"),
     "tanh-fwm": FW("tanh", update_rule="fwm", normalization="none", form="recurrent"),
+    # Recurrent FWPs (fwp.rfwp): the Delta RNN / LSTM's Delta Nets have every form; RDN is a scan.
+    "linear-delta_rnn": FW("elu_plus_one", update_rule="delta", normalization="sum",
+                           recurrence="delta_rnn"),
+    "dpfp2-rdn": FW("dpfp", nu=2, update_rule="delta", normalization="sum", recurrence="rdn"),
+    "linear-delta_lstm": FW("elu_plus_one", update_rule="delta", normalization="sum",
+                            recurrence="delta_lstm"),
 }
 FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
 
@@ -32,7 +40,10 @@ DECODE_CASES = [("transformer", None, None), ("additive", None, None), ("tanh-fw
                 ("linear-delta", "recurrent", 64), ("linear-delta", "parallel", 64),
                 ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
                 ("linear-sum-attention", "chunked", 3), ("fwp91-sum", "parallel", 64),
-                ("dpfp2-sum", "chunked", 3), ("favor4-delta", "parallel", 64)]
+                ("dpfp2-sum", "chunked", 3), ("favor4-delta", "parallel", 64),
+                ("linear-delta_rnn", "parallel", 64), ("linear-delta_rnn", "chunked", 3),
+                ("dpfp2-rdn", None, None), ("linear-delta_lstm", "recurrent", 64),
+                ("linear-delta_lstm", "chunked", 3)]
 
 
 def build(name, form=None, chunk=64, **overrides):
@@ -41,8 +52,7 @@ def build(name, form=None, chunk=64, **overrides):
   if name == "additive":
     overrides = dict(overrides, scoring="additive")
   if fw is not None and form is not None:
-    fw = FW(fw.feature_map, nu=fw.nu, num_features=fw.num_features, update_rule=fw.update_rule,
-            normalization=fw.normalization, form=form, chunk_size=chunk)
+    fw = dataclasses.replace(fw, form=form, chunk_size=chunk)
   config = lm.LMConfig(vocab_size=VOCAB, num_layers=2, d_model=8, num_heads=2, d_head=4,
                        d_ff=16, dropout=0.0, fast_weight=fw, **overrides)
   model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
@@ -84,7 +94,8 @@ def test_decoding_as_an_rnn_equals_the_parallel_pass(name, form, chunk):
     assert int(state.position) == T
 
 
-@pytest.mark.parametrize("name", [n for n, f in MODELS.items() if f and f.update_rule != "fwm"])
+@pytest.mark.parametrize("name", [n for n, f in MODELS.items()
+                                  if f and f.update_rule != "fwm" and f.recurrence != "rdn"])
 def test_forms_agree_on_outputs_and_parameter_gradients(name):
   with x64():
     toks = tokens(1)
@@ -105,7 +116,8 @@ def test_forms_agree_on_outputs_and_parameter_gradients(name):
 
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
                                        ("transformer", None), ("additive", None),
-                                       ("tanh-fwm", None)])
+                                       ("tanh-fwm", None), ("linear-delta_rnn", "chunked"),
+                                       ("dpfp2-rdn", None), ("linear-delta_lstm", "parallel")])
 def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
   """By gradients: ∂ log p_t / ∂ x_s = 0 for every s > t (x: the embedded inputs)."""
   with x64():

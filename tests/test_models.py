@@ -18,7 +18,8 @@ def _model(curve, num_keys=6, **model_overrides):
   return config, tasks.associative_recall.build_model(config, nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum"])
+@pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum", "linear-delta_rnn",
+                                   "dpfp1-delta_lstm"])
 def test_model_forms_agree_with_gradients(curve):
   batch = data.train_batch(0, 0, batch_size=3, num_keys=6, setting=2)
   results = []
@@ -75,3 +76,18 @@ def test_additive_baseline_reads_like_its_definition():
   scores = jnp.tanh(q + k) @ model.score_weight[...]
   expected = jax.nn.softmax(scores) @ jax.nn.one_hot(values[0], 6)
   np.testing.assert_allclose(y[0, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("curve", ["linear-delta_rnn", "dpfp1-rdn", "linear-delta_lstm"])
+def test_recurrent_fwp_queries_read_the_final_state_and_write_nothing(curve):
+  """Each query is one step from the state after the sequence: two queries give what each gives
+  alone, and the prediction depends on the written values (the memory is read)."""
+  config, model = _model(curve)
+  batch = data.train_batch(0, 0, batch_size=2, num_keys=6, setting=2)
+  keys, values, queries = batch["keys"], batch["values"], jnp.array([[1, 4], [0, 5]])
+  both = model(keys, values, queries)
+  assert both.shape == (2, 2, 6) and np.all(np.isfinite(both))
+  for j in range(2):
+    np.testing.assert_allclose(model(keys, values, queries[:, j:j + 1])[:, 0], both[:, j],
+                               rtol=1e-5, atol=1e-6)
+  assert not np.allclose(model(keys, (values + 1) % 6, queries), both)
