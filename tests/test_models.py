@@ -18,8 +18,7 @@ def _model(curve, num_keys=6, **model_overrides):
   return config, tasks.associative_recall.build_model(config, nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum", "linear-delta_rnn",
-                                   "dpfp1-delta_lstm"])
+@pytest.mark.parametrize("curve", ["linear-sum", "dpfp2-delta", "favor64-sum"])
 def test_model_forms_agree_with_gradients(curve):
   batch = data.train_batch(0, 0, batch_size=3, num_keys=6, setting=2)
   results = []
