@@ -81,6 +81,22 @@ def _check_processes(values) -> bool:
 
 
 def main(argv):
+  """Runs the config; a ValueError (a bad value found at run time: a workdir holding another run,
+  a mismatched checkpoint, ...) ends with its message and exit status 2, a run stopped on a
+  non-finite loss with status 3, so job schedulers see the failure."""
+  try:
+    summaries = _main(argv)
+  except ValueError as error:
+    print(f"Error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+  failed = [s for s in summaries if s and s.get("stop_reason") == "non_finite"]
+  if failed:
+    print(f"Error: {len(failed)} run(s) stopped on a non-finite loss (see metrics.jsonl).",
+          file=sys.stderr, flush=True)
+    raise SystemExit(3)
+
+
+def _main(argv) -> list:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
@@ -91,8 +107,7 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]
   if _SWEEP.value is None and len(seeds) == 1:
     config.seed = seeds[0]
-    train.train(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value)
-    return
+    return [train.train(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value)]
   if _WORKDIR.value is None:
     raise app.UsageError("A sweep needs --workdir (each point gets a sub-directory of it).")
   grid = sweep.points(_SWEEP.value, seeds)
@@ -108,9 +123,10 @@ def main(argv):
     failures = sweep.run_parallel(sys.argv, len(grid), _PARALLEL.value)
     if failures:
       raise SystemExit(f"{failures} of {len(grid)} sweep points failed.")
-    return
+    return []
   else:
     selected = grid
+  summaries = []
   for overrides in selected:
     point_config = config.copy_and_resolve_references()
     for key, value in overrides.items():
@@ -119,7 +135,8 @@ def main(argv):
     workdir = sweep.point_dir(_WORKDIR.value, overrides)
     if distributed.is_main():
       print(f"Sweep point {overrides} -> {workdir}", flush=True)
-    train.train(point_config, workdir)
+    summaries.append(train.train(point_config, workdir))
+  return summaries
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def manager(directory: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                          enable_async_checkpointing=False,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  # The handler named up front lets item_metadata read a checkpoint's tree before restoring it.
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, eval_loss: float | None) -> None:
@@ -42,8 +44,15 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
 
   An unreadable checkpoint is renamed to `<step>.unreadable` (kept for inspection, out of the
   manager's way) so that training can write that step again; `set_aside=False` leaves it.
+  A checkpoint that reads but holds a different model (other shapes or leaves) is not damage: it
+  raises ValueError naming the differences and touches nothing.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
+    mismatch = _structure_mismatch(mngr, step, abstract_state)
+    if mismatch:
+      raise ValueError(f"The checkpoint at step {step} in {mngr.directory} holds a different "
+                       f"model than this config builds ({mismatch}). Nothing was changed: use "
+                       f"a new --workdir, or the config that made this run.")
     try:
       state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
       return step, state
@@ -59,6 +68,28 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
         distributed.barrier(f"set-aside-{step}")
         mngr.reload()
   return None, None
+
+
+def _leaf_shapes(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  key = lambda path: "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                              for k in path)
+  return {key(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+
+
+def _structure_mismatch(mngr, step, abstract_state) -> str:
+  """'' when the saved tree matches abstract_state (or its metadata cannot be read: then the
+  restore decides), else the first differences: saved vs requested leaves and shapes."""
+  try:
+    saved = _leaf_shapes(mngr.item_metadata(step))
+  except Exception:  # noqa: BLE001 - unreadable metadata is damage, handled by the restore
+    return ""
+  wanted = _leaf_shapes(abstract_state)
+  if not saved:
+    return ""
+  diffs = [f"{k}: saved {saved.get(k, 'absent')} vs requested {wanted.get(k, 'absent')}"
+           for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
 
 
 def abstract(state):

@@ -235,16 +235,15 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   config_path = os.path.join(workdir, "config.json")
   if os.path.exists(config_path):
     check_resumable(_read_json(config_path, "the run's config"), config_dict)
-  _write_json(config_path, config_dict)
   summary_path = os.path.join(workdir, "summary.json")
+  continuing = False
   if os.path.exists(summary_path):
     summary = _read_json(summary_path, "the finished run's summary")
     if summary["stop_reason"] != "max_steps" or summary["steps"] >= config.max_steps:
+      _write_json(config_path, config_dict)   # fields that may change on resume, recorded
       _say(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): {workdir}")
       return summary
-    distributed.barrier("read-summary")
-    if distributed.is_main():
-      os.remove(summary_path)   # a larger max_steps continues a run that ran out of steps
+    continuing = True           # a larger max_steps continues a run that ran out of steps
 
   mesh = distributed.make_mesh(config.mesh_shape)
   distributed.check_batch(config.batch_size, mesh)
@@ -272,6 +271,12 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   elif restored is not None:
     state = restored
     _say(f"Resuming from step {restored_step} in {workdir}")
+  # Only now, with the checkpoint read as this config's model, does the workdir change.
+  _write_json(config_path, config_dict)
+  if continuing:
+    distributed.barrier("read-summary")
+    if distributed.is_main():
+      os.remove(summary_path)
   step = int(state["step"])
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_metrics(metrics_path, step)

@@ -436,7 +436,28 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
     return _recurrent(rule, _zero_state(k, v, w0), q, k, v, beta)
   # The parallel form is the chunked form with one chunk spanning the sequence.
   size = k.shape[1] if form == "parallel" else chunk_size
-  return _chunked(_BLOCKS[rule], w0, q, k, v, beta, size)
+  return _causal_in_non_finite(_BLOCKS[rule], w0, q, k, v, beta, size)
+
+
+def _causal_in_non_finite(block, w0, q, k, v, beta, size):
+  """The matrix forms multiply data by a causal mask, and 0 · NaN = NaN: a non-finite input
+  would reach earlier outputs (and padding holding Inf, real ones). So they run on finite inputs
+  (non-finite entries zeroed) and then mark what the recurrence would make non-finite, as NaN:
+  every output and the state from the first non-finite k, v, β (or initial state) on, since W
+  holds it from then; a non-finite q only its own read-out."""
+  finite = lambda x, axes: jnp.all(jnp.isfinite(x), axis=axes)
+  bad_write = ~(finite(k, -1) & finite(v, -1))                               # [B, T, H]
+  if beta is not None:
+    bad_write |= ~jnp.isfinite(beta)
+  bad_state = jax.lax.cummax(bad_write.astype(jnp.int8), axis=1).astype(bool)
+  if w0 is not None:
+    bad_state |= ~finite(w0, (-2, -1))[:, None]
+  clean = lambda x: None if x is None else jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+  y, w = _chunked(block, clean(w0), clean(q), clean(k), clean(v), clean(beta), size)
+  w = jnp.where(bad_state[:, -1, :, None, None], jnp.nan, w)
+  if y is not None:
+    y = jnp.where((bad_state | ~finite(q, -1))[..., None], jnp.nan, y)
+  return y, w
 
 
 def sum_rule(q, k, v, *, form: str, chunk_size: int = 64, initial_state=None):

@@ -70,54 +70,90 @@ def _read(m, x):
 
 
 # ---------------------------------------------------------------------------------------------
-# One step of each model on its state split into fast weight matrices and vectors. Each returns
-# (y, matrices, vectors, writes): writes holds, per matrix, the (u, k) of its update
-# M_t = M_{t-1} + u kᵀ, which the backward pass subtracts to walk back in time.
+# Each model is one fast weight matrix M (a gate axis for the LSTM) between two vector functions:
+#   vec_in(params, vectors_{t-1}, x_t) -> (k, v, β, r): the write M_t = M_{t-1} + β (v − M k) kᵀ
+#                                         and the read-out vector r
+#   vec_out(params, vectors_{t-1}, x_t, M_t r) -> (y_t, vectors_t)
+# The backward pass differentiates the vector functions with jax.vjp (small) and the matrix
+# step by hand (see "The scan").
 
-def _write(m, k, v, beta):
-  """The delta rule's write: (M + u kᵀ, (u, k)) with u = β (v − M k)."""
-  u = beta[..., None] * (v - _read(m, k))
-  return m + u[..., :, None] * k[..., None, :], (u, k)
+class _Model(NamedTuple):
+  vec_in: Callable
+  vec_out: Callable
 
 
-def _delta_rnn_core(params, matrices, vectors, x):
+def _delta_rnn_in(params, vectors, x):
   del params
-  (r,), (y_prev,) = matrices, vectors
-  z, kr, vr, br = x
-  r, writes = _write(r, kr, vr, br)
-  y = z + _read(r, jax.nn.softmax(y_prev, axis=-1))
-  return y, (r,), (y,), (writes,)
+  _, kr, vr, br = x
+  return kr, vr, br, jax.nn.softmax(vectors[0], axis=-1)
 
 
-def _delta_lstm_core(params, matrices, vectors, x):
+def _delta_rnn_out(params, vectors, x, read):
+  del params, vectors
+  y = x[0] + read
+  return y, (y,)
+
+
+def _delta_lstm_in(params, vectors, x):
   del params
-  (r,), (y_prev, c_prev) = matrices, vectors
   z, kr, vr, br = x
-  r, writes = _write(r, kr, vr, br)
-  a = z + _read(r, jax.nn.softmax(y_prev, axis=-1)[:, :, None])             # [B, H, 3, V]
+  s = jax.nn.softmax(vectors[0], axis=-1)[:, :, None]                   # one read for 3 gates
+  return kr, vr, br, jnp.broadcast_to(s, z.shape)
+
+
+def _delta_lstm_out(params, vectors, x, read):
+  del params
+  a = x[0] + read                                                          # [B, H, 3, V]
   i, u, o = jax.nn.sigmoid(a[:, :, 0]), a[:, :, 1], jax.nn.sigmoid(a[:, :, 2])
-  c = i * u + (1.0 - i) * c_prev
+  c = i * u + (1.0 - i) * vectors[1]
   y = o * c
-  return y, (r,), (y, c), (writes,)
+  return y, (y, c)
 
 
-def _rdn_inputs(weights: RDNWeights, phi, y_prev, qx, kx, vx, bx):
-  h = jnp.tanh(y_prev)
-  q = phi(qx + jnp.einsum("bhv,hvd->bhd", h, weights.rq), True)
+def _rdn_in(phi, params: RDNWeights, vectors, x):
+  h = jnp.tanh(vectors[0])
+  qx, kx, vx, bx = x
+  q = phi(qx + jnp.einsum("bhv,hvd->bhd", h, params.rq), True)
   if kx is None:
-    return q, None, None, None
-  k = phi(kx + jnp.einsum("bhv,hvd->bhd", h, weights.rk), False)
-  v = vx + jnp.einsum("bhv,hvu->bhu", h, weights.rv)
-  beta = jax.nn.sigmoid(bx + jnp.einsum("bhv,hv->bh", h, weights.rb))
-  return q, k, v, beta
+    return None, None, None, q
+  k = phi(kx + jnp.einsum("bhv,hvd->bhd", h, params.rk), False)
+  v = vx + jnp.einsum("bhv,hvu->bhu", h, params.rv)
+  beta = jax.nn.sigmoid(bx + jnp.einsum("bhv,hv->bh", h, params.rb))
+  return k, v, beta, q
 
 
-def _rdn_core(phi, params, matrices, vectors, x):
-  (w,), (y_prev,) = matrices, vectors
-  q, k, v, beta = _rdn_inputs(params, phi, y_prev, *x)
-  w, writes = _write(w, k, v, beta)
-  y = _read(w, q)
-  return y, (w,), (y,), (writes,)
+def _rdn_out(params, vectors, x, read):
+  del params, vectors, x
+  return read, (read,)
+
+
+DELTA_RNN = _Model(_delta_rnn_in, _delta_rnn_out)
+DELTA_LSTM = _Model(_delta_lstm_in, _delta_lstm_out)
+
+
+def _rdn_model(phi) -> _Model:
+  return _Model(functools.partial(_rdn_in, phi), _rdn_out)
+
+
+def _step(model: _Model, params, m, vectors, x):
+  """One step: (y, M_t, vectors_t, (u, k)) with M_t = M_{t-1} + u kᵀ."""
+  k, v, beta, r = model.vec_in(params, vectors, x)
+  u = beta[..., None] * (v - _read(m, k))
+  m = m + u[..., :, None] * k[..., None, :]
+  y, vectors = model.vec_out(params, vectors, x, _read(m, r))
+  return y, m, vectors, (u, k)
+
+
+def _read(m, x):
+  return jnp.einsum("...vk,...k->...v", m, x)
+
+
+def _read_t(m, x):           # Mᵀ x
+  return jnp.einsum("...vk,...v->...k", m, x)
+
+
+def _outer(a, b):
+  return a[..., :, None] * b[..., None, :]
 
 
 # Single steps (streaming / generation): [B, H, ·] inputs, one time step. Each returns (y, state).
@@ -128,7 +164,7 @@ def delta_rnn_step(state: DeltaRNNState, z, kr, vr, br, *, write: bool = True):
   if not write:
     y = z + _read(state.r, jax.nn.softmax(state.y, axis=-1))
     return y, DeltaRNNState(state.r, y)
-  y, (r,), _, _ = _delta_rnn_core((), (state.r,), (state.y,), (z, kr, vr, br))
+  y, r, _, _ = _step(DELTA_RNN, (), state.r, (state.y,), (z, kr, vr, br))
   return y, DeltaRNNState(r, y)
 
 
@@ -137,7 +173,7 @@ def delta_lstm_step(state: DeltaLSTMState, z, kr, vr, br, *, write: bool = True)
   (`write=False`: read only, kr, vr, br unused)."""
   if not write:   # a write with β = 0 changes nothing
     kr, vr, br = jnp.zeros_like(z), jnp.zeros_like(z), jnp.zeros(z.shape[:-1], z.dtype)
-  y, (r,), (_, c), _ = _delta_lstm_core((), (state.r,), (state.y, state.c), (z, kr, vr, br))
+  y, r, (_, c), _ = _step(DELTA_LSTM, (), state.r, (state.y, state.c), (z, kr, vr, br))
   return y, DeltaLSTMState(r, y, c)
 
 
@@ -148,9 +184,9 @@ def rdn_step(state: RDNState, qx, kx, vx, bx, weights: RDNWeights,
   W with the recurrent query and writes nothing (kx, vx, bx unused)."""
   phi = _identity if phi is None else phi
   if not write:
-    q, _, _, _ = _rdn_inputs(weights, phi, state.y, qx, None, None, None)
+    _, _, _, q = _rdn_in(phi, weights, (state.y,), (qx, None, None, None))
     return _read(state.w, q), state
-  y, (w,), _, _ = _rdn_core(phi, weights, (state.w,), (state.y,), (qx, kx, vx, bx))
+  y, w, _, _ = _step(_rdn_model(phi), weights, state.w, (state.y,), (qx, kx, vx, bx))
   return y, RDNState(w, y)
 
 
@@ -161,33 +197,34 @@ def _identity(x, is_query):
 
 # ---------------------------------------------------------------------------------------------
 # The scan, with a hand-written backward. Differentiating lax.scan stores every step's fast
-# weights (T·V² numbers per memory) and on a CPU ran ~45x slower than the forward (Delta RNN,
-# B = 32, T = 400, V = 200: 110 ms forward, 5.0 s forward + backward). Here the forward keeps the
-# matrices once per REMAT_SEGMENT steps plus a few vectors per step (the vector state before the
-# step, and each write's u and k); the backward walks each segment back from its exact end,
-# undoing one write at a time (M_{t-1} = M_t − u_t k_tᵀ), and takes each step's vjp at the
-# reconstructed state. Rounding from the undoing cannot build up beyond one segment.
+# weights (T·V² numbers per memory); on a CPU it ran ~45x slower than the forward (Delta RNN,
+# B = 32, T = 400, V = 200: 110 ms forward, 5.0 s forward + backward), and jax.vjp of a whole
+# step inside the backward scan was no better (XLA:CPU ran its transposed products ~10x slower
+# than the same products written out). Here the forward keeps M once per REMAT_SEGMENT steps
+# plus a few vectors per step (the vector state before the step, and each write's u and k); the
+# backward walks each segment back from its exact end, undoing one write at a time
+# (M_{t-1} = M_t − u_t k_tᵀ), differentiates the matrix step by hand and the vector functions
+# with jax.vjp. Rounding from the undoing cannot build up beyond one segment.
 
-def _scan_segments(core, params, matrices, vectors, xs):
-  """Forward over time-major xs: (ys, matrices_T, vectors_T, residuals)."""
+def _scan_segments(model, params, m, vectors, xs):
+  """Forward over time-major xs: (ys, M_T, vectors_T, residuals)."""
   def body(carry, x):
-    matrices, vectors = carry
-    y, matrices_t, vectors_t, writes = core(params, matrices, vectors, x)
-    return (matrices_t, vectors_t), (y, vectors, writes)
+    m, vectors = carry
+    y, m_t, vectors_t, write = _step(model, params, m, vectors, x)
+    return (m_t, vectors_t), (y, vectors, write)
 
   def segment(carry, seg_xs):
     start = carry[0]
     carry, per_step = jax.lax.scan(body, carry, seg_xs)
     return carry, (start, per_step)
 
-  carry, outputs = (matrices, vectors), []
+  carry, ys, saved = (m, vectors), [], []
   for stacked, seg_xs in _split_segments(xs):
-    carry, (starts, per_step) = (jax.lax.scan(segment, carry, seg_xs) if stacked
-                                 else segment(carry, seg_xs))
-    outputs.append((starts, per_step[1:]))         # the matrices at each segment's start
-    outputs[-1] = (starts, per_step[1:], _unstack(per_step[0], stacked))
-  ys = jnp.concatenate([out[2] for out in outputs], axis=0)
-  return ys, carry[0], carry[1], (params, carry[0], xs, [out[:2] for out in outputs])
+    carry, (starts, (y, vectors_prev, writes)) = (
+        jax.lax.scan(segment, carry, seg_xs) if stacked else segment(carry, seg_xs))
+    ys.append(_unstack(y, stacked))
+    saved.append((starts, vectors_prev, writes))   # M at each segment's start; per-step vectors
+  return jnp.concatenate(ys, axis=0), carry[0], carry[1], (params, carry[0], xs, saved)
 
 
 def _split_segments(xs):
@@ -207,89 +244,110 @@ def _unstack(a, stacked):
   return a.reshape((-1,) + a.shape[2:]) if stacked else a
 
 
-def _backward(core, residuals, cotangents):
-  params, matrices_end, xs, outputs = residuals
-  dys, dmatrices, dvectors = cotangents
+def _step_backward(model, params, m, dm, dvectors, x, vectors_prev, write, dy):
+  """One step back: from M_t and the cotangents of y_t, M_t, vectors_t to M_{t-1} and the
+  cotangents of M_{t-1}, vectors_{t-1}, x_t and params."""
+  u, k = write
+  m_prev = m - _outer(u, k)
+  (k, v, beta, r), vjp_in = jax.vjp(model.vec_in, params, vectors_prev, x)
+  read = _read(m, r)
+  _, vjp_out = jax.vjp(model.vec_out, params, vectors_prev, x, read)
+  dp_out, dvec_out, dx_out, dread = vjp_out((dy, dvectors))
+  # read = M_t r;  M_t = M_{t-1} + u kᵀ;  u = β (v − M_{t-1} k)
+  dm = dm + _outer(dread, r)
+  dr = _read_t(m, dread)
+  correction = v - _read(m_prev, k)
+  du = _read(dm, k)
+  dbeta = jnp.sum(du * correction, axis=-1)
+  dcorrection = beta[..., None] * du
+  dk = _read_t(dm, u) - _read_t(m_prev, dcorrection)
+  dm_prev = dm - _outer(dcorrection, k)
+  dp_in, dvec_in, dx_in = vjp_in((dk, dcorrection, dbeta, dr))
+  add = lambda a, b: jax.tree.map(jnp.add, a, b)
+  return m_prev, dm_prev, add(dvec_in, dvec_out), add(dx_in, dx_out), add(dp_in, dp_out)
+
+
+def _backward(model, residuals, cotangents):
+  params, m_end, xs, saved = residuals
+  dys, dm, dvectors = cotangents
   dparams = jax.tree.map(jnp.zeros_like, params)
 
   def step_back(carry, inputs):
-    matrices, dmatrices, dvectors, dparams = carry
-    x, vectors_prev, writes, dy = inputs
-    matrices_prev = tuple(m - u[..., :, None] * k[..., None, :]
-                          for m, (u, k) in zip(matrices, writes))
-    fn = lambda p, m, v, x_: core(p, m, v, x_)[:3]
-    _, vjp = jax.vjp(fn, params, matrices_prev, vectors_prev, x)
-    dp, dm, dv, dx = vjp((dy, dmatrices, dvectors))
-    dparams = jax.tree.map(jnp.add, dparams, dp)
-    return (matrices_prev, dm, dv, dparams), dx
+    m, dm, dvectors, dparams = carry
+    x, vectors_prev, write, dy = inputs
+    m, dm, dvectors, dx, dp = _step_backward(model, params, m, dm, dvectors, x, vectors_prev,
+                                             write, dy)
+    return (m, dm, dvectors, jax.tree.map(jnp.add, dparams, dp)), dx
 
   def segment_back(carry, seg):
-    _, dmatrices, dvectors, dparams = carry
-    end, (seg_xs, vectors_prev, writes, dy) = seg
-    carry, dxs = jax.lax.scan(step_back, (end, dmatrices, dvectors, dparams),
-                              (seg_xs, vectors_prev, writes, dy), reverse=True)
-    return carry, dxs
+    end, per_step = seg
+    return jax.lax.scan(step_back, (end,) + carry[1:], per_step, reverse=True)
 
-  # Each segment's exact end state is the next one's start (the last one's: matrices_end).
-  t = jax.tree.leaves(xs)[0].shape[0]
-  seg_xs, seg_dys = _split_segments(xs), _split_segments(dys)
-  carry = (matrices_end, dmatrices, dvectors, dparams)
-  dx_parts = []
-  end = matrices_end
-  for (starts, (vectors_prev, writes)), (stacked, xs_i), (_, dy_i) in reversed(
-      list(zip(outputs, seg_xs, seg_dys))):
+  # Each segment's exact end state is the next one's start (the last one's: M_T).
+  carry, end, dx_parts = (m_end, dm, dvectors, dparams), m_end, []
+  for (starts, vectors_prev, writes), (stacked, seg_xs), (_, seg_dys) in reversed(
+      list(zip(saved, _split_segments(xs), _split_segments(dys)))):
+    per_step = (seg_xs, vectors_prev, writes, seg_dys)
     if stacked:
-      ends = jax.tree.map(lambda s, e: jnp.concatenate([s[1:], e[None]], axis=0), starts, end)
-      carry, dx = jax.lax.scan(segment_back, carry, (ends, (xs_i, vectors_prev, writes, dy_i)),
-                               reverse=True)
+      ends = jnp.concatenate([starts[1:], end[None]], axis=0)
+      carry, dx = jax.lax.scan(segment_back, carry, (ends, per_step), reverse=True)
       dx = jax.tree.map(lambda a: _unstack(a, True), dx)
-      end = jax.tree.map(lambda s: s[0], starts)
+      end = starts[0]
     else:
-      carry, dx = segment_back(carry, (end, (xs_i, vectors_prev, writes, dy_i)))
+      carry, dx = segment_back(carry, (end, per_step))
       end = starts
     dx_parts.append(dx)
-  _, dmatrices0, dvectors0, dparams = carry
+  _, dm0, dvectors0, dparams = carry
   dxs = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *reversed(dx_parts))
-  del t
-  return dparams, dmatrices0, dvectors0, dxs
+  return dparams, dm0, dvectors0, dxs
 
 
-def _fast_scan(core, params, matrices, vectors, xs):
-  """(ys, matrices_T, vectors_T) of `core` over time-major xs, with the backward above.
-  Arrays that `core` closes over (e.g. a FAVOR+ projection inside φ) become explicit inputs."""
+def _fast_scan(model: _Model, params, m, vectors, xs):
+  """(ys, M_T, vectors_T) of `model` over time-major xs, with the backward above. Arrays that
+  the vector functions close over (e.g. a FAVOR+ projection inside φ) become explicit inputs."""
   x0 = jax.tree.map(lambda a: a[0], xs)
-  converted, consts = jax.closure_convert(core, params, matrices, vectors, x0)
-  return _scan_with_consts(converted, tuple(consts), params, matrices, vectors, xs)
+  vec_in, consts_in = jax.closure_convert(model.vec_in, params, vectors, x0)
+  k, v, beta, r = jax.eval_shape(model.vec_in, params, vectors, x0)
+  read = jax.ShapeDtypeStruct(v.shape, v.dtype)
+  vec_out, consts_out = jax.closure_convert(model.vec_out, params, vectors, x0, read)
+  return _scan_with_consts((vec_in, vec_out, len(consts_in)), (tuple(consts_in),
+                           tuple(consts_out)), params, m, vectors, xs)
+
+
+def _with_consts(converted, params):
+  """The model whose vector functions take (params, consts) as their params."""
+  vec_in, vec_out, _ = converted
+  return _Model(lambda p, *a: vec_in(p[0], *a, *p[1][0]),
+                lambda p, *a: vec_out(p[0], *a, *p[1][1]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan_with_consts(core, consts, params, matrices, vectors, xs):
-  ys, m, v, _ = _scan_segments(lambda *a: core(*a, *consts), params, matrices, vectors, xs)
-  return ys, m, v
+def _scan_with_consts(converted, consts, params, m, vectors, xs):
+  ys, m, vectors, _ = _scan_segments(_with_consts(converted, params), (params, consts), m,
+                                     vectors, xs)
+  return ys, m, vectors
 
 
-def _scan_with_consts_fwd(core, consts, params, matrices, vectors, xs):
-  full_params = (params, consts)
-  split = lambda p, *a: core(p[0], *a, *p[1])
-  ys, m, v, residuals = _scan_segments(split, full_params, matrices, vectors, xs)
-  return (ys, m, v), residuals
+def _scan_with_consts_fwd(converted, consts, params, m, vectors, xs):
+  ys, m, vectors, residuals = _scan_segments(_with_consts(converted, params), (params, consts),
+                                             m, vectors, xs)
+  return (ys, m, vectors), residuals
 
 
-def _scan_with_consts_bwd(core, residuals, cotangents):
-  split = lambda p, *a: core(p[0], *a, *p[1])
-  (dparams, dconsts), dmatrices, dvectors, dxs = _backward(split, residuals, cotangents)
-  return dconsts, dparams, dmatrices, dvectors, dxs
+def _scan_with_consts_bwd(converted, residuals, cotangents):
+  (dparams, dconsts), dm, dvectors, dxs = _backward(_with_consts(converted, None), residuals,
+                                                    cotangents)
+  return dconsts, dparams, dm, dvectors, dxs
 
 
 _scan_with_consts.defvjp(_scan_with_consts_fwd, _scan_with_consts_bwd)
 
 
-def _scan_outputs(core, params, state_to_parts, parts_to_state, state, *xs):
-  """Runs `core` over the time axis (1) of xs from `state`; returns (y [B, T, ...], state)."""
-  matrices, vectors = state_to_parts(state)
-  ys, matrices, vectors = _fast_scan(core, params, matrices, vectors,
-                                     tuple(jnp.moveaxis(a, 1, 0) for a in xs))
-  return jnp.moveaxis(ys, 0, 1), parts_to_state(matrices, vectors)
+def _scan_outputs(model, params, m, vectors, xs):
+  """Runs `model` over the time axis (1) of xs; returns (y [B, T, ...], M_T, vectors_T)."""
+  ys, m, vectors = _fast_scan(model, params, m, vectors,
+                              tuple(jnp.moveaxis(a, 1, 0) for a in xs))
+  return jnp.moveaxis(ys, 0, 1), m, vectors
 
 
 def delta_rnn(z, kr, vr, br, *, initial_state: DeltaRNNState | None = None):
@@ -300,8 +358,9 @@ def delta_rnn(z, kr, vr, br, *, initial_state: DeltaRNNState | None = None):
   if initial_state is None:
     initial_state = DeltaRNNState(jnp.zeros((b, h, v, v), dtype), jnp.zeros((b, h, v), dtype))
   _check_state(initial_state, DeltaRNNState((b, h, v, v), (b, h, v)))
-  return _scan_outputs(_delta_rnn_core, (), lambda s: ((s.r,), (s.y,)),
-                       lambda m, v: DeltaRNNState(*m, *v), initial_state, z, kr, vr, br)
+  y, r, (y_last,) = _scan_outputs(DELTA_RNN, (), initial_state.r, (initial_state.y,),
+                                  (z, kr, vr, br))
+  return y, DeltaRNNState(r, y_last)
 
 
 def delta_lstm(z, kr, vr, br, *, initial_state: DeltaLSTMState | None = None):
@@ -316,8 +375,9 @@ def delta_lstm(z, kr, vr, br, *, initial_state: DeltaLSTMState | None = None):
     zeros = jnp.zeros((b, h, v), dtype)
     initial_state = DeltaLSTMState(jnp.zeros((b, h, GATES, v, v), dtype), zeros, zeros)
   _check_state(initial_state, DeltaLSTMState((b, h, GATES, v, v), (b, h, v), (b, h, v)))
-  return _scan_outputs(_delta_lstm_core, (), lambda s: ((s.r,), (s.y, s.c)),
-                       lambda m, v: DeltaLSTMState(*m, *v), initial_state, z, kr, vr, br)
+  y, r, (y_last, c) = _scan_outputs(DELTA_LSTM, (), initial_state.r,
+                                    (initial_state.y, initial_state.c), (z, kr, vr, br))
+  return y, DeltaLSTMState(r, y_last, c)
 
 
 def rdn(qx, kx, vx, bx, weights: RDNWeights, *, phi: Callable | None = None,
@@ -340,8 +400,9 @@ def rdn(qx, kx, vx, bx, weights: RDNWeights, *, phi: Callable | None = None,
   if initial_state is None:
     initial_state = RDNState(jnp.zeros((b, h, v, k_dim), dtype), jnp.zeros((b, h, v), dtype))
   _check_state(initial_state, RDNState((b, h, v, k_dim), (b, h, v)))
-  return _scan_outputs(functools.partial(_rdn_core, phi_), weights, lambda s: ((s.w,), (s.y,)),
-                       lambda m, v: RDNState(*m, *v), initial_state, qx, kx, vx, bx)
+  y, w, (y_last,) = _scan_outputs(_rdn_model(phi_), weights, initial_state.w,
+                                  (initial_state.y,), (qx, kx, vx, bx))
+  return y, RDNState(w, y_last)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,10 +141,9 @@ def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
   v = _x((1, 3, 1, 2)).at[0, 1].set(jnp.nan)
   y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), v, form="recurrent")
   assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()   # only later steps
-  # The matrix forms multiply by the causal mask, and 0 · NaN = NaN: a NaN reaches every
-  # position of its block (chunk), earlier ones included. Finite inputs are unaffected.
+  # The matrix forms too: a non-finite input never reaches an earlier output (tests/test_ops.py).
   y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), v, form="parallel")
-  assert np.isnan(y).all()
+  assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()
 
 
 def _break_workdir(workdir, how):
@@ -205,3 +204,23 @@ def test_unusable_workdir_is_named(tmp_path, setup, message):
   with pytest.raises(ValueError) as error:
     train.train(_tiny_config(max_steps=20), workdir)
   assert message in str(error.value), str(error.value)
+
+
+def test_a_checkpoint_of_another_model_stops_the_run_and_changes_nothing(tmp_path):
+  """Not damage: a run whose config.json is gone, relaunched with another S, is refused with the
+  saved and requested shapes named; checkpoints, metrics and summary stay as they were."""
+  workdir = str(tmp_path)
+  train.train(_tiny_config(max_steps=40), workdir)
+  os.remove(os.path.join(workdir, "config.json"))
+  before = {name: open(os.path.join(workdir, name)).read()
+            for name in ("metrics.jsonl", "summary.json")}
+  checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(ValueError, match=r"holds a different model .*saved \(6, 13\) vs requested "
+                                       r"\(8, 17\)"):
+    train.train(_tiny_config(num_keys=8, max_steps=60), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+  for name, text in before.items():
+    assert open(os.path.join(workdir, name)).read() == text
+  # The config that made it resumes it.
+  assert train.train(_tiny_config(max_steps=60), workdir)["steps"] == 60

@@ -155,3 +155,20 @@ def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   assert len(lines) == 5 and lines[1].startswith("1,linear-sum,4,1,")
   table = (out / "associative_recall.md").read_text()   # 2 seeds, 20 steps, ended at max_steps
   assert "| linear-sum | " in table and table.count(" (2, 20)†") == 2, table
+
+
+def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
+  """A ValueError at run time ends with its message and status 2 (no traceback); a run stopped
+  on a non-finite loss ends with status 3, so job schedulers see the failure."""
+  first = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=6", "--config.max_steps=20",
+                 "--config.eval_every=10", f"--workdir={tmp_path}/a")
+  assert first.returncode == 0, first.stderr[-2000:]
+  other = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=8", "--config.max_steps=20",
+                 f"--workdir={tmp_path}/a")
+  assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+  assert "Error: This workdir holds a run with a different config" in other.stderr
+  diverged = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=6",
+                    "--config.learning_rate=1e30", "--config.max_steps=40",
+                    "--config.eval_every=10", f"--workdir={tmp_path}/b")
+  assert diverged.returncode == 3, diverged.stderr[-2000:]
+  assert json.load(open(tmp_path / "b" / "summary.json"))["stop_reason"] == "non_finite"

@@ -248,6 +248,33 @@ def test_causality_by_gradients(rule):
         assert np.any(np.asarray(g[:, :t_read + 1]) != 0), "the test must see real gradients"
 
 
+@pytest.mark.parametrize("rule", ["sum", "delta"])
+@pytest.mark.parametrize("name", ["q", "k", "v", "beta", "inf_v"])
+def test_a_non_finite_input_never_reaches_an_earlier_output(rule, name):
+  """Causality for values: NaN (or Inf) in one input at step s leaves every output before s as
+  the clean run's, in every form, and the non-finite outputs are where the recurrence puts them
+  (from s on when it enters W; at s alone for a query)."""
+  if rule == "sum" and name == "beta":
+    return
+  s = 5
+  inputs = list(helpers.random_inputs(12, t=T, dtype=jnp.float32))
+  clean = [run(rule, f, c, *inputs[:4], inputs[4])[0] for f, c in FORMS]
+  index = {"q": 0, "k": 1, "v": 2, "beta": 3, "inf_v": 2}[name]
+  inputs[index] = inputs[index].at[:, s].set(jnp.inf if name == "inf_v" else jnp.nan)
+  expected_bad = np.zeros(T, bool)
+  expected_bad[s:] = True
+  if name == "q":
+    expected_bad[s + 1:] = False
+  for (form, chunk_size), y_clean in zip(FORMS, clean):
+    y, w = run(rule, form, chunk_size, *inputs[:4], inputs[4])
+    y = np.asarray(y)
+    np.testing.assert_array_equal(y[:, :s], np.asarray(y_clean)[:, :s],
+                                  err_msg=f"{form}{chunk_size}: an earlier output changed")
+    bad = ~np.isfinite(y).all(axis=(0, 2, 3))
+    np.testing.assert_array_equal(bad, expected_bad, err_msg=f"{form}{chunk_size}")
+    assert np.isfinite(w).all() == (name == "q"), f"{form}{chunk_size}: final state"
+
+
 BAD_CALLS = [
     (lambda x: ops.sum_rule(*x[:3], form="scan"), "recurrent, parallel, chunked"),
     (lambda x: ops.apply_rule("hebb", *x[:3], form="recurrent"), "sum, delta, fwm"),

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The lineage's ends on the retrieval task (results/lineage/): the 1991 FWP and additive attention
+# in setting 1, and the recurrent FWPs (Delta RNN, RDN, Delta LSTM) beside the Delta Net they
+# build on, in setting 2; seed 1, the budget grid's 3,000 steps. Then the report.
+#
+#   bash scripts/lineage.sh
+#   S2=num_keys=20,40,80 bash scripts/lineage.sh     # more of setting 2 (S = 80: ~1-2.5 s/step)
+# Relaunching resumes: finished points are skipped, interrupted ones continue.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RUNS=${RUNS:-runs/lineage}
+S1=${S1:-num_keys=20,60,100,200,300,400,600}
+S2=${S2:-num_keys=20,40}
+STEPS=${STEPS:-3000}
+RECURRENT="linear-delta_rnn dpfp1-delta_rnn linear-rdn dpfp1-rdn linear-delta_lstm dpfp1-delta_lstm"
+
+run() {  # setting curve sweep
+  "$PY" launch.py --config="configs/associative_recall.py:$2" --config.setting="$1" \
+    --config.max_steps="$STEPS" --sweep="$3" --seeds=1 --workdir="$RUNS/setting$1/$2"
+}
+
+for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "${S2%%,*}"; done
+for curve in fwp91-sum additive; do run 1 "$curve" "$S1"; done
+for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "$S2"; done
+"$PY" -m experiments.report "$RUNS" --out=results/lineage
