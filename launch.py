@@ -62,6 +62,9 @@ def _check_sweep(spec) -> bool:
 flags.register_validator("config", _check_config)
 flags.register_validator("sweep", _check_sweep)
 flags.register_validator("parallel", lambda p: p >= 1, "--parallel must be >= 1.")
+flags.register_validator("seeds", lambda seeds: seeds is None or all(
+    s.strip().lstrip("-").isdigit() for s in seeds), "--seeds must be a comma-separated list of "
+    "integers, e.g. --seeds=1,2,3.")
 
 
 @flags.multi_flags_validator(["coordinator_address", "num_processes", "process_id",
@@ -96,6 +99,16 @@ def main(argv):
     raise SystemExit(3)
 
 
+def _point_config(config, overrides: dict):
+  point_config = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    if key not in point_config:
+      raise app.UsageError(f"--sweep names {key!r}, which is not a config field; fields: "
+                           f"{', '.join(sorted(k for k in point_config if k != 'model'))}.")
+    point_config[key] = value
+  return point_config
+
+
 def _main(argv) -> list:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -104,16 +117,22 @@ def _main(argv) -> list:
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          detect=_DISTRIBUTED.value)
   config = _CONFIG.value
-  seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]
+  seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]   # checked at parsing
   if _SWEEP.value is None and len(seeds) == 1:
     config.seed = seeds[0]
     return [train.train(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value)]
   if _WORKDIR.value is None:
     raise app.UsageError("A sweep needs --workdir (each point gets a sub-directory of it).")
   grid = sweep.points(_SWEEP.value, seeds)
+  for overrides in grid:            # every point is checked before any trains
+    train.validate(_point_config(config, overrides))
   index = _SWEEP_INDEX.value
   if index is None and "SLURM_ARRAY_TASK_ID" in os.environ:
-    index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    task_id = os.environ["SLURM_ARRAY_TASK_ID"]
+    if not task_id.isdigit():
+      raise app.UsageError(f"$SLURM_ARRAY_TASK_ID must be a non-negative integer (the sweep "
+                           f"point to run), got {task_id!r}.")
+    index = int(task_id)
   if index is not None:
     if not 0 <= index < len(grid):
       raise app.UsageError(f"--sweep_index={index} is out of range: this sweep has "
@@ -128,10 +147,7 @@ def _main(argv) -> list:
     selected = grid
   summaries = []
   for overrides in selected:
-    point_config = config.copy_and_resolve_references()
-    for key, value in overrides.items():
-      point_config[key] = value
-    train.validate(point_config)
+    point_config = _point_config(config, overrides)
     workdir = sweep.point_dir(_WORKDIR.value, overrides)
     if distributed.is_main():
       print(f"Sweep point {overrides} -> {workdir}", flush=True)

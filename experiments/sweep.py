@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import threading
 from concurrent import futures
 
 
@@ -28,7 +30,10 @@ def parse_range(spec: str) -> tuple[str, list[int]]:
   except ValueError:
     raise ValueError(f"--sweep values must be START:STOP:STEP (STEP > 0, STOP >= START) or a "
                      f"comma-separated list of integers, got {values!r}.") from None
-  return field, points
+  if not field.strip():
+    raise ValueError(f"--sweep needs a config field before '=', got {spec!r}.")
+  # A repeated value would be two runs in one workdir (the second refused by its lock).
+  return field, list(dict.fromkeys(points))
 
 
 def points(sweep: str | None, seeds: list[int]) -> list[dict]:
@@ -36,6 +41,7 @@ def points(sweep: str | None, seeds: list[int]) -> list[dict]:
   if sweep is None:
     return [{"seed": s} for s in seeds]
   field, values = parse_range(sweep)
+  seeds = list(dict.fromkeys(seeds))
   return [{field: v, "seed": s} for v, s in itertools.product(values, seeds)]
 
 
@@ -53,10 +59,35 @@ def run_parallel(argv: list[str], num_points: int, parallel: int) -> int:
                       " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
   args = [a for a in argv if not a.startswith(("--parallel", "--sweep_index"))]
 
-  def launch(index):
-    cmd = [sys.executable] + args + [f"--sweep_index={index}"]
-    return subprocess.run(cmd, env=env, check=False).returncode
+  running, lock, stopping = set(), threading.Lock(), []
 
-  with futures.ThreadPoolExecutor(parallel) as pool:
-    codes = list(pool.map(launch, range(num_points)))
+  def launch(index):
+    with lock:
+      if stopping:
+        return -stopping[0]              # not started: the sweep is being stopped
+      child = subprocess.Popen([sys.executable] + args + [f"--sweep_index={index}"], env=env)
+      running.add(child)
+    code = child.wait()
+    with lock:
+      running.discard(child)
+    return code
+
+  def forward(signum, frame):
+    """SIGTERM/SIGINT: pass it to every running point (each saves a checkpoint and exits), start
+    no new one, and wait for them, so a relaunch never races a child left running."""
+    del frame
+    with lock:
+      stopping.append(signum)
+      for child in running:
+        child.send_signal(signum)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    with futures.ThreadPoolExecutor(parallel) as pool:
+      codes = list(pool.map(launch, range(num_points)))
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if stopping:
+    raise SystemExit(128 + stopping[0])
   return sum(code != 0 for code in codes)

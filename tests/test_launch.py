@@ -172,3 +172,19 @@ def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
                     "--config.eval_every=10", f"--workdir={tmp_path}/b")
   assert diverged.returncode == 3, diverged.stderr[-2000:]
   assert json.load(open(tmp_path / "b" / "summary.json"))["stop_reason"] == "non_finite"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seeds=a,b"], "--seeds must be a comma-separated list of integers"),
+    (["--sweep=foo=1:2:1"], "'foo', which is not a config field"),
+    (["--sweep=num_keys=10,1"], "num_keys must be an integer >= 2"),   # before point 10 trains
+])
+def test_bad_sweeps_fail_before_any_point_trains(tmp_path, args, message):
+  result = launch(f"--config={CONFIG}:linear-sum", *args, f"--workdir={tmp_path}", timeout=120)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert not any(name.startswith("num_keys=") for name in os.listdir(tmp_path))
+
+
+def test_sweep_points_are_unique():
+  assert sweep.points("num_keys=20,20,40", [1, 1]) == [{"num_keys": 20, "seed": 1},
+                                                       {"num_keys": 40, "seed": 1}]
