@@ -162,8 +162,9 @@ def validate(config) -> None:
   for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                "patience"):
     positive(name)
-  if not config.learning_rate > 0:
-    raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate!r}.")
+  if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+    raise ValueError(f"config.learning_rate must be a finite number > 0, got "
+                     f"{config.learning_rate!r}.")
   if config.lr_schedule not in LR_SCHEDULES:
     raise ValueError(f"Unknown config.lr_schedule {config.lr_schedule!r}; valid choices: "
                      f"{', '.join(LR_SCHEDULES)}.")
@@ -260,6 +261,9 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored_step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state))
   if restored is None and restore_from:
+    if not os.path.isdir(restore_from):
+      raise ValueError(f"--restore_from={restore_from!r} is not a directory; pass another run's "
+                       f"checkpoints/ directory.")
     source = checkpoint.manager(restore_from, config.keep_checkpoints)
     _, restored = checkpoint.restore_latest(source, checkpoint.abstract(state), set_aside=False)
     if restored is None:

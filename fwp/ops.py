@@ -29,6 +29,7 @@ Internally blocks use the layout [B, H, T, ·] so every product is a batched mat
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -58,7 +59,8 @@ def validate(rule: str, form: str, chunk_size: int) -> None:
                      f"{', '.join(valid)}.")
   if chunk_size == AUTO:
     return
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or (
+      chunk_size <= 0):
     raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}.")
 
 
@@ -80,7 +82,7 @@ def choose_form(rule: str, form: str, t: int) -> str:
 
 
 def choose_chunk_size(chunk_size, t: int) -> int:
-  return min(AUTO_CHUNK, t) if chunk_size == AUTO else chunk_size
+  return min(AUTO_CHUNK, t) if chunk_size == AUTO else int(chunk_size)
 
 
 def _check_shapes(q, k, v, beta, initial_state) -> None:
@@ -203,18 +205,33 @@ def _read(w, q):
   return None if q is None else _matvec(w, q)
 
 
+def _check_step(w, q, k, v, beta=None) -> None:
+  """Shapes of one step: w [B, H, V, K], q, k [B, H, K], v [B, H, V], beta [B, H]."""
+  if w.ndim != 4:
+    raise ValueError(f"w must be [batch, heads, d_value, d_key], got shape {w.shape}.")
+  b, h, d_value, d_key = w.shape
+  for name, x, shape in (("q", q, (b, h, d_key)), ("k", k, (b, h, d_key)),
+                         ("v", v, (b, h, d_value)), ("beta", beta, (b, h))):
+    if x is not None and tuple(x.shape) != shape:
+      raise ValueError(f"{name} must have shape {shape} to match w {w.shape} (one time step), "
+                       f"got {x.shape}.")
+
+
 def sum_rule_step(w, q, k, v):
+  _check_step(w, q, k, v)
   w, _ = _sum_forward(w, k, v, None)
   return _read(w, q), w
 
 
 def delta_rule_step(w, q, k, v, beta):
+  _check_step(w, q, k, v, beta)
   w, _ = _delta_forward(w, k, v, beta)
   return _read(w, q), w
 
 
 def fwm_rule_step(w, q, k, v, beta):
   """The delta (interpolated) update, then W / max(1, ‖W‖_F), then the read-out."""
+  _check_step(w, q, k, v, beta)
   w, _ = _fwm_forward(w, k, v, beta)
   return _read(w, q), w
 
@@ -429,14 +446,23 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(q, k, v, beta, initial_state)
   form, chunk_size = choose_form(rule, form, k.shape[1]), choose_chunk_size(chunk_size, k.shape[1])
-  w0 = initial_state
   if rule == "sum":
     beta = None
+  # One compute dtype for all inputs, at least float32: a bfloat16/float16 memory summed over
+  # thousands of steps loses the small writes, so W accumulates (and is returned) in float32;
+  # the outputs come back in the inputs' dtype.
+  present = [x for x in (q, k, v, beta, initial_state) if x is not None]
+  dtype = jnp.result_type(*present)
+  compute = jnp.promote_types(dtype, jnp.float32)
+  q, k, v, beta, w0 = (None if x is None else x.astype(compute)
+                       for x in (q, k, v, beta, initial_state))
   if form == "recurrent":
-    return _recurrent(rule, _zero_state(k, v, w0), q, k, v, beta)
-  # The parallel form is the chunked form with one chunk spanning the sequence.
-  size = k.shape[1] if form == "parallel" else chunk_size
-  return _causal_in_non_finite(_BLOCKS[rule], w0, q, k, v, beta, size)
+    y, w = _recurrent(rule, _zero_state(k, v, w0), q, k, v, beta)
+  else:
+    # The parallel form is the chunked form with one chunk spanning the sequence.
+    size = k.shape[1] if form == "parallel" else chunk_size
+    y, w = _causal_in_non_finite(_BLOCKS[rule], w0, q, k, v, beta, size)
+  return (None if y is None else y.astype(dtype)), w
 
 
 def _causal_in_non_finite(block, w0, q, k, v, beta, size):

@@ -3,6 +3,7 @@ in a clear error that names the problem (and the fix), raised before anything is
 recovered from with no data lost. One table per family."""
 
 import os
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -49,8 +50,11 @@ CONFIG_CASES = [
     (_retrieval(patience=0), "patience must be a positive integer"),
     (_retrieval(checkpoint_every=-1), "checkpoint_every must be a positive integer"),
     (_retrieval(eval_sequences=0), "eval_sequences must be a positive integer"),
-    (_retrieval(learning_rate=0.0), "learning_rate must be > 0"),
-    (_retrieval(learning_rate=float("nan")), "learning_rate must be > 0"),
+    (_retrieval(learning_rate=0.0), "learning_rate must be a finite number > 0"),
+    (_retrieval(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
+    (_retrieval(learning_rate=float("inf")), "learning_rate must be a finite number > 0"),
+    (_retrieval(num_keys=1_000_000_000), "beyond what this model can hold in memory"),
+    (_model(d=0), "config.model.d must be a positive integer"),
     (_retrieval(lr_schedule="step"), "valid choices: constant, cosine"),
     (_retrieval(warmup_steps=-5), "warmup_steps must be an integer >= 0"),
     (_retrieval(grad_clip=-1.0), "grad_clip must be >= 0"),
@@ -122,6 +126,20 @@ OPS_CASES = [
 ]
 
 
+@pytest.mark.parametrize("step,message", [
+    (lambda: ops.delta_rule_step(_x((2, 2, 8, 8)), _x((2, 2, 8)), _x((2, 2, 8)), _x((2, 2, 8)),
+                                 _x((2, 2, 1))), "beta must have shape (2, 2)"),
+    (lambda: ops.sum_rule_step(_x((2, 2, 8, 8)), _x((2, 2, 8)), _x((2, 2, 7)), _x((2, 2, 8))),
+     "k must have shape (2, 2, 8)"),
+    (lambda: ops.fwm_rule_step(_x((2, 8, 8)), None, _x((2, 8)), _x((2, 8)), _x((2,))),
+     "w must be [batch, heads, d_value, d_key]"),
+])
+def test_bad_single_step_shapes_are_named(step, message):
+  """The streaming steps check their shapes too (a [B, H, 1] β would silently broadcast)."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    step()
+
+
 @pytest.mark.parametrize("rule,q,k,v,beta,kwargs,message", OPS_CASES,
                          ids=[c[-1][:40] for c in OPS_CASES])
 def test_bad_ops_input_is_named_before_tracing(rule, q, k, v, beta, kwargs, message):
@@ -135,9 +153,15 @@ def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
   """float16/bfloat16 are valid (computed in that dtype); NaN is a value, which no static check
   can see: it flows to the output, where the train loop's non-finite check stops the run."""
   for dtype in (jnp.float16, jnp.bfloat16):
-    y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4), dtype), _x((1, 3, 1, 4), dtype),
-                          _x((1, 3, 1, 2), dtype), form="chunked", chunk_size=2)
+    y, w = ops.apply_rule("sum", _x((1, 3, 1, 4), dtype), _x((1, 3, 1, 4), dtype),
+                          _x((1, 3, 1, 2), dtype), form="chunked", chunk_size=np.int64(2))
     assert y.dtype == dtype and bool(jnp.all(jnp.isfinite(y)))
+    assert w.dtype == jnp.float32          # the memory accumulates in float32
+  # Mixed precisions compute in their common type, the state at least float32.
+  y, w = ops.apply_rule("delta", _x((1, 3, 1, 4)), _x((1, 3, 1, 4), jnp.float16),
+                        _x((1, 3, 1, 2)), _x((1, 3, 1)), form="recurrent",
+                        initial_state=_x((1, 1, 2, 4), jnp.bfloat16))
+  assert y.dtype == jnp.float32 and w.dtype == jnp.float32
   v = _x((1, 3, 1, 2)).at[0, 1].set(jnp.nan)
   y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), v, form="recurrent")
   assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()   # only later steps

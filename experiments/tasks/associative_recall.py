@@ -30,6 +30,14 @@ def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
       chunk_size=model_config.chunk_size, recurrence=model_config.recurrence)
 
 
+MAX_KEYS = 20_000
+
+
+def _gib(config) -> str:
+  s = config.num_keys
+  return f"{(s * int(2.2 * s) + (s + int(2.2 * s)) * 2 * config.model.d) * 4 / 2 ** 30:.3g}"
+
+
 def validate(config) -> None:
   """The retrieval fields; the loop's own fields are checked by experiments.train."""
   if config.setting not in (1, 2):
@@ -37,6 +45,13 @@ def validate(config) -> None:
   if isinstance(config.num_keys, bool) or not isinstance(config.num_keys, int) or (
       config.num_keys < 2):
     raise ValueError(f"config.num_keys must be an integer >= 2, got {config.num_keys!r}.")
+  if config.num_keys > MAX_KEYS:
+    raise ValueError(f"config.num_keys={config.num_keys} is beyond what this model can hold in "
+                     f"memory (its embedding and key projection grow as S², ~{_gib(config)} GiB "
+                     f"of parameters); the paper goes to 600, fwp allows up to {MAX_KEYS}.")
+  d = config.model.d
+  if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+    raise ValueError(f"config.model.d must be a positive integer (the paper: 64), got {d!r}.")
   for name in ("eval_sequences", "eval_max_queries"):
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
