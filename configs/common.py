@@ -59,7 +59,9 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.nu = 2                         # the authors' dpfp_n_roll default
   c.model.num_features = 16              # the authors' performer_proj_dim default
   c.model.update_rule = "delta"          # sum | delta | fwm | softmax | additive
-  c.model.normalization = "sum"          # the authors' LM layers sum-normalise φ(q), φ(k)
+  # The authors' LM layers (IDSIA/lmtool-fwp, their default flags): the delta rule sum-normalises
+  # φ(q), φ(k); the sum rule (attn_type 34-36) divides by the attention normaliser z·φ(q).
+  c.model.normalization = "sum"
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = 64
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
@@ -102,7 +104,8 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
     rule, c.model.recurrence = "delta", rule
   c.model.update_rule = rule
   # FWM: no normaliser (its W is norm-bounded) and tanh features may be negative.
-  c.model.normalization = "none" if rule == "fwm" or phi == "tanh" else "sum"
+  c.model.normalization = ("none" if rule == "fwm" or phi == "tanh" else
+                           "attention" if rule == "sum" else "sum")
   if rule == "fwm":
     c.model.form = "recurrent"
   return c

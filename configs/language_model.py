@@ -5,7 +5,8 @@
 
 The argument after ':' names the model as in the paper's LM tables: `transformer` (softmax
 attention), or <phi>-<rule> with phi ∈ {linear, dpfp<ν>, favor<m>, tanh} and rule ∈ {sum, delta,
-fwm}; fast weight layers sum-normalise φ(q) and φ(k) as the authors' LM layers do. Size: 4 layers,
+fwm} or a recurrent FWP (delta_rnn, rdn, delta_lstm); as the authors' LM layers, the delta rule
+sum-normalises φ(q) and φ(k), the sum rule divides by z·φ(q). Size: 4 layers,
 d_model 128, 4 heads × 32, FFN 512, context 128 bytes, batch 32, 2,000 steps of Adam 1e-3 (200
 warm-up steps, cosine to 0, clipping 0.25) — about 20-40 minutes on a 2-core CPU. Expected: valid
 bits per byte falls from 8 to about 2 within the budget (results/language_model.md).

@@ -13,6 +13,11 @@ dropout 0.1; Adam 2.5e-4, 2,000 warm-up steps then cosine to 0, clipping 0.25; a
 and softmax (cutoffs 20000, 40000, 200000, div_val 1, tied); perplexity from the sliding-window
 evaluation (stride 1). Expected (the paper's Table 2): for each φ the delta rule's perplexity
 is below the sum rule's, and softmax attention stays ahead of every linear model.
+
+The recurrent FWPs of Irie et al. 2021 are models here too: <phi>-delta_rnn, <phi>-rdn,
+<phi>-delta_lstm (e.g. small-linear-delta_rnn); as in that paper's script
+(IDSIA/recurrent-fwp, language_modeling/README.md: --pre_lnorm) they use pre-LN blocks.
+Expected (its Table 2, small): Delta RNN, RDN and Delta LSTM below the Delta Net's perplexity.
 """
 
 from configs import common
@@ -42,4 +47,6 @@ def get_config(name: str = "small-linear-delta"):
   c.model.d_ff = 2048
   c.model.dropout = 0.1
   c.model.adaptive_cutoffs = (20000, 40000, 200000)
-  return common.apply_lm_model(c, model)
+  c = common.apply_lm_model(c, model)
+  c.model.pre_norm = c.model.recurrence != "none"     # the RFWP paper's script: --pre_lnorm
+  return c

@@ -116,8 +116,9 @@ def test_wikitext_configs_are_the_papers_settings():
         2.5e-4, 2000, "cosine", 0.25)
     assert (c.model.dropout, c.model.pre_norm, tuple(c.model.adaptive_cutoffs),
             c.sliding_stride) == (0.1, False, (20000, 40000, 200000), 1)
-  rows = {"transformer": ("softmax", "none"), "linear-sum": ("sum", "sum"),
-          "favor16-delta": ("delta", "sum"), "dpfp2-sum": ("sum", "sum")}
+  rows = {"transformer": ("softmax", "none"), "linear-sum": ("sum", "attention"),
+          "favor16-delta": ("delta", "sum"), "dpfp2-sum": ("sum", "attention"),
+          "linear-rdn": ("delta", "sum")}
   for model, (rule, norm) in rows.items():
     c = wikitext103.get_config(f"small-{model}")
     assert (c.model.update_rule, c.model.normalization) == (rule, norm)
