@@ -9,6 +9,7 @@ Relaunching the same command on the same --workdir resumes: finished points are 
 interrupted ones continue from their latest checkpoint.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -155,5 +156,34 @@ def _main(argv) -> list:
   return summaries
 
 
+def _check_override_names(argv: list[str]) -> None:
+  """`--config.FIELD=...` for a FIELD the config does not have fails inside ml_collections with a
+  bare AttributeError; name the field and the valid ones instead, before anything runs."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return
+  path, *config_args = config_arg.split(":", 1)
+  try:
+    spec = importlib.util.spec_from_file_location("_fwp_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*config_args)
+  except Exception:  # noqa: BLE001 - a bad config file or curve is reported by the flag itself
+    return
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for i, key in enumerate(path):
+      if not hasattr(node, "keys") or key not in node:
+        fields = sorted(node.keys()) if hasattr(node, "keys") else []
+        prefix = ".".join(path[:i]) + "." if i else ""
+        sys.exit(f"Error: {arg.split('=')[0]}: the config has no field {prefix}{key}; valid "
+                 f"fields{' of ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}.")
+      node = node[key]
+
+
 if __name__ == "__main__":
+  _check_override_names(sys.argv[1:])
   app.run(main)

@@ -188,3 +188,10 @@ def test_bad_sweeps_fail_before_any_point_trains(tmp_path, args, message):
 def test_sweep_points_are_unique():
   assert sweep.points("num_keys=20,20,40", [1, 1]) == [{"num_keys": 20, "seed": 1},
                                                        {"num_keys": 40, "seed": 1}]
+
+
+def test_an_unknown_config_field_is_named_with_the_valid_ones(tmp_path):
+  result = launch(f"--config={CONFIG}:linear-sum", "--config.model.dd=3", f"--workdir={tmp_path}",
+                  timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "no field model.dd; valid fields of model: chunk_size, d," in result.stderr
