@@ -234,13 +234,15 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   task_module = tasks.get(config.task)
   config_dict = config.to_dict()
   config_path = os.path.join(workdir, "config.json")
+  saved = None
   if os.path.exists(config_path):
-    check_resumable(_read_json(config_path, "the run's config"), config_dict)
+    saved = _read_json(config_path, "the run's config")
+    check_resumable(saved, config_dict)
   summary_path = os.path.join(workdir, "summary.json")
   continuing = False
   if os.path.exists(summary_path):
     summary = _read_json(summary_path, "the finished run's summary")
-    if summary["stop_reason"] != "max_steps" or summary["steps"] >= config.max_steps:
+    if not _continues(summary, saved, config):
       _write_json(config_path, config_dict)   # fields that may change on resume, recorded
       _say(f"Already finished ({summary['stop_reason']} at step {summary['steps']}): {workdir}")
       return summary
@@ -380,6 +382,23 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   _write_json(summary_path, summary)
   _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
+
+
+def _continues(summary: dict, saved: dict | None, config) -> bool:
+  """Whether a finished run goes on under this config: a larger max_steps continues a run that
+  ran out of steps; a larger patience one stopped by patience; a lower stop_loss one stopped by
+  reaching the old stop_loss (it resumes from its last checkpoint and re-checks at each eval)."""
+  if summary["steps"] >= config.max_steps:
+    return False
+  reason = summary["stop_reason"]
+  if reason == "max_steps":
+    return True
+  if reason == "patience":
+    return saved is not None and config.patience > saved.get("patience", config.patience)
+  if reason == "stop_loss":
+    last = summary.get("final_eval_loss")
+    return last is not None and config.stop_loss < last
+  return False
 
 
 def fresh_state(params, rest, tx) -> dict:

@@ -195,3 +195,15 @@ def test_an_unknown_config_field_is_named_with_the_valid_ones(tmp_path):
                   timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert "no field model.dd; valid fields of model: chunk_size, d," in result.stderr
+
+
+def test_a_finished_run_goes_on_when_its_stopping_rule_is_relaxed(tmp_path):
+  """stop_loss and patience are listed as changeable on resume: lowering the one that stopped a
+  run continues it (from its last checkpoint, each eval once); an unchanged rule does not."""
+  workdir = str(tmp_path)
+  first = train.train(_tiny_config(stop_loss=10.0), workdir)          # stops at the first eval
+  assert (first["stop_reason"], first["steps"]) == ("stop_loss", 20)
+  assert train.train(_tiny_config(stop_loss=10.0), workdir)["steps"] == 20
+  again = train.train(_tiny_config(stop_loss=0.0), workdir)
+  assert (again["stop_reason"], again["steps"]) == ("max_steps", 60)
+  assert [m["step"] for m in read_metrics(workdir)] == [20, 40, 60]
