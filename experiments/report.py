@@ -59,11 +59,14 @@ def write_csv(rows, path):
 
 
 def _grouped(rows, setting, field="final_eval_loss"):
-  """{model: {num_keys: [field over seeds]}} for one setting (runs with a final loss)."""
+  """{model: {num_keys: [field over seeds]}} for one setting. A run that never evaluated a
+  finite loss (stopped on NaN before or at its first eval) counts as NaN: it stays in the table,
+  marked ‡, instead of vanishing."""
   out = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
-    if r["setting"] == setting and r["final_eval_loss"] is not None:
-      out[r["model"]][r["num_keys"]].append(r[field])
+    if r["setting"] == setting:
+      value = r[field]
+      out[r["model"]][r["num_keys"]].append(float("nan") if value is None else value)
   return out
 
 

@@ -207,3 +207,14 @@ def test_a_finished_run_goes_on_when_its_stopping_rule_is_relaxed(tmp_path):
   again = train.train(_tiny_config(stop_loss=0.0), workdir)
   assert (again["stop_reason"], again["steps"]) == ("max_steps", 60)
   assert [m["step"] for m in read_metrics(workdir)] == [20, 40, 60]
+
+
+def test_a_run_without_a_finite_eval_stays_in_the_report(tmp_path):
+  rows = [dict(setting=1, model="softmax", num_keys=20, seed=1, final_eval_loss=None, steps=30,
+               wall_seconds=1.0, stop_reason="non_finite"),
+          dict(setting=1, model="linear-sum", num_keys=40, seed=1, final_eval_loss=0.1, steps=90,
+               wall_seconds=1.0, stop_reason="max_steps")]
+  path = tmp_path / "table.md"
+  report.write_markdown(rows, str(path))
+  lines = path.read_text().splitlines()
+  assert "| softmax | nan (1, 30)‡ |  |" in lines and "| linear-sum |  | 0.1 (1, 90)† |" in lines
