@@ -23,9 +23,9 @@ any feature map (the authors' kernel uses softmax; fwp's layers use their config
 
 Every one of these is nonlinear in time (y_{t-1} goes through a softmax, tanh or the gates), so
 its recurrent part is a scan of the single-step function, with a hand-written backward that keeps
-the fast weights once per REMAT_SEGMENT steps and walks back by undoing writes (see "The scan"). With the recurrent weights at zero
-(R = 0 and β^r = 0, or R_q = R_k = R_v = 0 and r_b = 0) the Delta RNN and the RDN are exactly the
-Delta Net (tests/test_rfwp.py proves it).
+the fast weights once per REMAT_SEGMENT steps and walks back by undoing writes (see "The scan").
+With the recurrent parts at zero (R_0 = 0 and v^r = 0, so R stays 0; or R_q = R_k = R_v = 0 and
+r_b = 0) the Delta RNN and the RDN are exactly the Delta Net (tests/test_rfwp.py proves it).
 """
 
 from __future__ import annotations
