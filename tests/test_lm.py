@@ -117,7 +117,7 @@ def test_forms_agree_on_outputs_and_parameter_gradients(name):
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
                                        ("transformer", None), ("additive", None),
                                        ("tanh-fwm", None), ("linear-delta_rnn", "chunked"),
-                                       ("dpfp2-rdn", None), ("linear-delta_lstm", "parallel")])
+                                       ("dpfp2-rdn", None)])   # Delta LSTM: tests/test_rfwp.py
 def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
   """By gradients: ∂ log p_t / ∂ x_s = 0 for every s > t (x: the embedded inputs)."""
   with x64():
