@@ -223,9 +223,7 @@ class FastWeightAttention(nnx.Module):
 
   def _recurrent_part(self, z, rec_in, rec0):
     """The Delta RNN / LSTM recurrence on the Delta Nets' outputs z [B, T, H·memories, V]."""
-    v = self.d_head
-    kr = jax.nn.softmax(rec_in[..., :v], axis=-1)       # the authors' softmax recurrent keys
-    vr, br = rec_in[..., v:2 * v], jax.nn.sigmoid(rec_in[..., 2 * v])
+    kr, vr, br = rfwp.recurrent_writes(rec_in, self.d_head)
     if self.config.recurrence == "delta_rnn":
       return rfwp.delta_rnn(z, kr, vr, br, initial_state=rec0)
     b, t = z.shape[:2]

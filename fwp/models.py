@@ -123,8 +123,7 @@ class RetrievalModel(nnx.Module):
     z, w = ops.delta_rule(phi(queries_of(emb_written), True), phi(k_all, False), v_all,
                           jax.nn.sigmoid(beta_logit), form=config.form,
                           chunk_size=config.chunk_size)                      # z [B, T, G, S]
-    rec, s = gates(proj(parts.rec_proj)), self.num_keys
-    kr, vr, br = jax.nn.softmax(rec[..., :s], -1), rec[..., s:2 * s], jax.nn.sigmoid(rec[..., -1])
+    kr, vr, br = rfwp.recurrent_writes(gates(proj(parts.rec_proj)), self.num_keys)
     z_query = jnp.einsum("bgsk,bqgk->bqgs", w, phi(queries_of(emb_query), True))
     if g == 1:
       _, state = rfwp.delta_rnn(z, kr, vr, br)

@@ -156,6 +156,13 @@ def _outer(a, b):
   return a[..., :, None] * b[..., None, :]
 
 
+def recurrent_writes(projected, v: int):
+  """The Delta RNN / LSTM's recurrent write from one projection [..., 2V + 1]: the key
+  (softmax, as the authors'), the value and β (sigmoid)."""
+  return (jax.nn.softmax(projected[..., :v], axis=-1), projected[..., v:2 * v],
+          jax.nn.sigmoid(projected[..., 2 * v]))
+
+
 # Single steps (streaming / generation): [B, H, ·] inputs, one time step. Each returns (y, state).
 
 def delta_rnn_step(state: DeltaRNNState, z, kr, vr, br, *, write: bool = True):
