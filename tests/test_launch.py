@@ -29,7 +29,8 @@ def read_metrics(workdir):
 def test_launch_learns_a_tiny_instance(tmp_path):
   result = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=10",
                   "--config.learning_rate=3e-3", "--config.max_steps=400",
-                  "--config.eval_every=100", f"--workdir={tmp_path}")
+                  "--config.eval_every=100", "--config.model.chunk_size=auto",
+                  f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["final_eval_loss"] < 0.05, summary
@@ -38,7 +39,8 @@ def test_launch_learns_a_tiny_instance(tmp_path):
   assert set(metrics[0]) == {"step", "train_loss", "eval_loss", "steps_per_second",
                              "wall_seconds"}
   assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
-  assert json.load(open(tmp_path / "config.json"))["model"]["feature_map"] == "elu_plus_one"
+  saved = json.load(open(tmp_path / "config.json"))["model"]
+  assert (saved["feature_map"], saved["chunk_size"]) == ("elu_plus_one", "auto")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -47,6 +49,8 @@ def test_launch_learns_a_tiny_instance(tmp_path):
     ([f"--config={CONFIG}:linear-sum", "--config.model.form=fast"],
      "valid choices: recurrent, parallel, chunked"),
     ([f"--config={CONFIG}:dpfp1-fwm", "--config.model.form=parallel"], "nonlinear in W"),
+    ([f"--config={CONFIG}:linear-delta", "--config.model.chunk_size=-8"],
+     "chunk_size must be a positive integer or 'auto', got '-8'"),
     ([f"--config={CONFIG}:linear-sum", "--sweep=num_keys=20:10:5"], "STOP >= START"),
 ])
 def test_bad_flags_fail_at_parsing(args, message):

@@ -24,7 +24,7 @@ def test_model_forms_agree_with_gradients(curve):
   results = []
   with helpers.x64():
     for form in ("recurrent", "parallel", "chunked"):
-      config, model = _model(curve, form=form, chunk_size=5)
+      config, model = _model(curve, form=form, chunk_size="5")
       graphdef, params, rest = nnx.split(model, nnx.Param, ...)
       params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
 

@@ -12,11 +12,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments import data, distributed
-from fwp import layers, models
+from fwp import layers, models, ops
 
 
 # Attention baselines, by config.model.update_rule: (no fast weights) and their scoring.
 ATTENTION_BASELINES = {"softmax": "dot", "additive": "additive"}
+
+
+def chunk_size(value) -> int | str:
+  """config.model.chunk_size, a string so that `--config.model.chunk_size=auto` parses, as the
+  int or "auto" that fwp.ops takes (older runs saved an int: taken as it is)."""
+  if isinstance(value, str) and value.strip() == ops.AUTO:
+    return ops.AUTO
+  number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+  if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+    return number
+  raise ValueError(f"config.model.chunk_size must be a positive integer or 'auto', got "
+                   f"{value!r}.")
 
 
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
@@ -27,7 +39,7 @@ def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
       feature_map=model_config.feature_map, nu=model_config.nu,
       num_features=model_config.num_features, update_rule=model_config.update_rule,
       normalization=model_config.normalization, form=model_config.form,
-      chunk_size=model_config.chunk_size, recurrence=model_config.recurrence)
+      chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence)
 
 
 MAX_KEYS = 20_000
