@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.update_rule = "sum"            # sum | delta | fwm | softmax | additive
   c.model.normalization = "attention"    # none | attention | sum
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
-  c.model.chunk_size = "64"             # an integer or "auto" (a string, so a flag can say auto)
+  c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every forward pass
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   return c

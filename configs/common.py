@@ -63,9 +63,12 @@ def lm_config() -> ml_collections.ConfigDict:
   # φ(q), φ(k); the sum rule (attn_type 34-36) divides by the attention normaliser z·φ(q).
   c.model.normalization = "sum"
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
-  c.model.chunk_size = "64"             # an integer or "auto" (a string, so a flag can say auto)
+  c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
+  # Under dtype=bfloat16, what the fast weights are summed in: float32 (default) | input (pure
+  # bfloat16; larger errors on long sequences, see results/precision.md)
+  c.model.accumulate = "float32"
   return c
 
 

@@ -37,7 +37,8 @@ RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
 # Fields added after runs already existed, with the value those runs used implicitly: a saved
 # config without one of them resumes when the current value is this one.
 ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
-                "grad_clip": 0.0, "model.recurrence": "none"}
+                "grad_clip": 0.0, "model.recurrence": "none",
+                "model.accumulate": "float32"}
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
 
 

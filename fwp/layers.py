@@ -35,11 +35,17 @@ class FastWeightConfig:
   # Recurrent FWPs (fwp.rfwp): "delta_rnn" and "delta_lstm" add recurrent fast weights on top of
   # Delta Nets (which keep `form`); "rdn" makes the slow net recurrent (always a scan).
   recurrence: str = "none"
+  # What the fast weights are summed in (fwp.ops.ACCUMULATE): "float32" (bfloat16 inputs, float32
+  # state; the default) or "input" (pure bfloat16 under bfloat16 inputs; results/precision.md).
+  accumulate: str = "float32"
 
   def __post_init__(self):
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
-    ops.validate(self.update_rule, self.form, self.chunk_size)
+    ops.validate(self.update_rule, self.form, self.chunk_size, self.accumulate)
+    if self.recurrence != "none" and self.accumulate != "float32":
+      raise ValueError(f"The recurrent FWPs (fwp.rfwp) always accumulate in float32; "
+                       f"accumulate={self.accumulate!r} is for recurrence='none'.")
     if self.recurrence not in RECURRENCES:
       raise ValueError(f"Unknown recurrence {self.recurrence!r}; valid choices: "
                        f"{', '.join(RECURRENCES)}.")
@@ -88,12 +94,14 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
   q, k = feature_pair(q, k, config, projection)
   w0 = None if initial_state is None else initial_state.w
   y, w = ops.apply_rule(config.update_rule, q, k, v, beta if config.uses_beta else None,
-                        form=config.form, chunk_size=config.chunk_size, initial_state=w0)
+                        form=config.form, chunk_size=config.chunk_size, initial_state=w0,
+                        accumulate=config.accumulate)
   z = None
   if config.normalization == "attention":
     z0 = None if initial_state is None else initial_state.z
     den, z = normalization.attention_denominator(q, k, form=_linear_form(config), chunk_size=
-                                                 config.chunk_size, initial_state=z0)
+                                                 config.chunk_size, initial_state=z0,
+                                                 accumulate=config.accumulate)
     y = normalization.attention_normalize(y, den, config.eps)
   return y, FastWeightState(w, z)
 

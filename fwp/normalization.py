@@ -27,11 +27,12 @@ def sum_normalize(phi: jax.Array, eps: float = 0.0) -> jax.Array:
   return phi / (jnp.sum(phi, axis=-1, keepdims=True) + eps)
 
 
-def attention_denominator(q, k, *, form: str, chunk_size: int = 64, initial_state=None):
+def attention_denominator(q, k, *, form: str, chunk_size: int = 64, initial_state=None,
+                          accumulate: str = "float32"):
   """z_t·q_t with z_t = z_0 + Σ_{s≤t} k_s. Returns (den [B, T, H], z_T [B, H, 1, K])."""
   ones = jnp.ones(q.shape[:3] + (1,), q.dtype)
   den, z = ops.sum_rule(q, k, ones, form=form, chunk_size=chunk_size,
-                        initial_state=initial_state)
+                        initial_state=initial_state, accumulate=accumulate)
   return den[..., 0], z
 
 

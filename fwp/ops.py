@@ -38,14 +38,22 @@ import jax.numpy as jnp
 FORMS = ("recurrent", "parallel", "chunked")
 AUTO = "auto"            # form="auto" / chunk_size="auto": chosen per shape, see choose_form
 RULES = ("sum", "delta", "fwm")
+# What the rules compute in (`accumulate=`): "float32" upcasts bfloat16/float16 inputs, so the
+# state W is summed in float32 (float64 inputs stay float64); "input" computes in the inputs'
+# dtype (pure bfloat16: half the memory traffic, and the errors of results/precision.md).
+ACCUMULATE = ("float32", "input")
 FWM_FORMS = ("recurrent",)
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation: plain Python on static shapes, so it runs before anything is traced.
 
-def validate(rule: str, form: str, chunk_size: int) -> None:
-  """ValueError naming the valid choices for an unknown rule, form or a bad chunk size."""
+def validate(rule: str, form: str, chunk_size: int, accumulate: str = "float32") -> None:
+  """ValueError naming the valid choices for an unknown rule, form, accumulation or a bad chunk
+  size."""
+  if accumulate not in ACCUMULATE:
+    raise ValueError(f"Unknown accumulate {accumulate!r}; valid choices: "
+                     f"{', '.join(ACCUMULATE)}.")
   if rule not in RULES:
     raise ValueError(f"Unknown update rule {rule!r}; valid choices: {', '.join(RULES)}.")
   valid = (FWM_FORMS if rule == "fwm" else FORMS) + (AUTO,)
@@ -439,21 +447,21 @@ _BLOCKS = {"sum": _sum_block, "delta": _delta_block}
 
 
 def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64,
-               initial_state=None):
+               initial_state=None, accumulate: str = "float32"):
   """Runs fast-weight rule `rule` in form `form`; see the module docstring for shapes."""
-  validate(rule, form, chunk_size)
+  validate(rule, form, chunk_size, accumulate)
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(q, k, v, beta, initial_state)
   form, chunk_size = choose_form(rule, form, k.shape[1]), choose_chunk_size(chunk_size, k.shape[1])
   if rule == "sum":
     beta = None
-  # One compute dtype for all inputs, at least float32: a bfloat16/float16 memory summed over
-  # thousands of steps loses the small writes, so W accumulates (and is returned) in float32;
-  # the outputs come back in the inputs' dtype.
+  # One compute dtype for all inputs, by default at least float32: a bfloat16 memory summed over
+  # thousands of steps loses the small writes (results/precision.md), so W accumulates (and is
+  # returned) in float32; the outputs come back in the inputs' dtype.
   present = [x for x in (q, k, v, beta, initial_state) if x is not None]
   dtype = jnp.result_type(*present)
-  compute = jnp.promote_types(dtype, jnp.float32)
+  compute = dtype if accumulate == "input" else jnp.promote_types(dtype, jnp.float32)
   q, k, v, beta, w0 = (None if x is None else x.astype(compute)
                        for x in (q, k, v, beta, initial_state))
   if form == "recurrent":
@@ -486,16 +494,18 @@ def _causal_in_non_finite(block, w0, q, k, v, beta, size):
   return y, w
 
 
-def sum_rule(q, k, v, *, form: str, chunk_size: int = 64, initial_state=None):
+def sum_rule(q, k, v, *, form: str, chunk_size: int = 64, initial_state=None,
+             accumulate: str = "float32"):
   """W_t = W_{t-1} + v_t ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
   return apply_rule("sum", q, k, v, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state)
+                    initial_state=initial_state, accumulate=accumulate)
 
 
-def delta_rule(q, k, v, beta, *, form: str, chunk_size: int = 64, initial_state=None):
+def delta_rule(q, k, v, beta, *, form: str, chunk_size: int = 64, initial_state=None,
+               accumulate: str = "float32"):
   """W_t = W_{t-1} + β_t (v_t − W_{t-1} k_t) ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
   return apply_rule("delta", q, k, v, beta, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state)
+                    initial_state=initial_state, accumulate=accumulate)
 
 
 def final_state(rule: str, k, v, beta=None, *, form: str, chunk_size: int = 64,
@@ -565,7 +575,7 @@ def _delta_read_by_queries(q, k, v, beta):
 
 
 def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,
-             initial_state=None):
+             initial_state=None, accumulate: str = "float32"):
   """The delta update followed by W / max(1, ‖W‖_F); recurrent only. Returns (y, W_T)."""
   return apply_rule("fwm", q, k, v, beta, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state)
+                    initial_state=initial_state, accumulate=accumulate)

@@ -81,6 +81,9 @@ CONFIG_CASES = [
     (_lm(**{"model.dtype": "float16"}), "float32 or bfloat16"),
     (_lm(**{"model.adaptive_cutoffs": (5, 3)}), "increasing positive integers"),
     (_lm(corpus="wikitext103", level="word"), "needs config.data_dir"),
+    (_lm(**{"model.accumulate": "half"}), "Unknown accumulate 'half'"),
+    (_lm(**{"model.recurrence": "rdn", "model.accumulate": "input"}),
+     "recurrent FWPs (fwp.rfwp) always accumulate in float32"),
 ]
 
 
@@ -124,6 +127,8 @@ OPS_CASES = [
      dict(form="chunked", chunk_size=0), "chunk_size"),
     ("fwm", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), _x((1, 3, 1, 2)), _x((1, 3, 1)),
      dict(form="chunked"), "nonlinear in W"),
+    ("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), _x((1, 3, 1, 2)), None,
+     dict(accumulate="bfloat16"), "Unknown accumulate 'bfloat16'; valid choices: float32, input"),
 ]
 
 
@@ -151,13 +156,17 @@ def test_bad_ops_input_is_named_before_tracing(rule, q, k, v, beta, kwargs, mess
 
 
 def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
-  """float16/bfloat16 are valid (computed in that dtype); NaN is a value, which no static check
+  """float16/bfloat16 are valid (the state in float32 unless accumulate="input"); NaN is a value, which no static check
   can see: it flows to the output, where the train loop's non-finite check stops the run."""
   for dtype in (jnp.float16, jnp.bfloat16):
     y, w = ops.apply_rule("sum", _x((1, 3, 1, 4), dtype), _x((1, 3, 1, 4), dtype),
                           _x((1, 3, 1, 2), dtype), form="chunked", chunk_size=np.int64(2))
     assert y.dtype == dtype and bool(jnp.all(jnp.isfinite(y)))
     assert w.dtype == jnp.float32          # the memory accumulates in float32
+    y, w = ops.apply_rule("delta", _x((1, 3, 1, 4), dtype), _x((1, 3, 1, 4), dtype),
+                          _x((1, 3, 1, 2), dtype), _x((1, 3, 1), dtype), form="chunked",
+                          chunk_size=2, accumulate="input")
+    assert y.dtype == dtype and w.dtype == dtype   # unless asked to stay in the input dtype
   # Mixed precisions compute in their common type, the state at least float32.
   y, w = ops.apply_rule("delta", _x((1, 3, 1, 4)), _x((1, 3, 1, 4), jnp.float16),
                         _x((1, 3, 1, 2)), _x((1, 3, 1)), form="recurrent",

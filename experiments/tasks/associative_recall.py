@@ -39,7 +39,8 @@ def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
       feature_map=model_config.feature_map, nu=model_config.nu,
       num_features=model_config.num_features, update_rule=model_config.update_rule,
       normalization=model_config.normalization, form=model_config.form,
-      chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence)
+      chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence,
+      accumulate=model_config.get("accumulate", "float32"))
 
 
 MAX_KEYS = 20_000
