@@ -76,6 +76,13 @@ class FastWeightConfig:
                                    num_features=self.num_features)
 
 
+def lookup(embed: nnx.Embed, ids) -> jax.Array:
+  """embed(ids) in the table's current dtype: nnx.Embed fixes its compute dtype when built, so
+  after its parameters are cast (to float64, for the equivalence proofs) it would round the rows
+  back to float32."""
+  return jnp.take(embed.embedding[...], ids, axis=0)
+
+
 class FastWeightState(NamedTuple):
   """The fast weights after the last step: w [B, H, V, d_dot]; z [B, H, 1, d_dot] is the attention
   normaliser's running key sum (None for other normalisations); `rec` is a recurrent FWP's state

@@ -177,7 +177,7 @@ class TransformerLM(nnx.Module):
   def embed_tokens(self, tokens, start=0):
     """√d_model · embed(token) + sinusoid(start + t): the blocks' input [B, T, d_model]."""
     c = self.config
-    x = self.embed(tokens) * math.sqrt(c.d_model)
+    x = layers.lookup(self.embed, tokens) * math.sqrt(c.d_model)
     if c.positional == "sinusoidal":
       x = x + sinusoid(start + jnp.arange(tokens.shape[1]), c.d_model, x.dtype)
     return x

@@ -73,7 +73,7 @@ class RetrievalModel(nnx.Module):
     `projection_key` draws a fresh FAVOR+ projection for this call (the authors' protocol)."""
     v = jax.nn.one_hot(values, self.num_keys, dtype=jnp.float32)            # [B, T, S]
     k = self._input_projection(self.k_proj, keys, values)                    # [B, T, d]
-    q = self.q_proj(self.embed(queries))                                     # [B, Q, d]
+    q = self.q_proj(layers.lookup(self.embed, queries))                                     # [B, Q, d]
     if self.fast_weight is None:
       return _softmax_read(q, k, v, self.score_weight)
     config = self.fast_weight
@@ -103,7 +103,8 @@ class RetrievalModel(nnx.Module):
     phi = layers.feature_function(config, projection)
     proj = lambda linear: self._input_projection(linear, keys, values)
     beta_logit = proj(self.beta_proj)                                        # [B, T, G]
-    emb_written, emb_query = self.embed(keys), self.embed(queries)
+    emb_written = layers.lookup(self.embed, keys)
+    emb_query = layers.lookup(self.embed, queries)
     if config.recurrence == "rdn":
       y, state = rfwp.rdn(self.q_proj(emb_written)[:, :, None], k[:, :, None], v[:, :, None],
                           beta_logit, parts.rdn_weights(), phi=phi)

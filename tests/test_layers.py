@@ -1,10 +1,11 @@
 """Layers: one set of parameters computes one function, whatever the form."""
 
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from flax import nnx
 
 from fwp import layers
@@ -20,31 +21,45 @@ LAYER_CASES = [
 FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 3)]
 
 
-def _outputs_and_grads(config, x):
+def _outputs_and_grads(config):
+  """(float64 parameters, fn(params, x) -> (outputs, parameter gradients of a loss that touches
+  the outputs and the final state))."""
   layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
 
-  def loss(params):
-    out, state = nnx.merge(graphdef, params, rest)(x, return_state=True)
-    return jnp.sum(out ** 2) + jnp.sum(state.w), out
+  def fn(params, x):
+    def loss(params):
+      out, state = nnx.merge(graphdef, params, rest)(x, return_state=True)
+      return jnp.sum(out ** 2) + jnp.sum(state.w), out
 
-  (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
-  return params, out, grads
+    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return out, grads
+
+  return params, fn
 
 
-@pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: f"{c['feature_map']}-{c['update_rule']}")
-def test_layer_forms_agree_float64(case):
-  with helpers.x64():
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, T, D_MODEL)))
-    results = []
-    for form, chunk_size in FORMS:
-      config = layers.FastWeightConfig(form=form, chunk_size=chunk_size, **case)
-      results.append(_outputs_and_grads(config, jax.tree.map(lambda a: a.astype(jnp.float64), x)))
-    params0, out0, grads0 = results[0]
-    for params, out, grads in results[1:]:
-      helpers.assert_rel_close(params, params0, 0.0, "same parameters")
-      helpers.assert_rel_close(out, out0, 1e-10, "outputs")
-      helpers.assert_rel_close(grads, grads0, 1e-10, "parameter gradients")
+class LayerFormsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*LAYER_CASES)
+  def test_layer_forms_agree_float64(self, **case):
+    """One layer's parameters, each form: the same outputs and parameter gradients (float64),
+    traced and untraced."""
+    with helpers.x64():
+      x = jnp.asarray(np.random.default_rng(0).normal(size=(2, T, D_MODEL)))
+      results = []
+      for form, chunk_size in FORMS:
+        config = layers.FastWeightConfig(form=form, chunk_size=chunk_size, **case)
+        params, fn = _outputs_and_grads(config)
+        out, grads = self.variant(fn)(params, x)
+        chex.assert_shape(out, (2, T, D_MODEL))
+        chex.assert_tree_all_finite(grads)
+        results.append((params, out, grads))
+      params0, out0, grads0 = results[0]
+      for params, out, grads in results[1:]:
+        chex.assert_trees_all_equal(params, params0)           # the same parameters
+        chex.assert_trees_all_close((out, grads), (out0, grads0), rtol=1e-10, atol=1e-12)
 
 
 def test_fwm_layer_runs_recurrently_and_streams():

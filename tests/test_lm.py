@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from flax import nnx
 
 from fwp import layers, lm
@@ -34,15 +35,14 @@ MODELS = {
 FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
 
 
-# Every rule in every form, every feature map and normalisation at least once (the full product
-# adds minutes and no new code path: φ and the normaliser act before the rule, per position).
+# Every model kind, every feature map and normalisation at least once, each form at least once
+# (the full product adds minutes and no new code path: φ and the normaliser act before the rule,
+# per position, and the forms agree with each other below and in tests/test_layers.py).
 DECODE_CASES = [("transformer", None, None), ("additive", None, None), ("tanh-fwm", None, None),
-                ("linear-delta", "recurrent", 64), ("linear-delta", "parallel", 64),
                 ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
-                ("linear-sum-attention", "chunked", 3), ("fwp91-sum", "parallel", 64),
-                ("dpfp2-sum", "chunked", 3), ("favor4-delta", "parallel", 64),
-                ("linear-delta_rnn", "chunked", 3), ("dpfp2-rdn", None, None),
-                ("linear-delta_lstm", "chunked", 3)]
+                ("fwp91-sum", "parallel", 64), ("dpfp2-sum", "chunked", 3),
+                ("favor4-delta", "parallel", 64), ("linear-delta_rnn", "chunked", 3),
+                ("dpfp2-rdn", None, None), ("linear-delta_lstm", "chunked", 3)]
 
 
 def build(name, form=None, chunk=64, **overrides):
@@ -73,45 +73,60 @@ def decode(model, toks, state):
   return jnp.stack(out, axis=1), state
 
 
-@pytest.mark.parametrize("name,form,chunk", DECODE_CASES)
-def test_decoding_as_an_rnn_equals_the_parallel_pass(name, form, chunk):
-  with x64():
-    model, toks = build(name, form, chunk), tokens()
-    full = model(toks)
-    chex.assert_shape(full, (2, T, VOCAB))
-    chex.assert_tree_all_finite(full)
-    capacity = dict(cache_capacity=T, dtype=jnp.float64)
-    stepped, _ = decode(model, toks, model.init_state(2, **capacity))
-    chex.assert_trees_all_close(stepped, full, rtol=1e-10, atol=1e-12)
-    # A prompt in two pieces (the layer's form, carrying state), then stepping: the same.
-    state = model.init_state(2, **capacity)
-    first, state = model(toks[:, :3], state=state, return_state=True)
-    second, state = model(toks[:, 3:6], state=state, return_state=True)
-    rest, state = decode(model, toks[:, 6:], state)
-    chex.assert_trees_all_close(jnp.concatenate([first, second, rest], axis=1), full,
-                                rtol=1e-10, atol=1e-12)
-    assert int(state.position) == T
+# The sum rule with its attention normaliser, the delta rule, and an RFWP over each form's Delta
+# Net; each feature map's forms agree in tests/test_layers.py (φ acts per position, before the
+# rule).
+FORMS_CASES = ["linear-sum-attention", "linear-delta", "linear-delta_rnn"]
 
 
-@pytest.mark.parametrize("name", [n for n, f in MODELS.items()
-                                  if f and f.update_rule != "fwm" and f.recurrence == "none"]
-                         + ["linear-delta_rnn"])   # a recurrent FWP over each form's Delta Net
-def test_forms_agree_on_outputs_and_parameter_gradients(name):
-  with x64():
-    toks = tokens(1)
+class LMEquivalenceTest(chex.TestCase):
 
-    def loss_and_grads(form, chunk):
-      model = build(name, form, chunk)
-      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-      loss = lambda p: lm.cross_entropy(nnx.merge(graphdef, p, rest)(toks[:, :-1]), toks[:, 1:])
-      return jax.value_and_grad(loss)(params), nnx.merge(graphdef, params, rest)(toks)
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*DECODE_CASES)
+  def test_decoding_as_an_rnn_equals_the_parallel_pass(self, name, form, chunk):
+    """The parallel pass (traced and untraced) against token-by-token decoding (eager steps)."""
+    with x64():
+      model, toks = build(name, form, chunk), tokens()
+      graphdef, weights = nnx.split(model)
+      full = self.variant(lambda w, t: nnx.merge(graphdef, w)(t))(weights, toks)
+      chex.assert_shape(full, (2, T, VOCAB))
+      chex.assert_tree_all_finite(full)
+      capacity = dict(cache_capacity=T, dtype=jnp.float64)
+      stepped, _ = decode(model, toks, model.init_state(2, **capacity))
+      chex.assert_trees_all_close(stepped, full, rtol=1e-10, atol=1e-12)
+      # A prompt in two pieces (the layer's form, carrying state), then stepping: the same.
+      state = model.init_state(2, **capacity)
+      first, state = model(toks[:, :3], state=state, return_state=True)
+      second, state = model(toks[:, 3:6], state=state, return_state=True)
+      rest, state = decode(model, toks[:, 6:], state)
+      chex.assert_trees_all_close(jnp.concatenate([first, second, rest], axis=1), full,
+                                  rtol=1e-10, atol=1e-12)
+      assert int(state.position) == T
 
-    (loss_r, grads_r), out_r = loss_and_grads("recurrent", 64)
-    for form, chunk in FORMS[1:]:
-      (loss, grads), out = loss_and_grads(form, chunk)
-      chex.assert_trees_all_close(out, out_r, rtol=1e-10, atol=1e-12)
-      chex.assert_trees_all_close(loss, loss_r, rtol=1e-12)
-      assert_rel_close(grads, grads_r, 1e-10, f"{name} {form} gradients")
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*FORMS_CASES)
+  def test_forms_agree_on_outputs_and_parameter_gradients(self, name):
+    with x64():
+      toks = tokens(1)
+
+      def outputs_loss_and_grads(form, chunk):
+        graphdef, params, rest = nnx.split(build(name, form, chunk), nnx.Param, ...)
+
+        def fn(params):
+          loss = lambda p: lm.cross_entropy(nnx.merge(graphdef, p, rest)(toks[:, :-1]),
+                                            toks[:, 1:])
+          return nnx.merge(graphdef, params, rest)(toks), jax.value_and_grad(loss)(params)
+
+        return self.variant(fn)(params)
+
+      out_r, (loss_r, grads_r) = outputs_loss_and_grads("recurrent", 64)
+      for form, chunk in FORMS[1:]:
+        out, (loss, grads) = outputs_loss_and_grads(form, chunk)
+        chex.assert_tree_all_finite(grads)
+        chex.assert_trees_all_close(out, out_r, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(loss, loss_r, rtol=1e-12)
+        # Relative to each leaf's scale: gradient leaves here span orders of magnitude.
+        assert_rel_close(grads, grads_r, 1e-10, f"{name} {form} gradients")
 
 
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),

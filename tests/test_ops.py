@@ -1,11 +1,14 @@
 """Every form of every rule computes the same function as a plain loop, and as each other."""
 
 import functools
+from unittest import mock
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from fwp import ops
 from tests import helpers, reference
@@ -16,6 +19,7 @@ FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 1), ("chunked", 5), ("
          ("chunked", 20)]
 FORM_IDS = [f if f != "chunked" else f"chunked{c}" for f, c in FORMS]
 F64_RTOL = 1e-10
+F64_ATOL = 1e-12    # for entries near zero (values and gradients here are O(1))
 # float32: measured worst errors are ~1e-6 for outputs and states and ~3e-6 for gradients on
 # these shapes; 1e-4 leaves room for other CPUs and accelerators' summation orders.
 F32_RTOL = 1e-4
@@ -27,8 +31,7 @@ def run(rule, form, chunk_size, q, k, v, beta, w0):
   return fn(*args, form=form, chunk_size=chunk_size, initial_state=w0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def loss_and_grads(rule, form, chunk_size, inputs, cotangents):
+def _loss_and_grads(rule, form, chunk_size, inputs, cotangents):
   """A scalar that touches every output and the final state, and its gradient w.r.t. all inputs."""
   cy, cw = cotangents
 
@@ -39,8 +42,11 @@ def loss_and_grads(rule, form, chunk_size, inputs, cotangents):
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(*inputs)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+loss_and_grads = jax.jit(_loss_and_grads, static_argnums=(0, 1, 2))
+
+
 def reference_loss_and_grads(rule, inputs, cotangents):
+  """The plain loop's gradients, eagerly (jit would compile T unrolled steps: slower here)."""
   cy, cw = cotangents
 
   def loss(q, k, v, beta, w0):
@@ -62,33 +68,48 @@ def _reference(rule, t=T):
     return inputs, cotangents, (y, w), grads
 
 
-@pytest.mark.parametrize("rule", ["sum", "delta"])
-@pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
-def test_form_matches_plain_loop_float64(rule, form, chunk_size):
-  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
-  with helpers.x64():
-    y, w = run(rule, form, chunk_size, *inputs)
-    assert y.dtype == jnp.float64
-    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
-    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
-    _, grads = loss_and_grads(rule, form, chunk_size, inputs, cotangents)
-    if rule == "sum":  # beta does not enter the sum rule
-      assert not np.any(np.asarray(grads[3]))
-      grads, grads_ref = grads[:3] + grads[4:], grads_ref[:3] + grads_ref[4:]
-    for name, g, g_ref in zip(["q", "k", "v", "beta", "w0"], grads, grads_ref):
-      helpers.assert_rel_close(g, g_ref, F64_RTOL, f"d/d{name}")
+class FormsEqualPlainLoopTest(chex.TestCase):
+  """Each form against the plain loop in float64: outputs, final state and the gradients w.r.t.
+  every input, traced (jit) and untraced, so the proof does not depend on XLA's rewrites."""
 
+  def _check(self, rule, form, chunk_size):
+    inputs, cotangents, expected, grads_ref = _reference(rule)
+    with helpers.x64():
+      y, w = self.variant(functools.partial(run, rule, form, chunk_size))(*inputs)
+      chex.assert_type([y, w], jnp.float64)
+      chex.assert_shape([y, w], [expected[0].shape, expected[1].shape])
+      chex.assert_trees_all_close((y, w), expected, rtol=F64_RTOL, atol=F64_ATOL)
+      _, grads = self.variant(functools.partial(_loss_and_grads, rule, form, chunk_size))(
+          inputs, cotangents)
+      chex.assert_tree_all_finite(grads)
+      if rule == "sum":   # beta does not enter the sum rule
+        chex.assert_trees_all_equal(grads[3], jnp.zeros_like(grads[3]))
+        grads, grads_ref = grads[:3] + grads[4:], grads_ref[:3] + grads_ref[4:]
+      chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
-def test_fwm_recurrent_matches_plain_loop_float64():
-  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference("fwm")
-  with helpers.x64():
-    y, w = run("fwm", "recurrent", 64, *inputs)
-    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
-    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
-    _, grads = loss_and_grads("fwm", "recurrent", 64, inputs, cotangents)
-    helpers.assert_rel_close(grads, grads_ref, F64_RTOL, "grads")
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(rule=("sum", "delta"), form_chunk=FORMS)
+  def test_form_matches_plain_loop_float64(self, rule, form_chunk):
+    self._check(rule, *form_chunk)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_fwm_recurrent_matches_plain_loop_float64(self):
+    self._check("fwm", "recurrent", 64)
     # The normalisation really acts on these inputs (so the test covers it).
+    w_ref = _reference("fwm")[2][1]
     assert float(jnp.max(jnp.sqrt(jnp.sum(w_ref ** 2, axis=(-2, -1))))) == pytest.approx(1.0)
+
+  @chex.variants(with_jit=True)   # auto only dispatches to the forms proved above, both ways
+  @parameterized.product(rule=("sum", "delta", "fwm"), parallel_max_t=(T, 4))
+  def test_auto_form_and_chunk_size_match_plain_loop(self, rule, parallel_max_t):
+    """auto picks parallel (T ≤ PARALLEL_MAX_T) or chunks of AUTO_CHUNK (here 5, 3 at the end)."""
+    with mock.patch.object(ops, "PARALLEL_MAX_T", parallel_max_t), \
+         mock.patch.object(ops, "AUTO_CHUNK", 5):
+      expected = {"fwm": "recurrent", "delta": "chunked",
+                  "sum": "parallel" if parallel_max_t == T else "chunked"}[rule]
+      assert ops.choose_form(rule, "auto", T) == expected
+      assert ops.choose_chunk_size("auto", T) == 5 and ops.choose_chunk_size("auto", 3) == 3
+      self._check(rule, "auto", "auto")
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
@@ -100,12 +121,12 @@ def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
   inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule, 13)
   with helpers.x64():
     y, w = run(rule, "recurrent", 64, *inputs)
-    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
-    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
+    chex.assert_trees_all_close(y, y_ref, rtol=F64_RTOL, atol=F64_ATOL)
+    chex.assert_trees_all_close(w, w_ref, rtol=F64_RTOL, atol=F64_ATOL)
     _, grads = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
     keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
-    helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F64_RTOL,
-                             "grads")
+    chex.assert_trees_all_close([grads[i] for i in keep], [grads_ref[i] for i in keep],
+                                rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
@@ -129,26 +150,6 @@ def test_recurrent_backward_float32_long_sequence(rule):
   keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
   helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F32_RTOL,
                            "float32 grads")
-
-
-@pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
-@pytest.mark.parametrize("parallel_max_t", [T, 4])   # auto -> parallel, auto -> chunks of 3
-def test_auto_form_and_chunk_size_match_plain_loop(rule, parallel_max_t, monkeypatch):
-  monkeypatch.setattr(ops, "PARALLEL_MAX_T", parallel_max_t)
-  monkeypatch.setattr(ops, "AUTO_CHUNK", 5)
-  expected = {"fwm": "recurrent", "delta": "chunked",
-              "sum": "parallel" if parallel_max_t == T else "chunked"}[rule]
-  assert ops.choose_form(rule, "auto", T) == expected
-  assert ops.choose_chunk_size("auto", T) == 5 and ops.choose_chunk_size("auto", 3) == 3
-  inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule)
-  with helpers.x64():
-    y, w = run(rule, "auto", "auto", *inputs)
-    helpers.assert_rel_close(y, y_ref, F64_RTOL, "y")
-    helpers.assert_rel_close(w, w_ref, F64_RTOL, "final state")
-    _, grads = loss_and_grads(rule, "auto", "auto", inputs, cotangents)
-    keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
-    helpers.assert_rel_close([grads[i] for i in keep], [grads_ref[i] for i in keep], F64_RTOL,
-                             "grads")
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta"])
@@ -177,7 +178,8 @@ def test_carried_state_equals_one_pass(rule):
     split = 7
     y1, w1 = run(rule, form, 5, q[:, :split], k[:, :split], v[:, :split], beta[:, :split], w0)
     y2, w2 = run(rule, form, 5, q[:, split:], k[:, split:], v[:, split:], beta[:, split:], w1)
-    helpers.assert_rel_close((jnp.concatenate([y1, y2], axis=1), w2), full, F64_RTOL)
+    chex.assert_trees_all_close((jnp.concatenate([y1, y2], axis=1), w2), full,
+                                rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
@@ -191,7 +193,8 @@ def test_single_step_streams_the_recurrence(rule):
     for t in range(q.shape[1]):
       y, w = step(w, q[:, t], k[:, t], v[:, t], beta[:, t])
       ys.append(y)
-    helpers.assert_rel_close((jnp.stack(ys, axis=1), w), (y_full, w_full), F64_RTOL)
+    chex.assert_trees_all_close((jnp.stack(ys, axis=1), w), (y_full, w_full),
+                                rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("form,chunk_size", FORMS, ids=FORM_IDS)
@@ -227,7 +230,8 @@ def test_unnormalised_sum_rule_is_masked_linear_attention(form, chunk_size):
   with helpers.x64():
     q, k, v, _, _ = helpers.random_inputs(10, t=T)
     y, _ = ops.sum_rule(q, k, v, form=form, chunk_size=chunk_size)
-    helpers.assert_rel_close(y, reference.masked_linear_attention(q, k, v), F64_RTOL)
+    chex.assert_trees_all_close(y, reference.masked_linear_attention(q, k, v),
+                                rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
@@ -314,7 +318,7 @@ def test_final_state_alone_matches_full_run(rule):
     _, w_ref = reference.rule(rule, q, k, v, None if rule == "sum" else beta, w0)
     for form, chunk_size in forms:
       w = ops.final_state(rule, k, v, beta, form=form, chunk_size=chunk_size, initial_state=w0)
-      helpers.assert_rel_close(w, w_ref, F64_RTOL, f"{rule}/{form}{chunk_size}")
+      chex.assert_trees_all_close(w, w_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
@@ -336,11 +340,11 @@ def test_read_final_is_final_state_times_queries(rule, num_queries):
     grads_ref = None
     for form, chunk_size in forms:
       y = read(form, chunk_size, k, v, beta)
-      helpers.assert_rel_close(y, expected, F64_RTOL, f"{rule}/{form}{chunk_size}")
+      chex.assert_trees_all_close(y, expected, rtol=F64_RTOL, atol=F64_ATOL)
       grads = jax.grad(lambda *a: jnp.sum(read(form, chunk_size, *a) ** 2),
                        argnums=(0, 1, 2))(k, v, beta)
       grads_ref = grads if grads_ref is None else grads_ref
-      helpers.assert_rel_close(grads, grads_ref, F64_RTOL, f"grads {rule}/{form}{chunk_size}")
+      chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
@@ -349,4 +353,5 @@ def test_unit_lower_inverse(n):
   with helpers.x64():
     rng = np.random.default_rng(n)
     a = np.eye(n) + np.tril(rng.normal(size=(3, n, n)), -1)
-    helpers.assert_rel_close(ops.unit_lower_inverse(jnp.asarray(a)), np.linalg.inv(a), F64_RTOL)
+    chex.assert_trees_all_close(ops.unit_lower_inverse(jnp.asarray(a)), np.linalg.inv(a),
+                                rtol=F64_RTOL, atol=F64_ATOL)
