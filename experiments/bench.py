@@ -2,6 +2,14 @@
 
   python -m experiments.bench --out=results/bench.json --markdown=results/bench.md  # default grid
   python -m experiments.bench --lengths=256 --chunk_sizes=64 --steps=linear-sum:100 --repeats=2
+  python -m experiments.bench --rules= --steps=linear-sum:100,dpfp1-delta:100 \
+      --authors_code=/tmp/fwt/synthetic --authors_python=/tmp/torchenv/bin/python
+
+With --authors_code (a checkout of ischlag/fast-weight-transformers' synthetic/ directory), each
+training step that the authors' code has is also timed in their PyTorch code, right after fwp's,
+in a subprocess of --authors_python (experiments/authors_synthetic.py says how to get torch; it
+is not a requirement), and the table gets their time and the speed-up: two timings from one run
+on one machine.
 
 Times are medians over `repeats` calls after a warm-up call (compilation excluded), on inputs
 drawn at random (not zeros). FLOPs count the recurrence's own work, 6·B·H·T·d_key·d_value forward
@@ -17,6 +25,8 @@ import faulthandler
 import json
 import os
 import signal
+import subprocess
+import sys
 
 from absl import app, flags
 from flax import nnx
@@ -36,6 +46,11 @@ _STEPS = flags.DEFINE_list("steps", ["linear-sum:100", "dpfp1-sum:200", "linear-
                                      "softmax:200", "dpfp1-delta:100", "dpfp1-delta:200"],
                            "Training steps to time, as curve:S or curve:S:form.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per case (median reported).")
+_AUTHORS_CODE = flags.DEFINE_string("authors_code", None, "The authors' synthetic/ directory "
+                                    "(ischlag/fast-weight-transformers): time their training "
+                                    "step beside fwp's.")
+_AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable, "A Python with torch, to "
+                                      "run the authors' code.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
 
@@ -49,7 +64,49 @@ def time_train_step(curve, num_keys, repeats, form=None):
   seconds = timing.train_step_seconds(model, config, tasks.associative_recall.make(config), None,
                                       repeats)
   return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
-              setting=config.setting, batch=config.batch_size, ms=seconds * 1e3)
+              setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)
+
+
+AUTHORS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authors_synthetic.py")
+AUTHORS_PHI = {"elu_plus_one": "linear", "tanh": "tanh", "dpfp": "dpfp", "favor_plus": "favor"}
+AUTHORS_RULE = {"sum": "sum", "delta": "ours", "fwm": "fwm"}
+
+
+def authors_case(config) -> str | None:
+  """The authors' attention:arg:update_rule:S:replace for a curve, or None where their code has
+  no such model (the 1991 FWP's identity φ, additive attention, recurrent FWPs)."""
+  m = config.model
+  replace = int(config.setting == 2)
+  if m.update_rule == "softmax":
+    return f"softmax:0:sum:{config.num_keys}:{replace}"
+  if (m.feature_map not in AUTHORS_PHI or m.update_rule not in AUTHORS_RULE
+      or m.recurrence != "none"):
+    return None
+  arg = {"dpfp": m.nu, "favor_plus": m.num_features}.get(m.feature_map, 0)
+  return (f"{AUTHORS_PHI[m.feature_map]}:{arg}:{AUTHORS_RULE[m.update_rule]}:{config.num_keys}:"
+          f"{replace}")
+
+
+def check_authors_code() -> None:
+  """Before anything is timed: the directory is theirs and the Python has torch."""
+  code = _AUTHORS_CODE.value
+  if not os.path.isfile(os.path.join(code, "linearAttention.py")):
+    raise app.UsageError(f"--authors_code={code!r} is not the synthetic/ directory of "
+                         f"ischlag/fast-weight-transformers (no linearAttention.py there).")
+  probe = subprocess.run([_AUTHORS_PYTHON.value, "-c", "import torch"], capture_output=True)
+  if probe.returncode != 0:
+    raise app.UsageError(f"--authors_python={_AUTHORS_PYTHON.value!r} cannot import torch; "
+                         f"install it there (see experiments/authors_synthetic.py).")
+
+
+def time_authors_step(case: str, repeats: int) -> dict:
+  result = subprocess.run([_AUTHORS_PYTHON.value, AUTHORS_SCRIPT, f"--code={_AUTHORS_CODE.value}",
+                           f"--case={case}", f"--repeats={max(repeats, 3)}"],
+                          capture_output=True, text=True, timeout=3600)
+  lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+  if result.returncode != 0 or not lines:
+    raise RuntimeError(f"The authors' code failed on {case}: {result.stderr[-2000:]}")
+  return json.loads(lines[-1])
 
 
 def markdown(machine, rows, shape) -> str:
@@ -65,7 +122,20 @@ def markdown(machine, rows, shape) -> str:
                    f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gflops']:.1f} | "
                    f"{100 * r['fwd_bwd_fraction_of_matmul']:.1f}% | {r['fwd_bwd_peak_mb']:.1f} |")
   steps = [r for r in rows if r["kind"] == "train_step"]
-  if steps:
+  if steps and any("authors_ms" in r for r in steps):
+    torch = next(r["authors_torch"] for r in steps if "authors_ms" in r)
+    lines += ["", f"Training steps (the paper's retrieval model, forward + backward + Adam), fwp "
+              f"and the authors' PyTorch code (torch {torch}, ischlag/fast-weight-transformers "
+              f"synthetic/; their timer excludes drawing the batch, fwp's step includes it), "
+              f"timed one after the other in this run:", "",
+              "| curve | setting | S | batch | fwp form | fwp ms/step | authors' ms/step | "
+              "speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for r in steps:
+      theirs = (f"{r['authors_ms']:.1f} | {r['authors_ms'] / r['ms']:.1f}×"
+                if "authors_ms" in r else "– | –")
+      lines.append(f"| {r['curve']} | {r['setting']} | {r['num_keys']} | {r['batch']} | "
+                   f"{r['form']} | {r['ms']:.1f} | {theirs} |")
+  elif steps:
     lines += ["", "Training steps (the paper's retrieval model, batch 32, forward + backward + "
               "Adam):", "", "| curve | setting | S | form | ms/step |", "|---|---|---|---|---|"]
     lines += [f"| {r['curve']} | {r['setting']} | {r['num_keys']} | {r['form']} | "
@@ -76,6 +146,8 @@ def markdown(machine, rows, shape) -> str:
 def main(argv):
   del argv
   faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints every thread's stack
+  if _AUTHORS_CODE.value:
+    check_authors_code()
   shape = [int(x) for x in _SHAPE.value]
   machine = timing.machine(repeats=_REPEATS.value)
   peak = machine["matmul_gflops"]
@@ -102,9 +174,17 @@ def main(argv):
   for spec in _STEPS.value:
     curve, num_keys, *form = spec.split(":")
     row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
+    theirs = ""
+    case = authors_case(row.pop("config")) if _AUTHORS_CODE.value else None
+    if case:
+      authors = time_authors_step(case, _REPEATS.value)
+      row.update(authors_case=case, authors_ms=authors["ms"], authors_torch=authors["torch"],
+                 authors_threads=authors["threads"])
+      theirs = f"  authors {authors['ms']:.1f} ms ({authors['ms'] / row['ms']:.1f}×)"
+    row.pop("config", None)
     rows.append(row)
     _write(machine, rows, shape)
-    print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}", flush=True)
+    print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}{theirs}", flush=True)
   for path in (_OUT.value, _MARKDOWN.value):
     if path:
       print(f"wrote {path}")

@@ -61,3 +61,15 @@ def test_bench_lm_smoke(tmp_path):
   assert decode[("linear-delta", 8)] == decode[("linear-delta", 32)]      # a fixed-size memory
   assert decode[("transformer", 32)] > decode[("transformer", 8)]         # a growing cache
   assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_bench_names_a_wrong_authors_checkout_before_timing(tmp_path):
+  """--authors_code must be the authors' synthetic/ directory; the check runs before any timing
+  (their code needs torch, which is not a requirement, so CI checks only this path)."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--rules=", "--steps=linear-sum:6",
+       f"--authors_code={tmp_path}", f"--out={tmp_path / 'b.json'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "is not the synthetic/ directory of ischlag/fast-weight-transformers" in result.stderr
+  assert not (tmp_path / "b.json").exists()
