@@ -334,15 +334,15 @@ def test_read_final_is_final_state_times_queries(rule, num_queries):
     _, w_ref = reference.rule(rule, k, k, v, None if rule == "sum" else beta)
     expected = jnp.einsum("bhvk,bqhk->bqhv", w_ref, queries)
 
-    def read(form, chunk_size, k, v, beta):
+    def read(form, chunk_size, queries, k, v, beta):
       return ops.read_final(rule, queries, k, v, beta, form=form, chunk_size=chunk_size)
 
     grads_ref = None
-    for form, chunk_size in forms:
-      y = read(form, chunk_size, k, v, beta)
+    for form, chunk_size in forms:   # the recurrent read's hand-written backward against the rest
+      y = read(form, chunk_size, queries, k, v, beta)
       chex.assert_trees_all_close(y, expected, rtol=F64_RTOL, atol=F64_ATOL)
       grads = jax.grad(lambda *a: jnp.sum(read(form, chunk_size, *a) ** 2),
-                       argnums=(0, 1, 2))(k, v, beta)
+                       argnums=(0, 1, 2, 3))(queries, k, v, beta)
       grads_ref = grads if grads_ref is None else grads_ref
       chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
