@@ -15,7 +15,8 @@ A case is attention:arg:update_rule:S:replace, with the authors' names (attentio
 favor, dpfp or softmax; update_rule sum, fwm or ours = the delta rule; replace 1 = setting 2,
 sequences of 2S). The timed region is exactly their `train()`'s (main.py): forward, loss,
 backward and the Adam step, on a batch drawn before the timer starts; the median of --repeats
-steps after --warmup steps is printed as one JSON line.
+steps (more when they would take under --min_seconds) after --warmup steps is printed as one
+JSON line.
 """
 
 import argparse
@@ -34,6 +35,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--min_seconds", type=float, default=1.0,
+                      help="more timed steps when --repeats would take less than this")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
   args = parser.parse_args()
   if not os.path.isfile(os.path.join(args.code, "linearAttention.py")):
@@ -66,8 +69,8 @@ def main():
     if rule == "fwm" and attention == "tanh":                # as their run()
       batch_size, lr = 128, 1e-4
     optimizer = torch.optim.Adam(params=model.parameters(), lr=lr)
-    times = []
-    for step in range(args.warmup + args.repeats):
+
+    def train_step():          # the region their train() times
       x, q, y = data.get_batch(batch_size, "cpu")
       start = time.perf_counter()
       y_hat = model(x, q)
@@ -77,8 +80,12 @@ def main():
       optimizer.zero_grad()
       loss.backward()
       optimizer.step()
-      if step >= args.warmup:
-        times.append(time.perf_counter() - start)
+      return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+      once = train_step()
+    repeats = max(args.repeats, min(1000, int(args.min_seconds / max(once, 1e-6))))
+    times = [train_step() for _ in range(repeats)]
     print(json.dumps(dict(case=case, batch=batch_size, ms=1e3 * statistics.median(times),
                           torch=torch.__version__, threads=torch.get_num_threads())), flush=True)
 

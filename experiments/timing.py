@@ -18,8 +18,16 @@ from experiments import train
 from fwp import ops
 
 
-def median_seconds(fn, *args, repeats):
+def median_seconds(fn, *args, repeats, min_seconds: float = 0.0):
+  """Median of `repeats` timed calls after a warm-up call; with `min_seconds`, more calls (up to
+  1000) when the warm-up says `repeats` would take less (a 1 ms step's median over 5 calls moved
+  by 2× between runs)."""
   jax.block_until_ready(fn(*args))                     # warm-up: compile and first run
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  once = time.perf_counter() - start
+  if min_seconds:
+    repeats = max(repeats, min(1000, int(min_seconds / max(once, 1e-6))))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -42,7 +50,7 @@ def train_step_seconds(model, config, task, batch, repeats: int) -> float:
     step[0] += 1
     return carry[2]
 
-  return median_seconds(one_step, repeats=repeats)
+  return median_seconds(one_step, repeats=repeats, min_seconds=1.0)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,
