@@ -6,6 +6,7 @@ caller owns the randomness). `output_dim` says d_dot for a name without computin
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -36,8 +37,40 @@ def dpfp(x: jax.Array, nu: int = 1) -> jax.Array:
   """
   if not isinstance(nu, int) or nu < 1:
     raise ValueError(f"dpfp needs an integer nu >= 1, got nu={nu!r}.")
+  return _dpfp(x, nu)
+
+
+def _dpfp_forward(x, nu):
   r = jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1)
-  return jnp.concatenate([r * jnp.roll(r, j, axis=-1) for j in range(1, nu + 1)], axis=-1)
+  return jnp.concatenate([r * jnp.roll(r, j, axis=-1) for j in range(1, nu + 1)], axis=-1), r
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _dpfp(x, nu):
+  """DPFP with its backward written out: XLA:CPU fused autodiff's backward of the rolled
+  concatenations with the gathers that produce x in the retrieval model, and a DPFP-1 backward
+  there took 10 ms for [32, 400, 64] against 2 ms written out (ν ≥ 2: no difference)."""
+  return _dpfp_forward(x, nu)[0]
+
+
+def _dpfp_fwd(x, nu):
+  phi, r = _dpfp_forward(x, nu)
+  return phi, (x, r)
+
+
+def _dpfp_bwd(nu, residuals, dphi):
+  x, r = residuals
+  n = r.shape[-1]
+  dr = jnp.zeros_like(r)
+  for j in range(1, nu + 1):   # φ_j = r ⊙ roll(r, j)
+    dj = dphi[..., (j - 1) * n:j * n]
+    dr = dr + dj * jnp.roll(r, j, axis=-1) + jnp.roll(dj * r, -j, axis=-1)
+  d = x.shape[-1]
+  zero = jnp.zeros((), dr.dtype)
+  return (jnp.where(x > 0, dr[..., :d], zero) - jnp.where(x < 0, dr[..., d:], zero),)
+
+
+_dpfp.defvjp(_dpfp_fwd, _dpfp_bwd)
 
 
 def orthogonal_projection(key: jax.Array, num_features: int, dim: int,
