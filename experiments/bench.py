@@ -111,11 +111,12 @@ def time_authors_step(case: str, repeats: int) -> dict:
 
 def markdown(machine, rows, shape) -> str:
   b, h, dk, dv = shape
-  lines = [timing.machine_line(machine), "",
-           f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
-           f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled estimate.",
-           "", "| rule | form | T | chunk | fwd ms | fwd+bwd ms | GFLOP/s | % of matmul | "
-           "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+  lines = [timing.machine_line(machine)]
+  if any(r["kind"] == "op" for r in rows):
+    lines += ["", f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
+              f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled "
+              f"estimate.", "", "| rule | form | T | chunk | fwd ms | fwd+bwd ms | GFLOP/s | "
+              "% of matmul | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "op":
       lines.append(f"| {r['rule']} | {r['form']} | {r['T']} | {r['chunk_size'] or '-'} | "
