@@ -26,12 +26,31 @@ def sequences(rng, batch_size: int, num_keys: int, setting: int, length: int):
   """keys, values [B, length] int32."""
   key_rng, value_rng = jax.random.split(rng)
   if setting == 1:
-    order = jnp.argsort(jax.random.uniform(key_rng, (batch_size, num_keys)), axis=-1)
+    order = argsort_rows(jax.random.uniform(key_rng, (batch_size, num_keys)))
     keys = order[:, :length].astype(jnp.int32)
   else:
     keys = jax.random.randint(key_rng, (batch_size, length), 0, num_keys, jnp.int32)
   values = jax.random.randint(value_rng, (batch_size, length), 0, num_keys, jnp.int32)
   return keys, values
+
+
+PAIRWISE_MAX = 400   # rows up to this long are ranked by comparisons, longer ones sorted
+
+
+def argsort_rows(u):
+  """jnp.argsort(u, axis=-1) for u [B, n], exactly (a stable sort: ties by index). XLA:CPU's sort
+  took 0.26 ms for [32, 100] and 0.59 ms for [32, 200], a quarter of a small training step; up
+  to PAIRWISE_MAX each element's rank is counted in one [B, n, n] comparison and the order
+  scattered from it, 2.5-3× faster (beyond, the n² comparisons cost more than the sort)."""
+  n = u.shape[-1]
+  if n > PAIRWISE_MAX:
+    return jnp.argsort(u, axis=-1)
+  i = jnp.arange(n)
+  earlier = (u[:, None, :] < u[:, :, None]) | ((u[:, None, :] == u[:, :, None])
+                                               & (i[None, :] < i[:, None]))   # j sorts before i
+  rank = jnp.sum(earlier, axis=-1, dtype=jnp.int32)                          # [B, n]
+  rows = jnp.arange(u.shape[0])[:, None]
+  return jnp.zeros(u.shape, jnp.int32).at[rows, rank].set(i.astype(jnp.int32))
 
 
 def lookup(keys, values, queries):

@@ -1,6 +1,9 @@
 """The task's data: properties of both settings, and purity in (seed, step)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import data
 
@@ -52,3 +55,13 @@ def test_eval_queries_every_unique_key_up_to_the_cap():
   assert full["keys"].shape == (20, 16)
   capped = data.eval_batch(0, 1, num_keys=300, setting=1, num_sequences=2)
   assert capped["queries"].shape == (2, 200) and bool(np.all(capped["mask"]))
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, data.PAIRWISE_MAX, data.PAIRWISE_MAX + 1])
+def test_argsort_rows_is_a_stable_argsort(n):
+  """The setting-1 permutations are exactly jnp.argsort's (so the data stream did not change
+  when the faster ranking replaced it), ties included."""
+  u = jax.random.uniform(jax.random.key(n), (5, n))
+  u = u.at[:, n // 2].set(u[:, 0]).at[1].set(0.5)         # ties: a pair in each row, a whole row
+  np.testing.assert_array_equal(data.argsort_rows(u), jnp.argsort(u, axis=-1, stable=True))
+  assert data.argsort_rows(u).dtype == jnp.int32
