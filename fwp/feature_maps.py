@@ -61,10 +61,11 @@ def _dpfp_fwd(x, nu):
 def _dpfp_bwd(nu, residuals, dphi):
   x, r = residuals
   n = r.shape[-1]
-  dr = jnp.zeros_like(r)
+  dr = None
   for j in range(1, nu + 1):   # φ_j = r ⊙ roll(r, j)
     dj = dphi[..., (j - 1) * n:j * n]
-    dr = dr + dj * jnp.roll(r, j, axis=-1) + jnp.roll(dj * r, -j, axis=-1)
+    term = dj * jnp.roll(r, j, axis=-1) + jnp.roll(dj * r, -j, axis=-1)
+    dr = term if dr is None else dr + term
   d = x.shape[-1]
   zero = jnp.zeros((), dr.dtype)
   return (jnp.where(x > 0, dr[..., :d], zero) - jnp.where(x < 0, dr[..., d:], zero),)

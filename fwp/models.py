@@ -75,7 +75,7 @@ class RetrievalModel(nnx.Module):
     k = self._input_projection(self.k_proj, keys, values)                    # [B, T, d]
     q = self.q_proj(layers.lookup(self.embed, queries))                                     # [B, Q, d]
     if self.fast_weight is None:
-      return _softmax_read(q, k, v, self.score_weight)
+      return _softmax_read(q, k, values, self.num_keys, self.score_weight)
     config = self.fast_weight
     projection = layers.call_projection(self.projection, projection_key, config, self.d, k.dtype)
     if self.recurrent is not None:
@@ -84,8 +84,13 @@ class RetrievalModel(nnx.Module):
     beta = (jax.nn.sigmoid(self._input_projection(self.beta_proj, keys, values))  # [B, T, 1]
             if self.beta_proj is not None else None)
     one_head = lambda a: a[:, :, None]
-    y = ops.read_final(config.update_rule, one_head(phi_q), one_head(phi_k), one_head(v), beta,
-                       form=config.form, chunk_size=config.chunk_size)[:, :, 0]  # [B, Q, S]
+    c = ops.read_coefficients(config.update_rule, one_head(phi_q), one_head(phi_k), beta,
+                              form=config.form, d_value=self.num_keys)         # [B, Q, 1, T]
+    if c is not None:   # y = Σ_t c_t onehot(value_t): scattered, never a [B, T, S] array
+      y = scatter_by_value(c[:, :, 0], values, self.num_keys)
+    else:
+      y = ops.read_final(config.update_rule, one_head(phi_q), one_head(phi_k), one_head(v),
+                         beta, form=config.form, chunk_size=config.chunk_size)[:, :, 0]
     if config.normalization == "attention":
       z = jnp.sum(phi_k, axis=1)                                             # Σ_t φ(k_t)
       y = y / (jnp.einsum("bk,bqk->bq", z, phi_q)[..., None] + config.eps)
@@ -163,15 +168,25 @@ class RecurrentParts(nnx.Module):
     return rfwp.RDNWeights(*(p[...] for p in self.rdn))
 
 
-def _softmax_read(q, k, v, score_weight=None):
+def scatter_by_value(c, values, num_values: int):
+  """y [B, Q, S] with y[b, q] = Σ_t c[b, q, t] e_{values[b, t]}: c [B, Q, T] times one-hot
+  values [B, T] → [B, T, S], without the one-hot (32 × 600 × 600 floats at S = 600)."""
+  b, q, t = c.shape
+  rows = jnp.arange(b)[:, None, None]
+  cols = jnp.arange(q)[None, :, None]
+  return jnp.zeros((b, q, num_values), c.dtype).at[rows, cols, values[:, None, :]].add(c)
+
+
+def _softmax_read(q, k, values, num_values, score_weight=None):
   """Each query attends over the whole written sequence (it comes after it): scores q·k/√d, or
-  wᵀ tanh(q + k) (additive attention) with `score_weight` w [d]."""
+  wᵀ tanh(q + k) (additive attention) with `score_weight` w [d]; the one-hot values are
+  scattered by id."""
   if score_weight is None:
     scores = jnp.einsum("bqd,btd->bqt", q, k) / math.sqrt(q.shape[-1])
   else:
     scores = jnp.einsum("bqtd,d->bqt", jnp.tanh(q[:, :, None] + k[:, None]),
                         score_weight[...].astype(q.dtype))
-  return jnp.einsum("bqt,bts->bqs", jax.nn.softmax(scores, axis=-1), v)
+  return scatter_by_value(jax.nn.softmax(scores, axis=-1), values, num_values)
 
 
 def _uniform_symmetric(scale):

@@ -527,7 +527,7 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   The parallel form never forms W: y = (q Kᵀ) U with U = V for the sum rule and the delta
   rule's solved writes, which is cheapest when Q·d_dot is small against d_value·d_dot. The
   delta rule's recurrent form with fewer queries than value dimensions carries the queries back
-  in time (`_delta_read_by_queries`) and never forms W either. The other cases build W_T with
+  in time and never forms W either (both: `read_coefficients`). The other cases build W_T with
   `final_state` and read it. `form="auto"` takes the cheapest of these for the shapes.
   """
   if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
@@ -537,34 +537,46 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(None, k, v, beta if rule != "sum" else None, None)
-  few_queries = rule == "delta" and q.shape[1] < v.shape[-1]
-  if form == AUTO:
-    form = "parallel" if rule == "sum" else (
-        "recurrent" if few_queries else choose_form(rule, form, k.shape[1]))
-  if form == "recurrent" and few_queries:
-    return _delta_read_by_queries(q, k, v, beta)
-  if form != "parallel":
-    w = final_state(rule, k, v, beta, form=form, chunk_size=chunk_size)
-    return jnp.einsum("bhvk,bqhk->bqhv", w, q)
+  c = read_coefficients(rule, q, k, beta, form=form, d_value=v.shape[-1])
+  if c is not None:
+    return jnp.einsum("bqht,bthv->bqhv", c, v)
+  w = final_state(rule, k, v, beta, form=_read_form(rule, form, q.shape[1], v.shape[-1],
+                                                    k.shape[1]), chunk_size=chunk_size)
+  return jnp.einsum("bhvk,bqhk->bqhv", w, q)
+
+
+def _read_form(rule: str, form: str, num_queries: int, d_value: int, t: int) -> str:
+  if form != AUTO:
+    return form
+  if rule == "sum":
+    return "parallel"
+  return "recurrent" if rule == "delta" and num_queries < d_value else choose_form(rule, form, t)
+
+
+def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
+  """c [B, Q, H, T] with read_final(rule, q, k, v, beta, form=form) = Σ_t c[..., t] v_t, for the
+  reads that never form W (so never touch v): the parallel reads, c = q Kᵀ for the sum rule and
+  (q Kᵀ)(I + tril(diag(β)KKᵀ, −1))⁻¹ diag(β) for the delta rule, and the delta rule's recurrent
+  read with fewer queries than d_value, c_t = β_t (k_t · q_t) along the queries carried back in
+  time (q_{t−1} = q_t − c_t k_t, from q_T = q; W_0 = 0). None for the reads that build W_T.
+
+  With values that are indices (one-hot v_t = e_{id_t}), y is c scattered by id: no [B, T, V]
+  array at all (the retrieval model's read)."""
+  form = _read_form(rule, form, q.shape[1], d_value, k.shape[1])
+  if form == "recurrent" and rule == "delta" and q.shape[1] < d_value:
+    time_major = lambda x: jnp.moveaxis(x, 1, 0)
+    c = _query_coefficients(jnp.moveaxis(q, 1, 2), time_major(k), time_major(beta))
+    return jnp.transpose(c, (1, 3, 2, 0))                               # [T, B, H, Q] -> [B, Q, H, T]
+  if form != "parallel" or rule not in ("sum", "delta"):
+    return None
   to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
-  u = to_heads(v)
-  if rule == "delta":
-    u = _delta_writes(None, to_heads(k), u, jnp.moveaxis(beta, 2, 1))
   scores = jnp.einsum("bqhk,bhtk->bhqt", q, to_heads(k))
-  return jnp.moveaxis(jnp.einsum("bhqt,bhtv->bhqv", scores, u), 1, 2)
-
-
-def _delta_read_by_queries(q, k, v, beta):
-  """W_T q for the delta rule by carrying the queries back through time instead of W forward.
-
-  W_t = W_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, so with q_T = q and
-  q_{t-1} = q_t − β_t k_t (k_t · q_t):  W_T q = Σ_t β_t (k_t · q_t) v_t  (W_0 = 0).
-  A reverse scan with a [B, H, Q, K] carry: O(T·Q·(K + V)) work and no V×K state, which for a
-  few queries (the retrieval task reads once) is far cheaper than building W_T.
-  """
-  time_major = lambda x: jnp.moveaxis(x, 1, 0)
-  c = _query_coefficients(jnp.moveaxis(q, 1, 2), time_major(k), time_major(beta))  # [T, B, H, Q]
-  return jnp.einsum("tbhq,bthv->bqhv", c, v)
+  if rule == "delta":
+    kh, bh = to_heads(k), jnp.moveaxis(beta, 2, 1)                    # [B, H, T, K], [B, H, T]
+    a = jnp.eye(k.shape[1], dtype=k.dtype) + jnp.tril(
+        bh[..., :, None] * jnp.einsum("bhck,bhsk->bhcs", kh, kh), -1)
+    scores = (scores @ unit_lower_inverse(a)) * bh[:, :, None, :]
+  return jnp.moveaxis(scores, 1, 2)                                    # [B, Q, H, T]
 
 
 def _query_scan(q, k, beta):
