@@ -16,7 +16,8 @@ The reference is the recurrent form in float64 on the *same* (rounded) inputs, s
 measure the arithmetic, not the rounding of the inputs. Error = ‖x − x_ref‖ / ‖x_ref‖ over all
 outputs y (and, separately, over the last 10% of steps: where growth shows), and over the final
 fast weights W_T. The outputs come back in the inputs' dtype, so no form can beat the error of
-rounding y_ref itself to that dtype (`output_rounding`, ≈ 2e-3 for bfloat16). The parallel form is O(T²) in memory and is run up to --parallel_max_t.
+rounding y_ref itself to that dtype (`output_rounding`, ≈ 2e-3 for bfloat16). The parallel
+form is O(T²) in memory and is run up to --parallel_max_t.
 Writes precision.{csv,md,png} under --out; one run per (rule, precision, form, T), resumable
 (rows already in the CSV are kept and skipped).
 """

@@ -73,7 +73,7 @@ class RetrievalModel(nnx.Module):
     `projection_key` draws a fresh FAVOR+ projection for this call (the authors' protocol)."""
     v = jax.nn.one_hot(values, self.num_keys, dtype=jnp.float32)            # [B, T, S]
     k = self._input_projection(self.k_proj, keys, values)                    # [B, T, d]
-    q = self.q_proj(layers.lookup(self.embed, queries))                                     # [B, Q, d]
+    q = self.q_proj(layers.lookup(self.embed, queries))                      # [B, Q, d]
     if self.fast_weight is None:
       return _softmax_read(q, k, values, self.num_keys, self.score_weight)
     config = self.fast_weight

@@ -555,8 +555,8 @@ def _read_form(rule: str, form: str, num_queries: int, d_value: int, t: int) -> 
 
 def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
   """c [B, Q, H, T] with read_final(rule, q, k, v, beta, form=form) = Σ_t c[..., t] v_t, for the
-  reads that never form W (so never touch v): the parallel reads, c = q Kᵀ for the sum rule and
-  (q Kᵀ)(I + tril(diag(β)KKᵀ, −1))⁻¹ diag(β) for the delta rule, and the delta rule's recurrent
+  reads that never form W (so never touch v): the parallel reads, c = q Kᵀ for the sum rule
+  and (q Kᵀ)(I + tril(diag(β)KKᵀ, −1))⁻¹ diag(β) for the delta rule, and the delta rule's recurrent
   read with fewer queries than d_value, c_t = β_t (k_t · q_t) along the queries carried back in
   time (q_{t−1} = q_t − c_t k_t, from q_T = q; W_0 = 0). None for the reads that build W_T.
 
@@ -566,7 +566,7 @@ def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
   if form == "recurrent" and rule == "delta" and q.shape[1] < d_value:
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
     c = _query_coefficients(jnp.moveaxis(q, 1, 2), time_major(k), time_major(beta))
-    return jnp.transpose(c, (1, 3, 2, 0))                               # [T, B, H, Q] -> [B, Q, H, T]
+    return jnp.transpose(c, (1, 3, 2, 0))                 # [T, B, H, Q] -> [B, Q, H, T]
   if form != "parallel" or rule not in ("sum", "delta"):
     return None
   to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]

@@ -157,7 +157,8 @@ def test_bad_ops_input_is_named_before_tracing(rule, q, k, v, beta, kwargs, mess
 
 def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
   """float16/bfloat16 are valid (the state in float32 unless accumulate="input"); NaN is a
-  value, which no static check can see: it flows to the output, where the train loop's non-finite check stops the run."""
+  value, which no static check can see: it flows to the output, where the train loop's
+  non-finite check stops the run."""
   for dtype in (jnp.float16, jnp.bfloat16):
     y, w = ops.apply_rule("sum", _x((1, 3, 1, 4), dtype), _x((1, 3, 1, 4), dtype),
                           _x((1, 3, 1, 2), dtype), form="chunked", chunk_size=np.int64(2))
