@@ -16,7 +16,8 @@ def x64():
 def assert_rel_close(actual, expected, rtol, name=""):
   """Each leaf: max |a − e| ≤ rtol · max |e|. Kept for float32 and low-precision comparisons
   only (float64 proofs use chex.assert_trees_all_close): chex's tolerance is elementwise, one
-  atol for every leaf, and float32 gradients mix leaves of very different scales with entries near zero."""
+  atol for every leaf, and float32 gradients mix leaves of very different scales with entries
+  near zero."""
   def check(a, e):
     a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
     chex.assert_equal_shape([a, e])
