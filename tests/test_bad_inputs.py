@@ -181,9 +181,16 @@ def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
   assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()
 
 
-def _break_workdir(workdir, how):
-  """Runs 40 steps (evals at 20, 40), then damages the workdir as `how` says."""
+@pytest.fixture(scope="module")
+def run_of_40_steps(tmp_path_factory):
+  """One run of 40 steps (evals at 20, 40), copied by each damage case."""
+  workdir = str(tmp_path_factory.mktemp("run40") / "run")
   train.train(_tiny_config(max_steps=40), workdir)
+  return workdir
+
+
+def _break_workdir(workdir, how):
+  """Damages a copy of the 40-step run as `how` says."""
   os.remove(os.path.join(workdir, "summary.json"))     # as if it had been killed at the end
   checkpoints = os.path.join(workdir, "checkpoints")
   if how == "truncated_metrics":
@@ -206,8 +213,9 @@ def _break_workdir(workdir, how):
 @pytest.mark.parametrize("how", ["truncated_metrics", "garbage_metrics_line",
                                  "half_deleted_checkpoint", "deleted_checkpoint_dir",
                                  "leftover_tmp_save"])
-def test_a_damaged_workdir_resumes_with_nothing_lost(tmp_path, how):
-  workdir = str(tmp_path)
+def test_a_damaged_workdir_resumes_with_nothing_lost(tmp_path, how, run_of_40_steps):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_of_40_steps, workdir)
   _break_workdir(workdir, how)
   summary = train.train(_tiny_config(max_steps=60), workdir)
   assert summary["steps"] == 60
