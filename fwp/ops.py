@@ -579,45 +579,74 @@ def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
   return jnp.moveaxis(scores, 1, 2)                                    # [B, Q, H, T]
 
 
+QUERY_SEGMENT = 64   # the query read-out's backward keeps q_t once per this many steps
+
+
+def _query_segments(t: int):
+  num = -(-t // QUERY_SEGMENT)
+  seg = -(-t // num)                    # equal segments of at most QUERY_SEGMENT steps
+  # Padding at the end of time: the reverse scan meets it first, and k = 0, β = 0 change nothing.
+  pad = lambda x: jnp.pad(x, [(0, num * seg - t)] + [(0, 0)] * (x.ndim - 1)).reshape(
+      (num, seg) + x.shape[1:])
+  return pad, lambda x: x.reshape((num * seg,) + x.shape[2:])[:t]
+
+
 def _query_scan(q, k, beta):
-  """(c [T, B, H, Q], q_t before each step [T, B, H, Q, K]) for time-major k [T, B, H, K]."""
-  def body(q_t, x):
+  """(c [T, B, H, Q], q at the low end of each segment [S, B, H, Q, K]) for time-major k
+  [T, B, H, K], beta [T, B, H]."""
+  pad, unpad = _query_segments(k.shape[0])
+
+  def step(q_t, x):
     k_t, beta_t = x                                          # [B, H, K], [B, H]
     c = beta_t[..., None] * jnp.einsum("bhqk,bhk->bhq", q_t, k_t)
-    return q_t - c[..., None] * k_t[:, :, None], (c, q_t)
+    return q_t - c[..., None] * k_t[:, :, None], c
 
-  _, (c, qs) = jax.lax.scan(body, q, (k, beta), reverse=True)
-  return c, qs
+  def segment(q_top, x):
+    q_low, c = jax.lax.scan(step, q_top, x, reverse=True)
+    return q_low, (c, q_low)
+
+  _, (c, q_lows) = jax.lax.scan(segment, q, (pad(k), pad(beta)), reverse=True)
+  return unpad(c), q_lows
 
 
 @jax.custom_vjp
 def _query_coefficients(q, k, beta):
   """c_t = β_t (k_t · q_t) along the queries carried back in time. Its backward is written out:
   autodiff through the reverse scan ran ~18× the forward on XLA:CPU (a DPFP-1 delta retrieval
-  step at S = 100: 20 ms, of which the forward 1 ms); this forward-in-time scan does a few
-  vector operations per step on the stored q_t (Q·K numbers a step: few queries, by design)."""
+  step at S = 100: 20 ms, of which the forward 1 ms). It walks forward in time, rebuilding
+  q_t = q_{t−1} + c_t k_t from the exact q kept once per QUERY_SEGMENT steps (rounding cannot
+  build up beyond a segment; storing every q_t cost more than recomputing it)."""
   return _query_scan(q, k, beta)[0]
 
 
 def _query_coefficients_fwd(q, k, beta):
-  c, qs = _query_scan(q, k, beta)
-  return c, (k, beta, c, qs)
+  c, q_lows = _query_scan(q, k, beta)
+  return c, (k, beta, c, q_lows)
 
 
 def _query_coefficients_bwd(residuals, dc):
-  k, beta, c, qs = residuals
+  k, beta, c, q_lows = residuals
+  pad, unpad = _query_segments(k.shape[0])
 
-  def body(g, x):        # g = ∂L/∂q_{t-1}, the adjoint of this step's output carry
-    k_t, beta_t, c_t, q_t, dc_t = x
+  def step(carry, x):    # g = ∂L/∂q_{t-1}, the adjoint of this step's output carry
+    g, q_prev = carry
+    k_t, beta_t, c_t, dc_t = x
+    q_t = q_prev + c_t[..., None] * k_t[:, :, None]
     c_hat = dc_t - jnp.einsum("bhqk,bhk->bhq", g, k_t)       # total adjoint of c_t
     dk = (jnp.einsum("bhq,bhqk->bhk", c_hat * beta_t[..., None], q_t)
           - jnp.einsum("bhq,bhqk->bhk", c_t, g))
     dbeta = jnp.einsum("bhq,bhqk,bhk->bh", c_hat, q_t, k_t)
     g = g + (beta_t[..., None] * c_hat)[..., None] * k_t[:, :, None]
-    return g, (dk, dbeta)
+    return (g, q_t), (dk, dbeta)
 
-  dq, (dk, dbeta) = jax.lax.scan(body, jnp.zeros_like(qs[0]), (k, beta, c, qs, dc))
-  return dq, dk, dbeta
+  def segment(g, x):
+    q_low, xs = x
+    (g, _), grads = jax.lax.scan(step, (g, q_low), xs)
+    return g, grads
+
+  dq, (dk, dbeta) = jax.lax.scan(segment, jnp.zeros_like(q_lows[0]),
+                                 (q_lows, tuple(pad(x) for x in (k, beta, c, dc))))
+  return dq, unpad(dk), unpad(dbeta)
 
 
 _query_coefficients.defvjp(_query_coefficients_fwd, _query_coefficients_bwd)

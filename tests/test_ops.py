@@ -347,6 +347,20 @@ def test_read_final_is_final_state_times_queries(rule, num_queries):
       chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
 
+def test_query_read_out_backward_across_segments(monkeypatch):
+  """The delta rule's query read-out keeps q once per QUERY_SEGMENT steps and rebuilds the rest
+  on the way back: with 5 over T = 12 (three segments, the last padded), its gradients equal the
+  parallel read's, which never scans."""
+  monkeypatch.setattr(ops, "QUERY_SEGMENT", 5)
+  with helpers.x64():
+    _, k, v, beta, _ = helpers.random_inputs(16, t=T, d_value=4)
+    queries = jnp.asarray(np.random.default_rng(17).normal(size=(2, 1, 2, k.shape[-1])))
+    grads = [jax.grad(lambda *a: jnp.sum(jnp.sin(ops.read_final("delta", *a, form=form))),
+                      argnums=(0, 1, 2, 3))(queries, k, v, beta)
+             for form in ("recurrent", "parallel")]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=F64_RTOL, atol=F64_ATOL)
+
+
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
 def test_unit_lower_inverse(n):
   """The matmul-only inverse the delta rule's blocks use, against numpy, in float64."""
