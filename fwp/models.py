@@ -85,7 +85,8 @@ class RetrievalModel(nnx.Module):
             if self.beta_proj is not None else None)
     one_head = lambda a: a[:, :, None]
     c = ops.read_coefficients(config.update_rule, one_head(phi_q), one_head(phi_k), beta,
-                              form=config.form, d_value=self.num_keys)         # [B, Q, 1, T]
+                              form=config.form, d_value=self.num_keys,
+                              chunk_size=config.chunk_size)                    # [B, Q, 1, T]
     if c is not None:   # y = Σ_t c_t onehot(value_t): scattered, never a [B, T, S] array
       y = scatter_by_value(c[:, :, 0], values, self.num_keys)
     else:

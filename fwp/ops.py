@@ -537,7 +537,7 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if rule != "sum" and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   _check_shapes(None, k, v, beta if rule != "sum" else None, None)
-  c = read_coefficients(rule, q, k, beta, form=form, d_value=v.shape[-1])
+  c = read_coefficients(rule, q, k, beta, form=form, d_value=v.shape[-1], chunk_size=chunk_size)
   if c is not None:
     return jnp.einsum("bqht,bthv->bqhv", c, v)
   w = final_state(rule, k, v, beta, form=_read_form(rule, form, q.shape[1], v.shape[-1],
@@ -553,20 +553,26 @@ def _read_form(rule: str, form: str, num_queries: int, d_value: int, t: int) -> 
   return "recurrent" if rule == "delta" and num_queries < d_value else choose_form(rule, form, t)
 
 
-def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
+def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int,
+                      chunk_size: int = 64):
   """c [B, Q, H, T] with read_final(rule, q, k, v, beta, form=form) = Σ_t c[..., t] v_t, for the
   reads that never form W (so never touch v): the parallel reads, c = q Kᵀ for the sum rule
   and (q Kᵀ)(I + tril(diag(β)KKᵀ, −1))⁻¹ diag(β) for the delta rule, and the delta rule's recurrent
   read with fewer queries than d_value, c_t = β_t (k_t · q_t) along the queries carried back in
-  time (q_{t−1} = q_t − c_t k_t, from q_T = q; W_0 = 0). None for the reads that build W_T.
+  time (q_{t−1} = q_t − c_t k_t, from q_T = q; W_0 = 0), step by step (recurrent) or a chunk at
+  a time (chunked: within a chunk the parallel read's coefficients, then the query below it is
+  q − Σ c_t k_t). None for the reads that build W_T.
 
   With values that are indices (one-hot v_t = e_{id_t}), y is c scattered by id: no [B, T, V]
   array at all (the retrieval model's read)."""
   form = _read_form(rule, form, q.shape[1], d_value, k.shape[1])
-  if form == "recurrent" and rule == "delta" and q.shape[1] < d_value:
+  few_queries = rule == "delta" and q.shape[1] < d_value
+  if form == "recurrent" and few_queries:
     time_major = lambda x: jnp.moveaxis(x, 1, 0)
     c = _query_coefficients(jnp.moveaxis(q, 1, 2), time_major(k), time_major(beta))
     return jnp.transpose(c, (1, 3, 2, 0))                 # [T, B, H, Q] -> [B, Q, H, T]
+  if form == "chunked" and few_queries:
+    return _query_coefficients_chunked(q, k, beta, choose_chunk_size(chunk_size, k.shape[1]))
   if form != "parallel" or rule not in ("sum", "delta"):
     return None
   to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
@@ -577,6 +583,33 @@ def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int):
         bh[..., :, None] * jnp.einsum("bhck,bhsk->bhcs", kh, kh), -1)
     scores = (scores @ unit_lower_inverse(a)) * bh[:, :, None, :]
   return jnp.moveaxis(scores, 1, 2)                                    # [B, Q, H, T]
+
+
+def _query_coefficients_chunked(q, k, beta, size: int):
+  """The delta rule's query read-out a chunk at a time, from the last chunk down: c [B, Q, H, T].
+
+  In a chunk of C steps the query's coefficients are the parallel read's, (q Kᵀ) A⁻¹ diag(β)
+  with A = I + tril(diag(β) K Kᵀ, −1), and the query below the chunk is q − Σ_t c_t k_t. The
+  inverses depend on k and β only: all are formed at once, outside the scan, which then does
+  three small products per chunk (T/C steps instead of T)."""
+  b, t, h, d_key = k.shape
+  num = -(-t // size)
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, num * size - t)] + [(0, 0)] * (x.ndim - 2))
+  chunks = lambda x: jnp.moveaxis(pad(x).reshape((b, num, size) + x.shape[2:]), 1, 0)
+  kc = jnp.moveaxis(chunks(k), 3, 2)                          # [N, B, H, C, K]
+  bc = jnp.moveaxis(chunks(beta), 3, 2)                       # [N, B, H, C]; padding: β = 0
+  gram = jnp.einsum("nbhck,nbhsk->nbhcs", kc, kc)
+  a = jnp.eye(size, dtype=k.dtype) + jnp.tril(bc[..., :, None] * gram, -1)
+  right = unit_lower_inverse(a) * bc[..., None, :]            # A⁻¹ diag(β) [N, B, H, C, C]
+
+  def chunk(q_top, x):
+    k_c, right_c = x
+    c = jnp.einsum("bhqk,bhck->bhqc", q_top, k_c) @ right_c  # [B, H, Q, C]
+    return q_top - jnp.einsum("bhqc,bhck->bhqk", c, k_c), c
+
+  _, c = jax.lax.scan(chunk, jnp.moveaxis(q, 1, 2), (kc, right), reverse=True)
+  c = jnp.moveaxis(c, 0, 3).reshape(b, h, q.shape[1], num * size)[..., :t]   # [B, H, Q, T]
+  return jnp.moveaxis(c, 1, 2)                                 # [B, Q, H, T]
 
 
 QUERY_SEGMENT = 64   # the query read-out's backward keeps q_t once per this many steps
