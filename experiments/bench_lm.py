@@ -90,7 +90,8 @@ def time_train_step(model_name: str, repeats: int, peak: float, dropout: str = "
   seconds = timing.train_step_seconds(model, config, loss, batch, repeats)
   flops = step_flops(model, b, t)
   return dict(kind="train_step", model=model_name, form=config.model.form, batch=b, context=t,
-              layers=config.model.num_layers, dropout=config.model.dropout, ms=seconds * 1e3, tokens_per_second=b * t / seconds,
+              layers=config.model.num_layers, dropout=config.model.dropout, ms=seconds * 1e3,
+              tokens_per_second=b * t / seconds,
               gflops=flops / seconds / 1e9, fraction_of_matmul=flops / seconds / 1e9 / peak)
 
 

@@ -21,7 +21,6 @@ max over leaves of ‖a − b‖ / ‖b‖. Results per (family, dtype) are kept
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -33,7 +32,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs import associative_recall, language_model
-from experiments import timing, train, tasks
+from experiments import results, tasks, timing, train
 
 _FAMILIES = flags.DEFINE_list("families", ["linear-sum", "dpfp1-sum", "favor64-sum",
                                            "dpfp1-delta", "lm:linear-delta"],
@@ -209,15 +208,8 @@ def main(argv):
         json.dump(dict(settings=settings, rows=family_rows), f)
       os.replace(path + ".tmp", path)
       rows += family_rows
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "equivalence.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-  with open(os.path.join(_OUT.value, "equivalence.md"), "w") as f:
-    f.write(markdown(rows, timing.machine_line(timing.machine(repeats=2))))
-  plot(rows, os.path.join(_OUT.value, "equivalence.png"))
-  print(f"Wrote {_OUT.value}/equivalence.{{csv,md,png}}")
+  results.write_all(_OUT.value, "equivalence", rows, FIELDS,
+                    markdown(rows, timing.machine_line(timing.machine(repeats=2))), plot)
 
 
 if __name__ == "__main__":

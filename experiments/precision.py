@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import timing
+from experiments import results, timing
 from fwp import layers
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "Sequence lengths.")
@@ -105,13 +105,6 @@ def read_rows(path: str) -> list[dict]:
     for name in FIELDS[4:]:
       r[name] = float(r[name])
   return rows
-
-
-def write_csv(rows, path):
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def markdown(rows, machine_line: str) -> str:
@@ -196,14 +189,11 @@ def main(argv):
                 f"(late {row['late_output_error']:.2e})  W {row['state_error']:.2e}  "
                 f"{row['seconds']:.1f} s", flush=True)
           rows.append(row)
-          write_csv(rows, csv_path)           # after every row: a relaunch resumes
+          results.write_csv(rows, csv_path, FIELDS)   # after every row: a relaunch resumes
   rows.sort(key=lambda r: (list(RULES).index(r["rule"]), list(PRECISIONS).index(r["precision"]),
                            r["form"], r["T"]))
-  write_csv(rows, csv_path)
-  with open(os.path.join(_OUT.value, "precision.md"), "w") as f:
-    f.write(markdown(rows, timing.machine_line(timing.machine(repeats=2))))
-  plot(rows, os.path.join(_OUT.value, "precision.png"))
-  print(f"Wrote {_OUT.value}/precision.{{csv,md,png}}")
+  results.write_all(_OUT.value, "precision", rows, FIELDS,
+                    markdown(rows, timing.machine_line(timing.machine(repeats=2))), plot)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ paper's: final eval loss vs S, one line per model, mean ± spread (min–max) ov
 from __future__ import annotations
 
 import collections
-import csv
 import json
 import os
 
@@ -22,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments import lm_report  # noqa: E402
+from experiments import lm_report, results  # noqa: E402
 
 COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds")
 
@@ -49,13 +48,6 @@ def collect(finished: list[tuple[str, dict]]) -> list[dict]:
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
                        wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
   return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
-
-
-def write_csv(rows, path):
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def _grouped(rows, setting, field="final_eval_loss"):
@@ -132,7 +124,7 @@ def report(roots: list[str], out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     written += [os.path.join(out, "associative_recall.csv"),
                 os.path.join(out, "associative_recall.md")]
-    write_csv(rows, written[0])
+    results.write_csv(rows, written[0], COLUMNS)
     write_markdown(rows, written[1])
     for setting in sorted({r["setting"] for r in rows}):
       path = os.path.join(out, f"associative_recall_setting{setting}.png")

@@ -1,0 +1,27 @@
+"""Writing results: a CSV of row dicts, and the CSV + Markdown + PNG triple the experiment commands
+leave under results/. No flags, so any command module can import it."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Callable
+
+
+def write_csv(rows: list[dict], path: str, columns) -> None:
+  """One line per row, `columns` in order (other keys of a row are left out)."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def write_all(out: str, name: str, rows: list[dict], columns, markdown: str,
+              plot: Callable[[list[dict], str], None]) -> None:
+  """out/name.csv, out/name.md (the given text) and out/name.png (drawn by `plot`)."""
+  os.makedirs(out, exist_ok=True)
+  write_csv(rows, os.path.join(out, f"{name}.csv"), columns)
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
+    f.write(markdown)
+  plot(rows, os.path.join(out, f"{name}.png"))
+  print(f"Wrote {out}/{name}.{{csv,md,png}}")
