@@ -296,11 +296,17 @@ def unit_lower_inverse(a):
   return inv.reshape(batch + (size, size))[..., :n, :n]
 
 
+def _write_system(k, beta):
+  """A = I + tril(diag(β) K Kᵀ, −1) for blocks k [..., C, K], beta [..., C]: the delta rule's
+  writes U of a block solve A U = diag(β)(V − K W0ᵀ)."""
+  gram = jnp.einsum("...ck,...sk->...cs", k, k)
+  return jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
+
+
 def _delta_writes(w0, k, v, beta):
   """U [B, H, C, V], the writes u_t = β_t (v_t − W_{t-1} k_t) of one block: the unit
   lower-triangular system (I + tril(diag(β) KKᵀ, −1)) U = diag(β)(V − K W0ᵀ)."""
-  gram = jnp.einsum("bhck,bhsk->bhcs", k, k)
-  a = jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
+  a = _write_system(k, beta)
   rhs = beta[..., None] * (v if w0 is None else v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
   return unit_lower_inverse(a) @ rhs
 
@@ -318,8 +324,7 @@ def _recurrent(rule: str, w0, q, k, v, beta):
   `_recurrent_scan` (see "Single steps")."""
   b, t, h, d_key = k.shape
   d_value = v.shape[-1]
-  num_segments = -(-t // REMAT_SEGMENT)
-  seg = -(-t // num_segments)          # equal segments of at most REMAT_SEGMENT steps
+  num_segments, seg = _equal_segments(t, REMAT_SEGMENT)
   pad = num_segments * seg - t         # < num_segments
   if beta is None:
     beta = jnp.ones(k.shape[:3], k.dtype)
@@ -406,9 +411,17 @@ def _recurrent_backward(rule, saved, cotangents):
 _recurrent_scan.defvjp(_recurrent_forward, _recurrent_backward)
 
 
+def _equal_segments(t: int, most: int) -> tuple[int, int]:
+  """(number, length) of the fewest equal segments of at most `most` steps covering t."""
+  num = -(-t // most)
+  return num, -(-t // num)
+
+
 def _to_blocks(x, num_blocks, size):
-  """[B, T, H, ...] (T = num_blocks·size) -> [N, B, H, C, ...]."""
-  b, _, h = x.shape[:3]
+  """[B, T, H, ...] -> [N, B, H, C, ...], zero-padded at the end to T = num_blocks·size (zero
+  keys, values and β write nothing, so the padding leaves W_T unchanged)."""
+  b, t, h = x.shape[:3]
+  x = jnp.pad(x, [(0, 0), (0, num_blocks * size - t)] + [(0, 0)] * (x.ndim - 2))
   x = x.reshape((b, num_blocks, size, h) + x.shape[3:])
   return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)
 
@@ -423,12 +436,9 @@ def _chunked(block: Callable, w0, q, k, v, beta, chunk_size):
   t = k.shape[1]
   size = min(chunk_size, t)
   num_blocks = -(-t // size)
-  pad = num_blocks * size - t
   if beta is None:
     beta = jnp.ones(k.shape[:3], k.dtype)
-  blocks = lambda x: None if x is None else _to_blocks(
-      # Zero keys, values and β write nothing, so padding at the end leaves W_T unchanged.
-      jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)), num_blocks, size)
+  blocks = lambda x: None if x is None else _to_blocks(x, num_blocks, size)
   xs = (blocks(q),) + tuple(blocks(x) for x in (k, v, beta))
 
   def body(w, x):
@@ -575,14 +585,9 @@ def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int,
     return _query_coefficients_chunked(q, k, beta, choose_chunk_size(chunk_size, k.shape[1]))
   if form != "parallel" or rule not in ("sum", "delta"):
     return None
-  to_heads = lambda x: jnp.moveaxis(x, 2, 1)                          # [B, H, T, ·]
-  scores = jnp.einsum("bqhk,bhtk->bhqt", q, to_heads(k))
-  if rule == "delta":
-    kh, bh = to_heads(k), jnp.moveaxis(beta, 2, 1)                    # [B, H, T, K], [B, H, T]
-    a = jnp.eye(k.shape[1], dtype=k.dtype) + jnp.tril(
-        bh[..., :, None] * jnp.einsum("bhck,bhsk->bhcs", kh, kh), -1)
-    scores = (scores @ unit_lower_inverse(a)) * bh[:, :, None, :]
-  return jnp.moveaxis(scores, 1, 2)                                    # [B, Q, H, T]
+  if rule == "delta":   # the parallel read is the chunked one with one chunk
+    return _query_coefficients_chunked(q, k, beta, k.shape[1])
+  return jnp.einsum("bqhk,bthk->bqht", q, k)
 
 
 def _query_coefficients_chunked(q, k, beta, size: int):
@@ -592,15 +597,11 @@ def _query_coefficients_chunked(q, k, beta, size: int):
   with A = I + tril(diag(β) K Kᵀ, −1), and the query below the chunk is q − Σ_t c_t k_t. The
   inverses depend on k and β only: all are formed at once, outside the scan, which then does
   three small products per chunk (T/C steps instead of T)."""
-  b, t, h, d_key = k.shape
+  b, t, h = k.shape[:3]
+  size = min(size, t)
   num = -(-t // size)
-  pad = lambda x: jnp.pad(x, [(0, 0), (0, num * size - t)] + [(0, 0)] * (x.ndim - 2))
-  chunks = lambda x: jnp.moveaxis(pad(x).reshape((b, num, size) + x.shape[2:]), 1, 0)
-  kc = jnp.moveaxis(chunks(k), 3, 2)                          # [N, B, H, C, K]
-  bc = jnp.moveaxis(chunks(beta), 3, 2)                       # [N, B, H, C]; padding: β = 0
-  gram = jnp.einsum("nbhck,nbhsk->nbhcs", kc, kc)
-  a = jnp.eye(size, dtype=k.dtype) + jnp.tril(bc[..., :, None] * gram, -1)
-  right = unit_lower_inverse(a) * bc[..., None, :]            # A⁻¹ diag(β) [N, B, H, C, C]
+  kc, bc = _to_blocks(k, num, size), _to_blocks(beta, num, size)   # [N, B, H, C, (K)]
+  right = unit_lower_inverse(_write_system(kc, bc)) * bc[..., None, :]   # A⁻¹ diag(β)
 
   def chunk(q_top, x):
     k_c, right_c = x
@@ -616,8 +617,7 @@ QUERY_SEGMENT = 64   # the query read-out's backward keeps q_t once per this man
 
 
 def _query_segments(t: int):
-  num = -(-t // QUERY_SEGMENT)
-  seg = -(-t // num)                    # equal segments of at most QUERY_SEGMENT steps
+  num, seg = _equal_segments(t, QUERY_SEGMENT)
   # Padding at the end of time: the reverse scan meets it first, and k = 0, β = 0 change nothing.
   pad = lambda x: jnp.pad(x, [(0, num * seg - t)] + [(0, 0)] * (x.ndim - 1)).reshape(
       (num, seg) + x.shape[1:])
