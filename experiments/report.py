@@ -2,16 +2,23 @@
 
   python -m experiments.report runs/setting1 runs/setting2 --out=results
   python -m experiments.report runs/lm_grid --out=results       # language_model.* (lm_report)
+  python -m experiments.report runs/knee --previous=results/associative_recall.csv --out=results
 
 Walks the given directories for runs (a summary.json beside a config.json), writes
-`associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds), a
-Markdown table of the mean final loss per model and S, and one figure per setting like the
-paper's: final eval loss vs S, one line per model, mean ± spread (min–max) over seeds.
+`associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds,
+stop_reason), a Markdown table of the mean final loss per model and S, the capacity knee of each
+setting-1 curve beside the paper's (where the grid brackets it), and one figure per setting like
+the paper's: final eval loss vs S, one line per model, mean ± spread (min–max) over seeds.
+
+`--previous` merges an earlier report's CSV: its rows stay unless the given runs hold the same
+(setting, model, S, seed), which then replace them (a denser or longer rerun of a point wins).
+This is how the dense knee grid (runs/knee) joins the committed budget grid.
 """
 
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import os
 
@@ -23,9 +30,18 @@ from absl import app, flags  # noqa: E402
 
 from experiments import lm_report, results  # noqa: E402
 
-COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds")
+COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds",
+           "stop_reason")
+# A setting-1 curve's capacity knee: the largest S whose mean final loss is at most this...
+KNEE_LOSS = 0.01
+# ... beside the paper's reading of its Figure 2 (Schlag et al. 2021; the S where each curve
+# leaves ~0 loss, on its 20-key grid).
+PAPER_KNEES = {"linear-sum": 60, "dpfp1-sum": 100, "dpfp2-sum": 240, "dpfp3-sum": 340}
 
 _OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
+_PREVIOUS = flags.DEFINE_string(
+    "previous", None, "An earlier associative_recall.csv whose rows are kept where the given runs "
+    "do not hold the same (setting, model, num_keys, seed).")
 
 
 def finished_runs(roots: list[str]) -> list[tuple[str, dict]]:
@@ -48,6 +64,83 @@ def collect(finished: list[tuple[str, dict]]) -> list[dict]:
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
                        wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
   return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
+
+
+def read_previous(path: str) -> list[dict]:
+  """The rows of an earlier report's CSV, typed as `collect` makes them."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+      raise ValueError(f"{path} is not an associative_recall.csv of this report: it lacks the "
+                       f"column(s) {', '.join(missing)}; its columns: {reader.fieldnames}.")
+    rows = []
+    for line, r in enumerate(reader, start=2):
+      try:
+        rows.append(dict(setting=int(r["setting"]), model=r["model"],
+                         num_keys=int(r["num_keys"]), seed=int(r["seed"]),
+                         final_eval_loss=float(r["final_eval_loss"]) if r["final_eval_loss"]
+                         else None, steps=int(r["steps"]),
+                         wall_seconds=float(r["wall_seconds"]),
+                         stop_reason=r["stop_reason"] or None))
+      except ValueError as e:
+        raise ValueError(f"{path}, line {line}: {e}") from None
+  return rows
+
+
+def merge(previous: list[dict], rows: list[dict]) -> list[dict]:
+  """`previous` rows whose (setting, model, num_keys, seed) `rows` lacks, plus all of `rows`."""
+  key = lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"])
+  new = {key(r) for r in rows}
+  return sorted([r for r in previous if key(r) not in new] + rows, key=key)
+
+
+def knees(rows: list[dict], setting: int = 1) -> list[dict]:
+  """Per model of `setting`: the largest S whose mean final loss is ≤ KNEE_LOSS with every smaller
+  S of the grid also ≤ it (`solved`), the next S of the grid (`failed`, mean > KNEE_LOSS), and the
+  seeds' min–max at both. None where the grid does not bracket the knee."""
+  out = []
+  for model, by_size in sorted(_grouped(rows, setting).items()):
+    sizes = sorted(by_size)
+    means = [float(np.mean(by_size[s])) for s in sizes]   # nan (a non-finite run) counts failed
+    solved = None
+    for i, m in enumerate(means):
+      if not m <= KNEE_LOSS:
+        break
+      solved = i
+    failed = None if solved is None else solved + 1
+    if solved is None and sizes:
+      failed = 0
+    row = dict(model=model, paper=PAPER_KNEES.get(model))
+    for name, i in (("solved", solved), ("failed", failed)):
+      if i is None or i >= len(sizes):
+        row[name] = None
+      else:
+        losses = by_size[sizes[i]]
+        row[name] = dict(num_keys=sizes[i], mean=means[i], min=float(np.min(losses)),
+                         max=float(np.max(losses)), seeds=len(losses))
+    out.append(row)
+  return out
+
+
+def _knee_cell(point):
+  if point is None:
+    return "—"
+  return (f"S={point['num_keys']}: {point['mean']:.2g} ({point['min']:.2g}–{point['max']:.2g}, "
+          f"{point['seeds']} seeds)")
+
+
+def knee_table(rows: list[dict]) -> list[str]:
+  """Markdown lines: the setting-1 knees (see `knees`) beside the paper's reading."""
+  lines = ["### Setting 1: capacity knees", "",
+           f"For each curve, the largest S up to which every grid point's mean final loss is ≤ "
+           f"{KNEE_LOSS} and the next S of the grid (mean > {KNEE_LOSS}); in brackets the "
+           "seeds' min–max. Paper: the S where its Figure 2 leaves ~0 loss (our reading).", "",
+           "| model | last S ≤ 0.01 | next S (> 0.01) | paper |", "|---|---|---|---|"]
+  for k in knees(rows, 1):
+    lines.append(f"| {k['model']} | {_knee_cell(k['solved'])} | {_knee_cell(k['failed'])} | "
+                 + (f"≈ {k['paper']}" if k["paper"] else "") + " |")
+  return lines + [""]
 
 
 def _grouped(rows, setting, field="final_eval_loss"):
@@ -85,6 +178,8 @@ def write_markdown(rows, path):
                if s in groups[model] else "" for s in sizes]
       lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
+  if any(r["setting"] == 1 for r in rows):
+    lines += knee_table(rows)
   with open(path, "w") as f:
     f.write("\n".join(lines))
 
@@ -115,11 +210,14 @@ def plot(rows, setting, path):
   plt.close(fig)
 
 
-def report(roots: list[str], out: str) -> list[str]:
-  """Writes the tables and figures of every task with finished runs under `roots`."""
+def report(roots: list[str], out: str, previous: str | None = None) -> list[str]:
+  """Writes the tables and figures of every task with finished runs under `roots` (retrieval
+  rows merged over those of the CSV `previous`, when given)."""
   written = []
   finished = finished_runs(roots)
   rows = collect(finished)
+  if previous:
+    rows = merge(read_previous(previous), rows)
   if rows:
     os.makedirs(out, exist_ok=True)
     written += [os.path.join(out, "associative_recall.csv"),
@@ -141,7 +239,7 @@ def report(roots: list[str], out: str) -> list[str]:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more sweep directories.")
-  for path in report(argv[1:], _OUT.value):
+  for path in report(argv[1:], _OUT.value, _PREVIOUS.value):
     print(path)
 
 

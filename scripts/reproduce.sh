@@ -5,6 +5,9 @@
 #                                        # ~7 h of run time summed over runs)
 #   FULL=1 bash scripts/reproduce.sh     # the paper's grid: S = 20..600 / 20..200 step 20,
 #                                        # 3 seeds, up to 100k steps (days on a CPU)
+#   GRID=knee bash scripts/reproduce.sh  # issue 16's dense grid around each capacity knee: S
+#                                        # every 20 (softmax 60), 3 seeds, 20,000-step budget,
+#                                        # into runs/knee; the report merges it into results/
 #   GRID=custom SETTINGS=2 S2=num_keys=40 SETTING2="dpfp1-delta" SEEDS=1,2 STEPS=500 \
 #     bash scripts/reproduce.sh          # any sub-grid (S1/S2: sweeps; SETTING1/2: curve lists)
 # Relaunching resumes: finished points are skipped, interrupted ones continue. PARALLEL sets how
@@ -12,8 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-RUNS=${RUNS:-runs/reproduce}
+if [[ "${GRID:-budget}" == knee ]]; then RUNS=${RUNS:-runs/knee}; else RUNS=${RUNS:-runs/reproduce}; fi
 PARALLEL=${PARALLEL:-2}
+PREVIOUS=()
 S1_CHEAP="softmax linear-sum dpfp1-sum dpfp2-sum dpfp3-sum favor64-sum favor128-sum"
 S1_CURVES="$S1_CHEAP favor512-sum"
 S2_CURVES="dpfp1-sum linear-delta dpfp1-delta dpfp2-delta favor64-delta favor128-delta"
@@ -32,6 +36,20 @@ grid() {  # setting curves sweep seeds max_steps: run every curve of the list
 if [[ "${FULL:-0}" == 1 ]]; then
   grid 1 "$S1_CURVES" "num_keys=20:600:20" 1,2,3 100000
   grid 2 "$S2_CURVES" "num_keys=20:200:20" 1,2,3 100000
+elif [[ "${GRID:-budget}" == knee ]]; then
+  # The authors' stopping rule (eval loss <= 0.001, or more than 10 evals without a new best) with
+  # a 20,000-step budget; cheapest first, so the knees of Linear and DPFP-1 land first.
+  K=${KNEE_STEPS:-20000}
+  grid 1 "linear-sum" "num_keys=20:120:20" 1,2,3 "$K"
+  grid 1 "dpfp1-sum" "num_keys=80:220:20" 1,2,3 "$K"
+  grid 2 "linear-delta" "num_keys=40:120:20" 1,2,3 "$K"
+  grid 2 "dpfp1-fwm tanh-fwm" "num_keys=20,40" 1,2,3 "$K"
+  grid 1 "dpfp2-sum" "num_keys=200:340:20" 1,2,3 "$K"
+  grid 1 "dpfp3-sum" "num_keys=280:440:20" 1,2,3 "$K"
+  grid 1 "softmax" "num_keys=300:600:60" 1,2,3 "$K"
+  grid 2 "dpfp1-delta dpfp2-delta" "num_keys=20:200:20" 1,2,3 "$K"
+  # Points run here replace the committed budget-grid rows for the same (curve, S, seed).
+  PREVIOUS=(--previous=results/associative_recall.csv)
 elif [[ "${GRID:-budget}" == custom ]]; then
   for setting in ${SETTINGS:-1 2}; do
     if [[ $setting == 1 ]]; then
@@ -60,4 +78,4 @@ else
   grid 2 "dpfp1-sum linear-delta dpfp1-delta dpfp2-delta" "num_keys=20,40,80,120,200" 2,3 3000
   grid 2 "favor64-delta favor128-delta" "num_keys=200" 2,3 3000
 fi
-"$PY" -m experiments.report "$RUNS" --out=results
+"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results

@@ -155,10 +155,51 @@ def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   assert sorted(os.path.basename(p) for p in written) == [
       "associative_recall.csv", "associative_recall.md", "associative_recall_setting1.png"]
   lines = (out / "associative_recall.csv").read_text().splitlines()
-  assert lines[0] == "setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds"
+  assert lines[0] == "setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds,stop_reason"
   assert len(lines) == 5 and lines[1].startswith("1,linear-sum,4,1,")
+  assert lines[1].endswith(",max_steps")
   table = (out / "associative_recall.md").read_text()   # 2 seeds, 20 steps, ended at max_steps
   assert "| linear-sum | " in table and table.count(" (2, 20)†") == 2, table
+  # A rerun of one point (here: the same runs) replaces the earlier CSV's row; the others stay.
+  earlier = report.read_previous(str(out / "associative_recall.csv"))
+  extra = dict(earlier[0], num_keys=8, final_eval_loss=0.5)
+  results_csv = tmp_path / "earlier.csv"
+  report.results.write_csv(earlier[:1] + [extra], str(results_csv), report.COLUMNS)
+  again = tmp_path / "again"
+  report.report([str(tmp_path / "num_keys=0004,seed=0001")], str(again), str(results_csv))
+  merged = report.read_previous(str(again / "associative_recall.csv"))
+  assert [(r["num_keys"], r["seed"]) for r in merged] == [(4, 1), (8, 1)]
+  assert merged[0] == earlier[0] and merged[1] == extra
+
+
+def test_an_earlier_csv_without_the_report_columns_is_refused(tmp_path):
+  path = tmp_path / "old.csv"
+  path.write_text("setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds\n")
+  with pytest.raises(ValueError, match="lacks the column.s. stop_reason"):
+    report.read_previous(str(path))
+
+
+def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
+  """The knee is the last S of an unbroken run of solved grid points (mean ≤ 0.01) and the next
+  S; a curve that solves nothing or everything has one side only; seeds give the spread."""
+  def row(model, s, seed, loss):
+    return dict(setting=1, model=model, num_keys=s, seed=seed, final_eval_loss=loss, steps=100,
+                wall_seconds=1.0, stop_reason="patience")
+  rows = [row("linear-sum", 20, 1, 1e-4), row("linear-sum", 40, 1, 0.004),
+          row("linear-sum", 40, 2, 0.012), row("linear-sum", 60, 1, 0.2),
+          row("linear-sum", 80, 1, 1e-4),                   # after the knee: does not move it
+          row("favor64-sum", 20, 1, 0.1), row("softmax", 20, 1, 1e-5)]
+  by_model = {k["model"]: k for k in report.knees(rows)}
+  linear = by_model["linear-sum"]
+  assert linear["solved"] == dict(num_keys=40, mean=0.008, min=0.004, max=0.012, seeds=2)
+  assert linear["failed"]["num_keys"] == 60 and linear["paper"] == 60
+  assert by_model["favor64-sum"]["solved"] is None
+  assert by_model["favor64-sum"]["failed"]["num_keys"] == 20
+  assert by_model["softmax"]["failed"] is None
+  path = tmp_path / "table.md"
+  report.write_markdown(rows, str(path))
+  assert ("| linear-sum | S=40: 0.008 (0.004–0.012, 2 seeds) | S=60: 0.2 (0.2–0.2, 1 seeds) "
+          "| ≈ 60 |") in path.read_text()
 
 
 def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
