@@ -4,8 +4,10 @@
 # build on, in setting 2; seed 1, the budget grid's 3,000 steps. Then the report.
 #
 #   bash scripts/lineage.sh
-#   S2=num_keys=20,40,80 bash scripts/lineage.sh     # more of setting 2 (S = 80: ~1-2.5 s/step)
-# Relaunching resumes: finished points are skipped, interrupted ones continue.
+#   SETTINGS=2 S2=num_keys=80,120,200 bash scripts/lineage.sh   # more of setting 2 only
+# Relaunching resumes: finished points are skipped, interrupted ones continue. The report keeps
+# the committed rows of results/lineage/associative_recall.csv that these runs do not redo, so a
+# partial rerun adds to the table instead of replacing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -20,7 +22,18 @@ run() {  # setting curve sweep
     --config.max_steps="$STEPS" --sweep="$3" --seeds=1 --workdir="$RUNS/setting$1/$2"
 }
 
-for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "${S2%%,*}"; done
-for curve in fwp91-sum additive; do run 1 "$curve" "$S1"; done
-for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "$S2"; done
-"$PY" -m experiments.report "$RUNS" --out=results/lineage
+SETTINGS=${SETTINGS:-1 2}
+if [[ $SETTINGS == *2* ]]; then   # the first S of setting 2 for every curve before the rest
+  for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "${S2%%,*}"; done
+fi
+if [[ $SETTINGS == *1* ]]; then
+  for curve in fwp91-sum additive; do run 1 "$curve" "$S1"; done
+fi
+if [[ $SETTINGS == *2* ]]; then
+  for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "$S2"; done
+fi
+PREVIOUS=()
+if [[ -f results/lineage/associative_recall.csv ]]; then
+  PREVIOUS=(--previous=results/lineage/associative_recall.csv)
+fi
+"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results/lineage

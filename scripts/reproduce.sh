@@ -38,16 +38,17 @@ if [[ "${FULL:-0}" == 1 ]]; then
   grid 2 "$S2_CURVES" "num_keys=20:200:20" 1,2,3 100000
 elif [[ "${GRID:-budget}" == knee ]]; then
   # The authors' stopping rule (eval loss <= 0.001, or more than 10 evals without a new best) with
-  # a 20,000-step budget; cheapest first, so the knees of Linear and DPFP-1 land first.
+  # a 20,000-step budget. The setting-1 knees first (the knee table), cheapest first; the FWM
+  # curves last (recurrent only, and slow to learn at any S).
   K=${KNEE_STEPS:-20000}
   grid 1 "linear-sum" "num_keys=20:120:20" 1,2,3 "$K"
   grid 1 "dpfp1-sum" "num_keys=80:220:20" 1,2,3 "$K"
-  grid 2 "linear-delta" "num_keys=40:120:20" 1,2,3 "$K"
-  grid 2 "dpfp1-fwm tanh-fwm" "num_keys=20,40" 1,2,3 "$K"
   grid 1 "dpfp2-sum" "num_keys=200:340:20" 1,2,3 "$K"
   grid 1 "dpfp3-sum" "num_keys=280:440:20" 1,2,3 "$K"
+  grid 2 "linear-delta" "num_keys=40:120:20" 1,2,3 "$K"
   grid 1 "softmax" "num_keys=300:600:60" 1,2,3 "$K"
   grid 2 "dpfp1-delta dpfp2-delta" "num_keys=20:200:20" 1,2,3 "$K"
+  grid 2 "dpfp1-fwm tanh-fwm" "num_keys=20,40" 1,2,3 "$K"
   # Points run here replace the committed budget-grid rows for the same (curve, S, seed).
   PREVIOUS=(--previous=results/associative_recall.csv)
 elif [[ "${GRID:-budget}" == custom ]]; then
