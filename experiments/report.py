@@ -7,7 +7,7 @@
 Walks the given directories for runs (a summary.json beside a config.json), writes
 `associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds,
 stop_reason), a Markdown table of the mean final loss per model and S, the capacity knee of each
-setting-1 curve beside the paper's (where the grid brackets it), and one figure per setting like
+curve (setting 1: beside the paper's reading of its figure), and one figure per setting like
 the paper's: final eval loss vs S, one line per model, mean ± spread (min–max) over seeds.
 
 `--previous` merges an earlier report's CSV: its rows stay unless the given runs hold the same
@@ -130,16 +130,21 @@ def _knee_cell(point):
           f"{point['seeds']} seeds)")
 
 
-def knee_table(rows: list[dict]) -> list[str]:
-  """Markdown lines: the setting-1 knees (see `knees`) beside the paper's reading."""
-  lines = ["### Setting 1: capacity knees", "",
+def knee_table(rows: list[dict], setting: int = 1) -> list[str]:
+  """Markdown lines: the knees of one setting (see `knees`), beside the paper's reading in
+  setting 1 (the paper reads no knees off its setting-2 figure)."""
+  lines = [f"### Setting {setting}: capacity knees", "",
            f"For each curve, the largest S up to which every grid point's mean final loss is ≤ "
            f"{KNEE_LOSS} and the next S of the grid (mean > {KNEE_LOSS}); in brackets the "
-           "seeds' min–max. Paper: the S where its Figure 2 leaves ~0 loss (our reading).", "",
-           "| model | last S ≤ 0.01 | next S (> 0.01) | paper |", "|---|---|---|---|"]
-  for k in knees(rows, 1):
-    lines.append(f"| {k['model']} | {_knee_cell(k['solved'])} | {_knee_cell(k['failed'])} | "
-                 + (f"≈ {k['paper']}" if k["paper"] else "") + " |")
+           "seeds' min–max."
+           + (" Paper: the S where its Figure 2 leaves ~0 loss (our reading)." if setting == 1
+              else ""), "",
+           f"| model | last S ≤ {KNEE_LOSS} | next S (> {KNEE_LOSS}) |"
+           + (" paper |" if setting == 1 else ""),
+           "|---|---|---|" + ("---|" if setting == 1 else "")]
+  for k in knees(rows, setting):
+    lines.append(f"| {k['model']} | {_knee_cell(k['solved'])} | {_knee_cell(k['failed'])} |"
+                 + ((f" ≈ {k['paper']} |" if k["paper"] else "  |") if setting == 1 else ""))
   return lines + [""]
 
 
@@ -178,8 +183,8 @@ def write_markdown(rows, path):
                if s in groups[model] else "" for s in sizes]
       lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
-  if any(r["setting"] == 1 for r in rows):
-    lines += knee_table(rows)
+  for setting in sorted({r["setting"] for r in rows}):
+    lines += knee_table(rows, setting)
   with open(path, "w") as f:
     f.write("\n".join(lines))
 

@@ -188,7 +188,9 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
   rows = [row("linear-sum", 20, 1, 1e-4), row("linear-sum", 40, 1, 0.004),
           row("linear-sum", 40, 2, 0.012), row("linear-sum", 60, 1, 0.2),
           row("linear-sum", 80, 1, 1e-4),                   # after the knee: does not move it
-          row("favor64-sum", 20, 1, 0.1), row("softmax", 20, 1, 1e-5)]
+          row("favor64-sum", 20, 1, 0.1), row("softmax", 20, 1, 1e-5),
+          dict(row("dpfp1-delta", 20, 1, 1e-4), setting=2), dict(row("dpfp1-delta", 40, 1, 0.3),
+                                                                 setting=2)]
   by_model = {k["model"]: k for k in report.knees(rows)}
   linear = by_model["linear-sum"]
   assert linear["solved"] == dict(num_keys=40, mean=0.008, min=0.004, max=0.012, seeds=2)
@@ -200,6 +202,11 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
   report.write_markdown(rows, str(path))
   assert ("| linear-sum | S=40: 0.008 (0.004–0.012, 2 seeds) | S=60: 0.2 (0.2–0.2, 1 seeds) "
           "| ≈ 60 |") in path.read_text()
+  # Setting 2 has its own table, without a paper column.
+  table = path.read_text()
+  assert "### Setting 2: capacity knees" in table
+  assert ("| dpfp1-delta | S=20: 0.0001 (0.0001–0.0001, 1 seeds) | S=40: 0.3 (0.3–0.3, 1 seeds) "
+          "|\n") in table
 
 
 def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
