@@ -202,12 +202,17 @@ def plot(rows, setting, path):
     budget = [i for i, s in enumerate(sizes) if "max_steps" in reasons[model][s]]
     ax.plot([sizes[i] for i in budget], mean[budget], linestyle="none", marker="o",
             markersize=7, markerfacecolor="none", color=line.get_color())
+    if setting == 1 and model in PAPER_KNEES:   # the paper's knee, on the axis, in its colour
+      ax.plot([PAPER_KNEES[model]], [0], marker="^", markersize=9, color=line.get_color(),
+              transform=ax.get_xaxis_transform(), clip_on=False)
   ax.set_xlabel("number of unique keys S")
   ax.set_ylabel("final eval loss (log scale)")
   ax.set_yscale("log")   # losses span 1e-4 (solved) to ~1 (failed)
   ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)   # the stopping loss
-  ax.set_title(f"Associative retrieval, setting {setting} (open circles: a run ended at "
-               "max_steps)", fontsize=10)
+  ax.axhline(KNEE_LOSS, color="grey", linestyle="-.", linewidth=0.8)   # the knee's threshold
+  ax.set_title(f"Associative retrieval, setting {setting}\n○ a run ended at max_steps"
+               + ("; ▲ the paper's knee" if setting == 1 else "") + "; dotted: stop loss "
+               f"0.001; dash-dot: knee {KNEE_LOSS}", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
