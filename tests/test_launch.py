@@ -201,12 +201,12 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
   path = tmp_path / "table.md"
   report.write_markdown(rows, str(path))
   assert ("| linear-sum | S=40: 0.008 (0.004–0.012, 2 seeds) | S=60: 0.2 (0.2–0.2, 1 seeds) "
-          "| ≈ 60 |") in path.read_text()
+          "| 20 \\| 40 | ≈ 60 |") in path.read_text()   # at the stopping loss: 20, then 40
   # Setting 2 has its own table, without a paper column.
   table = path.read_text()
   assert "### Setting 2: capacity knees" in table
   assert ("| dpfp1-delta | S=20: 0.0001 (0.0001–0.0001, 1 seeds) | S=40: 0.3 (0.3–0.3, 1 seeds) "
-          "|\n") in table
+          "| 20 \\| 40 |\n") in table
 
 
 def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
