@@ -7,7 +7,8 @@
 #   SETTINGS=2 S2=num_keys=80,120,200 bash scripts/lineage.sh   # more of setting 2 only
 # Relaunching resumes: finished points are skipped, interrupted ones continue. The report keeps
 # the committed rows of results/lineage/associative_recall.csv that these runs do not redo, so a
-# partial rerun adds to the table instead of replacing it.
+# partial rerun adds to the table instead of replacing it. The small files of every finished run
+# are kept in results/runs/lineage/ and restored at the start (see scripts/reproduce.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -15,6 +16,7 @@ RUNS=${RUNS:-runs/lineage}
 S1=${S1:-num_keys=20,60,100,200,300,400,600}
 S2=${S2:-num_keys=20,40}
 STEPS=${STEPS:-3000}
+"$PY" -m experiments.records restore results/runs/lineage "$RUNS"
 RECURRENT="linear-delta_rnn dpfp1-delta_rnn linear-rdn dpfp1-rdn linear-delta_lstm dpfp1-delta_lstm"
 
 run() {  # setting curve sweep
@@ -36,4 +38,5 @@ PREVIOUS=()
 if [[ -f results/lineage/associative_recall.csv ]]; then
   PREVIOUS=(--previous=results/lineage/associative_recall.csv)
 fi
+"$PY" -m experiments.records save "$RUNS" results/runs/lineage
 "$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results/lineage

@@ -11,13 +11,17 @@
 #   GRID=custom SETTINGS=2 S2=num_keys=40 SETTING2="dpfp1-delta" SEEDS=1,2 STEPS=500 \
 #     bash scripts/reproduce.sh          # any sub-grid (S1/S2: sweeps; SETTING1/2: curve lists)
 # Relaunching resumes: finished points are skipped, interrupted ones continue. PARALLEL sets how
-# many points of one sweep run at once (local processes).
+# many points of one sweep run at once (local processes). The small files of every finished run
+# are kept in results/runs/<name of RUNS>/ (experiments.records) and restored at the start, so a
+# relaunch on a fresh machine (or session) skips what any earlier one finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 if [[ "${GRID:-budget}" == knee ]]; then RUNS=${RUNS:-runs/knee}; else RUNS=${RUNS:-runs/reproduce}; fi
 PARALLEL=${PARALLEL:-2}
+RECORDS=results/runs/$(basename "$RUNS")
 PREVIOUS=()
+"$PY" -m experiments.records restore "$RECORDS" "$RUNS"
 S1_CHEAP="softmax linear-sum dpfp1-sum dpfp2-sum dpfp3-sum favor64-sum favor128-sum"
 S1_CURVES="$S1_CHEAP favor512-sum"
 S2_CURVES="dpfp1-sum linear-delta dpfp1-delta dpfp2-delta favor64-delta favor128-delta"
@@ -79,4 +83,5 @@ else
   grid 2 "dpfp1-sum linear-delta dpfp1-delta dpfp2-delta" "num_keys=20,40,80,120,200" 2,3 3000
   grid 2 "favor64-delta favor128-delta" "num_keys=200" 2,3 3000
 fi
+"$PY" -m experiments.records save "$RUNS" "$RECORDS"
 "$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results

@@ -1,0 +1,50 @@
+"""experiments.records: a sweep's finished runs saved as small files and restored on a fresh
+machine are skipped by the train loop, as if they had run there."""
+
+import json
+import os
+
+import pytest
+
+from configs import associative_recall
+from experiments import records, report, train
+
+
+def _config(**overrides):
+  c = associative_recall.get_config("linear-sum")
+  c.num_keys, c.max_steps, c.eval_every, c.checkpoint_every = 6, 20, 10, 10
+  c.update(overrides)
+  return c
+
+
+def test_saved_records_restore_finished_runs_that_the_loop_then_skips(tmp_path, capsys):
+  runs, saved_to, fresh = tmp_path / "runs", tmp_path / "records", tmp_path / "fresh"
+  first = train.train(_config(), str(runs / "num_keys=0006,seed=0001"))
+  os.makedirs(runs / "num_keys=0008,seed=0001" / "checkpoints")   # unfinished: not saved
+  assert records.save(str(runs), str(saved_to)) == ["num_keys=0006,seed=0001"]
+  assert sorted(os.listdir(saved_to / "num_keys=0006,seed=0001")) == sorted(records.FILES)
+
+  assert records.restore(str(saved_to), str(fresh)) == ["num_keys=0006,seed=0001"]
+  capsys.readouterr()
+  again = train.train(_config(), str(fresh / "num_keys=0006,seed=0001"))
+  assert "Already finished (max_steps at step 20)" in capsys.readouterr().out
+  assert again == first and not os.path.exists(fresh / "num_keys=0006,seed=0001" / "checkpoints")
+  # The report reads restored runs like any other.
+  rows = report.collect(report.finished_runs([str(fresh)]))
+  assert [(r["num_keys"], r["seed"], r["steps"]) for r in rows] == [(6, 1, 20)]
+
+  # A run finished here is kept as it is, whatever the records say.
+  point = saved_to / "num_keys=0006,seed=0001" / "summary.json"
+  json.dump(dict(first, final_eval_loss=123.0), open(point, "w"))
+  assert records.restore(str(saved_to), str(runs)) == []
+  assert json.load(open(runs / "num_keys=0006,seed=0001" / "summary.json")) == first
+  # Restored without checkpoints, a run that ran out of steps continues under a larger budget
+  # (from step 0: a fresh start through the same (seed, step) data).
+  longer = train.train(_config(max_steps=30), str(fresh / "num_keys=0006,seed=0001"))
+  assert longer["steps"] == 30 and longer["stop_reason"] == "max_steps"
+
+
+def test_save_names_a_missing_runs_directory(tmp_path):
+  with pytest.raises(ValueError, match="No run directory"):
+    records.save(str(tmp_path / "absent"), str(tmp_path / "records"))
+  assert records.restore(str(tmp_path / "absent"), str(tmp_path / "runs")) == []
