@@ -23,8 +23,9 @@ from absl import app
 FILES = ("config.json", "summary.json", "metrics.jsonl")
 
 
-def _finished(root: str):
-  """Relative paths of the run directories under `root` that hold a summary.json."""
+def finished(root: str):
+  """Relative paths of the run directories under `root` that hold a summary.json: the one rule
+  for "a finished run" (experiments.report reads runs through it too)."""
   for directory, _, files in os.walk(root):
     if "summary.json" in files:
       yield os.path.relpath(directory, root)
@@ -43,7 +44,7 @@ def save(runs: str, records: str) -> list[str]:
   relative paths."""
   if not os.path.isdir(runs):
     raise ValueError(f"No run directory {runs!r} to save records from.")
-  saved = sorted(_finished(runs))
+  saved = sorted(finished(runs))
   for relative in saved:
     _copy(runs, records, relative)
   return saved
@@ -55,7 +56,7 @@ def restore(records: str, runs: str) -> list[str]:
   if not os.path.isdir(records):
     return []            # nothing saved yet: a sweep's first launch
   restored = []
-  for relative in sorted(_finished(records)):
+  for relative in sorted(finished(records)):
     if not os.path.exists(os.path.join(runs, relative, "summary.json")):
       _copy(records, runs, relative)
       restored.append(relative)

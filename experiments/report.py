@@ -28,14 +28,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments import lm_report, results  # noqa: E402
+from experiments import lm_report, records, results  # noqa: E402
 
 COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds",
            "stop_reason")
 # A setting-1 curve's capacity knee: the largest S whose mean final loss is at most this...
 KNEE_LOSS = 0.01
-# ... and, stricter, at most the authors' stopping loss (the paper's "~0" on a log plot lies
-# between the two).
+# ... and, stricter, at most the authors' stopping loss. We read the paper's "~0" off a log plot;
+# the two thresholds bracket that reading.
 STOP_LOSS = 0.001
 # ... beside the paper's reading of its Figure 2 (Schlag et al. 2021; the S where each curve
 # leaves ~0 loss, on its 20-key grid).
@@ -51,10 +51,10 @@ def finished_runs(roots: list[str]) -> list[tuple[str, dict]]:
   """(directory, summary) of every finished run (a summary.json) under `roots`."""
   runs = []
   for root in roots:
-    for directory, _, files in os.walk(root):
-      if "summary.json" in files:
-        with open(os.path.join(directory, "summary.json")) as f:
-          runs.append((directory, json.load(f)))
+    for relative in records.finished(root):
+      directory = os.path.normpath(os.path.join(root, relative))
+      with open(os.path.join(directory, "summary.json")) as f:
+        runs.append((directory, json.load(f)))
   return runs
 
 
@@ -214,11 +214,11 @@ def plot(rows, setting, path):
   ax.set_xlabel("number of unique keys S")
   ax.set_ylabel("final eval loss (log scale)")
   ax.set_yscale("log")   # losses span 1e-4 (solved) to ~1 (failed)
-  ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)   # the stopping loss
+  ax.axhline(STOP_LOSS, color="grey", linestyle=":", linewidth=1)   # the stopping loss
   ax.axhline(KNEE_LOSS, color="grey", linestyle="-.", linewidth=0.8)   # the knee's threshold
   ax.set_title(f"Associative retrieval, setting {setting}\n○ a run ended at max_steps"
                + ("; ▲ the paper's knee" if setting == 1 else "") + "; dotted: stop loss "
-               f"0.001; dash-dot: knee {KNEE_LOSS}", fontsize=9)
+               f"{STOP_LOSS}; dash-dot: knee {KNEE_LOSS}", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
