@@ -136,6 +136,28 @@ class RecurrentFWPTest(chex.TestCase):
     chex.assert_trees_all_close(grads, ref_grads, rtol=F64_RTOL, atol=1e-12)
 
   @parameterized.parameters(*CASES)
+  def test_batch_blocks_equal_plain_loop(self, model, phi):
+    """On a CPU a batch whose fast weights outgrow CPU_BLOCK_BYTES runs in blocks of sequences
+    (here of 1: any positive budget below one sequence's state); outputs, final state and
+    gradients are unchanged."""
+    args, state = inputs(model, phi=phi)
+    saved, rfwp.CPU_BLOCK_BYTES = rfwp.CPU_BLOCK_BYTES, 1
+    try:
+      self.assertEqual(rfwp._batch_block(jax.tree.leaves(state)[0]),
+                       1 if jax.default_backend() == "cpu" else B)
+      got = jax.jit(functools.partial(run, model, phi=phi))(args, state)
+      cot = cotangents_like(got)
+      grads = jax.jit(jax.grad(lambda a, s: scalar(run(model, a, s, phi), cot),
+                               argnums=(0, 1)))(args, state)
+    finally:
+      rfwp.CPU_BLOCK_BYTES = saved
+    chex.assert_trees_all_close(got, run_reference(model, args, state, phi), rtol=F64_RTOL,
+                                atol=1e-12)
+    ref_grads = jax.grad(lambda a, s: scalar(run_reference(model, a, s, phi), cot),
+                         argnums=(0, 1))(args, state)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=F64_RTOL, atol=1e-12)
+
+  @parameterized.parameters(*CASES)
   def test_single_step_streams_the_scan(self, model, phi):
     args, state = inputs(model, seed=1, phi=phi)
     y, final = run(model, args, state, phi)
