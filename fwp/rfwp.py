@@ -212,7 +212,8 @@ def _identity(x, is_query):
 # B = 32, T = 400, V = 200: 110 ms forward, 5.0 s forward + backward), and jax.vjp of a whole
 # step inside the backward scan was no better (XLA:CPU ran its transposed products ~10x slower
 # than the same products written out). Here the forward keeps M once per REMAT_SEGMENT steps
-# plus a few vectors per step (the vector state before the step, and each write's u and k); the
+# plus a few vectors per step (the vector state before the step, each write's u, k and
+# correction c = v − M_{t-1} k, and the read); the
 # backward walks each segment back from its exact end, undoing one write at a time
 # (M_{t-1} = M_t − u_t k_tᵀ), differentiates the matrix step by hand and the vector functions
 # with jax.vjp. Rounding from the undoing cannot build up beyond one segment.
