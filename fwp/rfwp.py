@@ -213,10 +213,9 @@ def _identity(x, is_query):
 # step inside the backward scan was no better (XLA:CPU ran its transposed products ~10x slower
 # than the same products written out). Here the forward keeps M once per REMAT_SEGMENT steps
 # plus a few vectors per step (the vector state before the step, each write's u, k and
-# correction c = v − M_{t-1} k, and the read); the
-# backward walks each segment back from its exact end, undoing one write at a time
-# (M_{t-1} = M_t − u_t k_tᵀ), differentiates the matrix step by hand and the vector functions
-# with jax.vjp. Rounding from the undoing cannot build up beyond one segment.
+# correction c = v − M_{t-1} k, and the read); the backward walks each segment back from its
+# exact end, undoing one write at a time (M_{t-1} = M_t − u_t k_tᵀ), differentiates the matrix
+# step by hand and the vector functions with jax.vjp. Rounding from the undoing cannot build up beyond one segment.
 
 def _scan_segments(model, params, m, vectors, xs):
   """Forward over time-major xs: (ys, M_T, vectors_T, residuals)."""
