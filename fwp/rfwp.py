@@ -148,10 +148,6 @@ def _step(model: _Model, params, m, vectors, x):
   return y, m, vectors, (u, k, c, read)
 
 
-def _read(m, x):
-  return jnp.einsum("...vk,...k->...v", m, x)
-
-
 def _read_t(m, x):           # Mᵀ x
   return jnp.einsum("...vk,...v->...k", m, x)
 
@@ -215,7 +211,8 @@ def _identity(x, is_query):
 # plus a few vectors per step (the vector state before the step, each write's u, k and
 # correction c = v − M_{t-1} k, and the read); the backward walks each segment back from its
 # exact end, undoing one write at a time (M_{t-1} = M_t − u_t k_tᵀ), differentiates the matrix
-# step by hand and the vector functions with jax.vjp. Rounding from the undoing cannot build up beyond one segment.
+# step by hand and the vector functions with jax.vjp. Rounding from the undoing cannot build up
+# beyond one segment.
 
 def _scan_segments(model, params, m, vectors, xs):
   """Forward over time-major xs: (ys, M_T, vectors_T, residuals)."""
