@@ -1,9 +1,21 @@
-"""Launches one run or a sweep of the associative-retrieval experiments.
+r"""Launches one run or a sweep of any experiment family; the config file picks the family.
 
   python launch.py --config=configs/associative_recall.py:dpfp2-sum --config.num_keys=100 \
       --workdir=runs/dpfp2-sum
   python launch.py --config=configs/associative_recall.py:linear-sum \
       --sweep=num_keys=20:600:20 --seeds=1,2,3 --parallel=2 --workdir=runs/linear-sum
+  python launch.py --config=configs/language_model.py:linear-delta --workdir=runs/lm
+  python launch.py --config=configs/wikitext103.py:small-linear-delta \
+      --config.data_dir=/data/wikitext-103 --workdir=runs/wt103
+
+Families and their config files:
+  associative retrieval   configs/associative_recall.py:<curve>  (e.g. dpfp2-sum, linear-delta)
+  language modelling      configs/language_model.py:<model>      (pydoc bytes, CPU-sized)
+                          configs/wikitext103.py:<size>-<model>  (the paper's WikiText-103)
+List a config's fields, their values and meanings (and train nothing):
+  python launch.py --config=configs/language_model.py:linear-delta --show_config
+Change a field with --config.FIELD=VALUE (nested: --config.model.d_model=64). --sweep takes one
+field, nested or not (--sweep=model.d_model=64,128); --sweep=seed=1,2,3 is a seed sweep.
 
 Relaunching the same command on the same --workdir resumes: finished points are skipped and
 interrupted ones continue from their latest checkpoint.
@@ -16,6 +28,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import common
 from experiments import distributed, sweep, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and curve, "
@@ -40,14 +53,21 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this proc
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Start jax.distributed and detect the processes from the cluster "
     "environment (SLURM, Open MPI, Kubernetes, TPU pods); explicit flags above take precedence.")
+_SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print every field of --config with its "
+                                 "value and meaning, then exit without training.")
 flags.mark_flag_as_required("config")
 
 
 def _check_config(config) -> bool:
+  """At flag parsing: the message alone (absl's ValidationError would print the whole config
+  before it), then warnings for values that are legal but probably not meant."""
   try:
     train.validate(config)
   except ValueError as error:
-    raise flags.ValidationError(str(error)) from None
+    print(f"Error: --config: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+  for warning in train.config_warnings(config):
+    print(f"Warning: {warning}", file=sys.stderr, flush=True)
   return True
 
 
@@ -101,13 +121,10 @@ def main(argv):
 
 
 def _point_config(config, overrides: dict):
-  point_config = config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    if key not in point_config:
-      raise app.UsageError(f"--sweep names {key!r}, which is not a config field; fields: "
-                           f"{', '.join(sorted(k for k in point_config if k != 'model'))}.")
-    point_config[key] = value
-  return point_config
+  try:
+    return sweep.point_config(config, overrides)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
 
 
 def _main(argv) -> list:
@@ -118,13 +135,22 @@ def _main(argv) -> list:
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          detect=_DISTRIBUTED.value)
   config = _CONFIG.value
+  if _SHOW_CONFIG.value:
+    print(show_config(config))
+    return []
+  if _SWEEP.value and sweep.parse_range(_SWEEP.value)[0] == "seed" and _SEEDS.value:
+    raise app.UsageError("Give the seeds once: --sweep=seed=1,2,3 is a seed sweep (or use "
+                         "--seeds=1,2,3, which any --sweep also takes).")
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else [config.seed]   # checked at parsing
   if _SWEEP.value is None and len(seeds) == 1:
     config.seed = seeds[0]
     return [train.train(config, _WORKDIR.value, restore_from=_RESTORE_FROM.value)]
   if _WORKDIR.value is None:
     raise app.UsageError("A sweep needs --workdir (each point gets a sub-directory of it).")
-  grid = sweep.points(_SWEEP.value, seeds)
+  try:
+    grid = sweep.points(_SWEEP.value, seeds)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   for overrides in grid:            # every point is checked before any trains
     train.validate(_point_config(config, overrides))
   index = _SWEEP_INDEX.value
@@ -156,6 +182,26 @@ def _main(argv) -> list:
   return summaries
 
 
+def show_config(config) -> str:
+  """Every field of `config`, `path = value  # meaning` (the meanings are the config files'
+  own comments, see configs.common.field_meanings)."""
+  meanings = common.field_meanings()
+  flat = train.flatten(config.to_dict())
+  width = max(len(f"{k} = {v!r}") for k, v in flat.items())
+  return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meanings.get(k, '')}".rstrip(" #")
+                   for k, v in flat.items())
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def _print_help() -> None:
+  """--help: the docstring (both families, how to list a config's fields) and this launcher's
+  flags; exit status 0 (absl's own --help exits 1)."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+
+
 def _check_override_names(argv: list[str]) -> None:
   """`--config.FIELD=...` for a FIELD the config does not have fails inside ml_collections with a
   bare AttributeError; name the field and the valid ones instead, before anything runs."""
@@ -185,5 +231,8 @@ def _check_override_names(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    _print_help()
+    raise SystemExit(0)
   _check_override_names(sys.argv[1:])
   app.run(main)

@@ -29,15 +29,15 @@ CURVES = ("softmax", "additive", "fwp91-sum") + tuple(
 def base_config() -> ml_collections.ConfigDict:
   """Every key the retrieval experiments read: the loop's (configs.common) and its own."""
   c = common.loop_config("associative_recall")
-  c.curve = "linear-sum"
+  c.curve = "linear-sum"         # the paper curve, the name after ":" in --config
   c.setting = 1                  # 1: S keys without replacement; 2: 2S with replacement
   c.num_keys = 20                # S
-  c.eval_sequences = 20
-  c.eval_max_queries = 200
+  c.eval_sequences = 20          # sequences in the fixed evaluation set
+  c.eval_max_queries = 200       # queries scored per evaluation sequence at most
   c.eval_full_length = False     # departure from the authors: evaluate setting 2 on length 2S
   c.stop_loss = 0.001
   c.model = ml_collections.ConfigDict()
-  c.model.d = 64
+  c.model.d = 64                         # key, value and embedding size
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus
   c.model.nu = 1
   c.model.num_features = 64

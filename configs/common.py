@@ -6,18 +6,18 @@ import ml_collections
 def loop_config(task: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = task                  # experiments.tasks.TASKS
-  c.seed = 1
-  c.batch_size = 32
-  c.learning_rate = 1e-3
+  c.seed = 1                     # parameters, data and dropout are functions of it
+  c.batch_size = 32              # sequences per step (the global batch over all devices)
+  c.learning_rate = 1e-3         # Adam's (peak) learning rate
   c.lr_schedule = "constant"     # constant | cosine (to 0 at max_steps, after warm-up)
   c.warmup_steps = 0             # linear warm-up from 0
   c.grad_clip = 0.0              # global-norm clipping; 0 = none
-  c.max_steps = 100_000
-  c.eval_every = 100
+  c.max_steps = 100_000          # training steps at most (a cosine schedule ends here)
+  c.eval_every = 100             # steps between evaluations (a line in metrics.jsonl)
   c.stop_loss = 0.0              # stop when the eval loss is at or below this
   c.patience = 10                # stop after more than `patience` evals without a new best
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 2
+  c.checkpoint_every = 1000      # steps between checkpoints (also at every stop)
+  c.keep_checkpoints = 2         # latest checkpoints kept (the best one is kept besides)
   c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
   return c
 
@@ -32,10 +32,12 @@ LM_RECURRENT = ("delta_rnn", "rdn", "delta_lstm")
 
 def lm_config() -> ml_collections.ConfigDict:
   c = loop_config("language_model")
-  c.model_name = "linear-delta"
+  c.model_name = "linear-delta"  # the name after ":" in --config (sets the model fields)
   c.corpus = "pydoc"             # pydoc | wikitext103
   c.level = "byte"               # pydoc: byte | char; wikitext103: word
   c.data_dir = ""                # wikitext103: the directory with wiki.{train,valid,test}.tokens
+  c.cache_dir = ""               # wikitext103 token cache (default: data_dir/fwp-cache, else
+  #                                $XDG_CACHE_HOME/fwp or ~/.cache/fwp)
   c.context = 128                # training and evaluation context (tgt_len; no memory)
   c.eval_batch_size = 16         # windows per evaluation batch
   c.sliding_stride = 1           # final sliding-window evaluation stride (1 = the authors'; 0 off)
@@ -45,12 +47,12 @@ def lm_config() -> ml_collections.ConfigDict:
   c.grad_clip = 0.25
   c.patience = 1_000_000         # no early stopping: train for max_steps, as the authors
   c.model = ml_collections.ConfigDict()
-  c.model.num_layers = 4
-  c.model.d_model = 128
-  c.model.num_heads = 4
-  c.model.d_head = 32
-  c.model.d_ff = 512
-  c.model.dropout = 0.1
+  c.model.num_layers = 4                 # Transformer blocks
+  c.model.d_model = 128                  # residual stream width
+  c.model.num_heads = 4                  # attention heads (fast weight memories) per layer
+  c.model.d_head = 32                    # key/value size per head
+  c.model.d_ff = 512                     # feed-forward hidden size
+  c.model.dropout = 0.1                  # dropout rate (residual, feed-forward, embeddings)
   c.model.pre_norm = False               # post-LN, as the authors
   c.model.positional = "sinusoidal"      # sinusoidal | none
   c.model.adaptive_cutoffs = ()          # the authors' adaptive softmax: (20000, 40000, 200000)
@@ -68,7 +70,7 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   # Under dtype=bfloat16, what the fast weights are summed in: float32 (default) | input (pure
   # bfloat16; larger errors on long sequences, see results/precision.md)
-  c.model.accumulate = "float32"
+  c.model.accumulate = "float32"         # under bfloat16, fast weights sum in: float32 | input
   return c
 
 
@@ -112,3 +114,27 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
   if rule == "fwm":
     c.model.form = "recurrent"
   return c
+
+
+def field_meanings() -> dict[str, str]:
+  """{field path: meaning}, read from the comments beside the fields in the base configs (this
+  file and configs/associative_recall.py), so that `launch.py --show_config` documents every
+  field from the one place each is declared. A comment line that starts with '#' and a run of
+  spaces continues the comment of the field above it."""
+  import os
+  import re
+  here = os.path.dirname(os.path.abspath(__file__))
+  meanings, last = {}, None
+  for name in ("common.py", "associative_recall.py"):
+    with open(os.path.join(here, name), encoding="utf-8") as f:
+      for line in f:
+        field = re.match(r"\s*c\.([\w.]+)\s*=[^#]*#\s*(.*)$", line)
+        more = re.match(r"\s*#\s{8,}(.*)$", line)
+        if field and field.group(1) not in meanings:
+          last = field.group(1)
+          meanings[last] = field.group(2).strip()
+        elif more and last:
+          meanings[last] += " " + more.group(1).strip()
+        else:
+          last = None
+  return meanings

@@ -19,6 +19,7 @@ from experiments import distributed
 
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  """The training run's own manager: it saves, prunes and clears its unfinished temporaries."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
       pp.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
@@ -32,22 +33,44 @@ def manager(directory: str, keep: int) -> ocp.CheckpointManager:
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def reader(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads: it creates, deletes and cleans up nothing, so it may open a
+  run that is still training (generate, --restore_from) without touching its half-written
+  checkpoint."""
+  if not os.path.isdir(directory):
+    raise ValueError(f"{directory!r} holds no checkpoints (no such directory).")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                         cleanup_tmp_directories=False,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, eval_loss: float | None) -> None:
+  """Writes the checkpoint of `step`; a failure (a full disk) raises ValueError saying so. The
+  manager keeps the older checkpoints and clears the half-written one when the run restarts."""
   metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
-  mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
-  mngr.wait_until_finished()
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    mngr.wait_until_finished()
+  except Exception as error:  # noqa: BLE001 - orbax wraps I/O errors in several types
+    raise ValueError(f"Saving the checkpoint of step {step} in {mngr.directory} failed "
+                     f"({type(error).__name__}: {error}). The checkpoints before it are kept: "
+                     f"free some space and relaunch to resume.") from error
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bool = True):
   """(step, state) from the newest checkpoint that restores; older ones are tried in turn when
-  the newest is incomplete or corrupt. (None, None) when there is none.
+  the newest is incomplete or corrupt. (None, None) when there is none; a reader
+  (`set_aside=False`) gets a ValueError when checkpoints exist and none of them restores.
 
   An unreadable checkpoint is renamed to `<step>.unreadable` (kept for inspection, out of the
   manager's way) so that training can write that step again; `set_aside=False` leaves it.
   A checkpoint that reads but holds a different model (other shapes or leaves) is not damage: it
   raises ValueError naming the differences and touches nothing.
   """
-  for step in sorted(mngr.all_steps(), reverse=True):
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
     mismatch = _structure_mismatch(mngr, step, abstract_state)
     if mismatch:
       raise ValueError(f"The checkpoint at step {step} in {mngr.directory} holds a different "
@@ -67,6 +90,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
           os.replace(path, f"{path}.unreadable-{int(time.time())}")
         distributed.barrier(f"set-aside-{step}")
         mngr.reload()
+  if steps and not set_aside:   # a reader: say that checkpoints exist and none reads
+    raise ValueError(f"None of the checkpoints in {mngr.directory} (steps "
+                     f"{', '.join(map(str, sorted(steps)))}) can be restored: they are damaged "
+                     f"or incomplete (see the warnings above).")
   return None, None
 
 

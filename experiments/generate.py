@@ -3,18 +3,24 @@
   python -m experiments.generate --workdir=runs/lm --prompt="The while statement" --num_tokens=300
   python -m experiments.generate --workdir=runs/lm --temperature=0      # greedy
   python -m experiments.generate --workdir=runs/lm --top_k=10 --prompt_form=chunked
+  python -m experiments.generate --workdir=runs/lm --num_tokens=100000 > sample.txt   # streams
 
 The prompt goes through the model once, in its parallel or chunked form, which returns every
 layer's fast weights (W, and z under attention normalisation); then each new token is one
 `model.step(state, token)`: constant time and memory per token for a fast weight model, a growing
-key/value cache for softmax attention. Reads config.json and the latest checkpoint of --workdir.
+key/value cache for softmax attention. Tokens are printed as they are made (nothing but the
+model's state is kept). Reads config.json and the latest checkpoint of --workdir, and writes
+nothing there: a run that is still training may be read.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -40,25 +46,39 @@ flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str, form: str | None = None):
-  """(config, model with the latest checkpoint's parameters) of a language-model run."""
+  """(config, model with the latest checkpoint's parameters, step) of a language-model run.
+  Reads only: the run may still be training there."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir!r} is not a directory: give a language-model run's "
+                     f"directory (the --workdir it was launched with).")
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ValueError(f"{workdir!r} holds no config.json: not a run directory.")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.task != "language_model":
-    raise ValueError(f"{workdir!r} is a {config.task!r} run; generation needs a language_model "
-                     f"run.")
+  try:
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except ValueError as error:
+    raise ValueError(f"{config_path} is not valid JSON ({error}).") from None
+  if config.get("task") != "language_model":
+    raise ValueError(f"{workdir!r} is a {config.get('task', 'associative_recall')!r} run; "
+                     f"generation needs a language_model run.")
   if form and config.model.update_rule not in ("softmax", "fwm"):
     config.model.form = form
   model = language_model.build_model(config, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = train.fresh_state(params, rest, train.make_optimizer(config))
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state), set_aside=False)
-  mngr.close()
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory) or not os.listdir(directory):
+    raise ValueError(f"{workdir!r} has no checkpoint yet (the first is written at step "
+                     f"{config.checkpoint_every}); wait for it or train longer.")
+  mngr = checkpoint.reader(directory)
+  try:
+    step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state), set_aside=False)
+  finally:
+    mngr.close()
   if restored is None:
-    raise ValueError(f"{workdir!r} has no checkpoint yet.")
+    raise ValueError(f"{workdir!r} has no finished checkpoint yet (the first is written at step "
+                     f"{config.checkpoint_every}); wait for it or train longer.")
   return config, nnx.merge(graphdef, restored["params"], restored["rest"]), step
 
 
@@ -72,9 +92,22 @@ def sample(log_probs, key, temperature: float, top_k: int):
   return jax.random.categorical(key, logits, axis=-1)
 
 
-def generate(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: float = 0.8,
-             top_k: int = 0, seed: int = 0) -> np.ndarray:
-  """The prompt in one pass, then `num_tokens` RNN steps; returns the generated ids [N]."""
+def check_request(prompt_ids: np.ndarray, num_tokens: int, top_k: int, vocab_size: int) -> None:
+  if len(prompt_ids) == 0:
+    raise ValueError("The prompt holds no token of this run's vocabulary (a word-level run "
+                     "splits on whitespace): give some text, or no --prompt to start a line.")
+  if num_tokens < 1:
+    raise ValueError(f"--num_tokens must be >= 1, got {num_tokens}.")
+  if not 0 <= top_k <= vocab_size:
+    raise ValueError(f"--top_k={top_k} is larger than the vocabulary ({vocab_size} symbols); "
+                     f"give 0 (all) or 1..{vocab_size}.")
+
+
+def stream(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: float = 0.8,
+           top_k: int = 0, seed: int = 0) -> Iterator[int]:
+  """The prompt in one pass, then `num_tokens` RNN steps, yielding each id as it is made: only
+  the model's state is kept (constant for a fast weight model, a cache for softmax)."""
+  check_request(prompt_ids, num_tokens, top_k, model.config.vocab_size)
   prompt = jnp.asarray(prompt_ids, jnp.int32)[None]
   state = model.init_state(1, cache_capacity=prompt.shape[1] + num_tokens)
   graphdef, weights = nnx.split(model)
@@ -83,7 +116,7 @@ def generate(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: flo
   def prefill(weights, state, prompt):
     return nnx.merge(graphdef, weights)(prompt, state=state, return_state=True)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=1)
   def step(weights, state, token, key):
     log_probs, state = nnx.merge(graphdef, weights).step(state, token)
     return sample(log_probs, key, temperature, top_k), state
@@ -91,32 +124,60 @@ def generate(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: flo
   log_probs, state = prefill(weights, state, prompt)
   key = jax.random.key(seed)
   token = sample(log_probs[:, -1], jax.random.fold_in(key, 0), temperature, top_k)
-  out = [token]
-  for i in range(1, num_tokens):
-    token, state = step(weights, state, token, jax.random.fold_in(key, i))
-    out.append(token)
-  return np.asarray(jnp.concatenate(out))
+  for i in range(1, num_tokens):   # the next step is dispatched before this token is read
+    following, state = step(weights, state, token, jax.random.fold_in(key, i))
+    yield int(token[0])
+    token = following
+  yield int(token[0])
+
+
+def generate(model, prompt_ids: np.ndarray, num_tokens: int, **sampling) -> np.ndarray:
+  """The generated ids [num_tokens], kept in one NumPy buffer."""
+  out = np.empty(num_tokens, np.int32)
+  for i, token in enumerate(stream(model, prompt_ids, num_tokens, **sampling)):
+    out[i] = token
+  return out
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    logging.set_verbosity(logging.ERROR)  # orbax logs every restore, and a read-only manager
+  try:
+    _generate()
+  except ValueError as error:
+    print(f"Error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
+def _generate():
   config, model, step = load_run(_WORKDIR.value, _PROMPT_FORM.value)
-  vocab = language_model.load_corpus(config).vocab
+  corpus = language_model.load_corpus(config)
   prompt = _PROMPT.value
-  ids = vocab.encode(prompt) if prompt else vocab.encode("\n")
-  start = time.time()
-  new = generate(model, ids, _NUM_TOKENS.value, temperature=_TEMPERATURE.value,
-                 top_k=_TOP_K.value, seed=_SEED.value)
+  ids = corpus.vocab.encode(prompt) if prompt else corpus.vocab.encode("\n")
+  tokens = stream(model, ids, _NUM_TOKENS.value, temperature=_TEMPERATURE.value,
+                  top_k=_TOP_K.value, seed=_SEED.value)
+  check_request(ids, _NUM_TOKENS.value, _TOP_K.value, corpus.vocab.size)
+  print(f"[{config.model_name}, step {step}, {len(ids)} prompt + {_NUM_TOKENS.value} generated "
+        f"{corpus.unit}s]", flush=True)
+  decoder = corpus.vocab.decoder()
+  sys.stdout.write(prompt)
+  start, last_flush = time.time(), time.time()
+  for i, token in enumerate(tokens):
+    piece = decoder([token])
+    if i == 0 and corpus.vocab.level == "word" and prompt and not prompt.endswith(("\n", " ")) \
+        and not piece.startswith("\n"):
+      piece = " " + piece                   # words are joined by spaces
+    sys.stdout.write(piece)
+    if time.time() - last_flush > 0.2:
+      sys.stdout.flush()
+      last_flush = time.time()
+  sys.stdout.write(decoder.flush() + "\n")
+  sys.stdout.flush()
   seconds = time.time() - start
-  print(f"[{config.model_name}, step {step}, {len(ids)} prompt + {len(new)} generated "
-        f"{language_model.load_corpus(config).unit}s in {seconds:.1f} s]")
-  text = vocab.decode(new)
-  if vocab.level == "word" and prompt and not prompt.endswith(("\n", " ")) and text[:1] != "\n":
-    text = " " + text                      # words are joined by spaces
-  print(prompt + text)
+  print(f"[{_NUM_TOKENS.value} {corpus.unit}s in {seconds:.1f} s: "
+        f"{1e3 * seconds / _NUM_TOKENS.value:.2f} ms each, prompt included]", file=sys.stderr)
 
 
 if __name__ == "__main__":

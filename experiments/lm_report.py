@@ -6,6 +6,11 @@ Finds the language-model runs (summary.json + metrics.jsonl) under the given dir
 `language_model.csv` (one row per run and eval: model, seed, step, valid loss and bits), a Markdown
 table of the final numbers per model (mean over seeds, with the spread), and
 `language_model.png`: valid bits per unit against steps, one line per model (mean over seeds).
+
+Runs are averaged as seeds only when nothing but the seed differs (fields that do not change the
+result, IGNORED, aside): every other field whose value differs between the runs and is not fixed
+by the model's name (a --sweep=context=64,128, a learning rate) becomes a column of the CSV and
+the table, and a setting of its own. Runs of different corpora or units are refused together.
 """
 
 from __future__ import annotations
@@ -20,16 +25,98 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments import results  # noqa: E402
+
+
+# Fields that do not change what a run computes (or are its seed): never a reason to report two
+# runs apart. Prefixes: data_identity.* are the corpus's hashes, equal when corpus and level are.
+IGNORED = ("seed", "checkpoint_every", "keep_checkpoints", "mesh_shape", "eval_batch_size",
+           "model.form", "model.chunk_size", "data_dir", "cache_dir", "data_identity")
+
 
 def collect(finished: list[tuple[str, dict]]) -> list[dict]:
-  """The language-model runs among (directory, summary) pairs, with their metrics."""
+  """The language-model runs among (directory, summary) pairs, with their metrics and config,
+  grouped: runs that differ only in seed are one group; every other config field that differs
+  between the runs (and is not implied by the model's name) becomes a column (see `columns`).
+  Raises ValueError, before anything is written, for runs that cannot share one table."""
   runs = []
   for directory, summary in finished:
-    if summary.get("task") == "language_model":
-      with open(os.path.join(directory, "metrics.jsonl")) as f:
-        metrics = [json.loads(line) for line in f if line.strip()]
-      runs.append(dict(summary=summary, metrics=metrics))
-  return sorted(runs, key=lambda r: (r["summary"]["model"], r["summary"]["seed"]))
+    if summary.get("task") != "language_model":
+      continue
+    metrics = _read_metrics(directory)
+    if not metrics:
+      print(f"Skipping {directory}: it never evaluated ({summary.get('stop_reason')} at step "
+            f"{summary.get('steps')}).", flush=True)
+      continue
+    runs.append(dict(directory=directory, summary=summary, metrics=metrics,
+                     config=_read_config(directory, summary)))
+  if not runs:
+    return []
+  _check_one_unit(runs)
+  extra = _columns(runs)
+  for run in runs:
+    run["group"] = (run["summary"]["model"],) + tuple(run["config"].get(k) for k in extra)
+    run["label"] = ", ".join([run["summary"]["model"]] + [f"{k}={run['config'].get(k)}"
+                                                            for k in extra])
+    run["columns"] = extra
+  return sorted(runs, key=lambda r: (tuple(map(str, r["group"])), r["summary"]["seed"]))
+
+
+def _read_metrics(directory: str) -> list[dict]:
+  path = os.path.join(directory, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise ValueError(f"{directory} has a summary.json but no metrics.jsonl: an incomplete run "
+                     f"record. Restore the file or leave that directory out.")
+  with open(path) as f:
+    try:
+      return [json.loads(line) for line in f if line.strip()]
+    except ValueError as error:
+      raise ValueError(f"{path} is not valid JSON lines ({error}).") from None
+
+
+def _read_config(directory: str, summary: dict) -> dict:
+  """The run's config.json, flattened (a.b = v); from the summary alone when it is missing."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return dict(model_name=summary["model"], corpus=summary.get("corpus"),
+                level=summary.get("level"), context=summary.get("context"))
+  with open(path) as f:
+    try:
+      config = json.load(f)
+    except ValueError as error:
+      raise ValueError(f"{path} is not valid JSON ({error}).") from None
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in results.flatten(config).items()}
+
+
+def _check_one_unit(runs: list[dict]) -> None:
+  kinds = {}
+  for run in runs:
+    s = run["summary"]
+    kinds.setdefault((s.get("corpus"), s.get("level")), []).append(run["directory"])
+  if len(kinds) > 1:
+    listed = "; ".join(f"{corpus} ({level}s): {', '.join(dirs[:3])}"
+                       + (f" and {len(dirs) - 3} more" if len(dirs) > 3 else "")
+                       for (corpus, level), dirs in kinds.items())
+    raise ValueError(f"These language-model runs are on different corpora or units, whose "
+                     f"numbers cannot share a table: {listed}. Report them separately.")
+
+
+def _columns(runs: list[dict]) -> list[str]:
+  """The config fields, beyond the model's name and the ignored ones, whose value differs
+  between runs and is not fixed by the model's name (e.g. context, learning_rate)."""
+  def ignored(key):
+    return any(key == i or key.startswith(i + ".") for i in IGNORED)
+  keys = sorted({k for r in runs for k in r["config"]} - {"model_name"})
+  out = []
+  for key in keys:
+    if ignored(key) or len({repr(r["config"].get(key)) for r in runs}) < 2:
+      continue
+    by_model = collections.defaultdict(set)
+    for r in runs:
+      by_model[r["summary"]["model"]].add(repr(r["config"].get(key)))
+    if any(len(values) > 1 for values in by_model.values()):
+      out.append(key)
+  return out
 
 
 def _bits_key(record: dict, prefix: str) -> str:
@@ -38,34 +125,43 @@ def _bits_key(record: dict, prefix: str) -> str:
 
 def write_csv(runs, path):
   unit = _bits_key(runs[0]["metrics"][0], "valid")
+  extra = runs[0]["columns"]
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["model", "seed", "step", "train_loss", "valid_loss", unit])
+    writer.writerow(["model", *extra, "seed", "step", "train_loss", "valid_loss", unit])
     for run in runs:
       s = run["summary"]
       for m in run["metrics"]:
-        writer.writerow([s["model"], s["seed"], m["step"], f"{m['train_loss']:.5f}",
-                         f"{m['eval_loss']:.5f}", f"{m[unit]:.4f}"])
+        writer.writerow([s["model"], *run["group"][1:], s["seed"], m["step"],
+                         f"{m['train_loss']:.5f}", f"{m['eval_loss']:.5f}", f"{m[unit]:.4f}"])
 
 
 def markdown(runs) -> str:
   s0 = runs[0]["summary"]
-  unit = _bits_key(s0, "valid").split("_bits_per_")[1]
+  extra = runs[0]["columns"]
+  unit = _bits_key(runs[0]["metrics"][0], "valid").split("_bits_per_")[1]
   columns = [("valid", f"valid_bits_per_{unit}"), ("valid, sliding",
                                                    f"valid_sliding_bits_per_{unit}"),
              ("test", f"test_bits_per_{unit}"), ("test, sliding", f"test_sliding_bits_per_{unit}"),
              ("test ppl, sliding", "test_sliding_ppl")]
-  by_model = collections.defaultdict(list)
+  groups = collections.defaultdict(list)
   for run in runs:
-    by_model[run["summary"]["model"]].append(run["summary"])
-  lines = [f"Corpus {s0['corpus']} ({s0['level']}), context {s0['context']}. Bits per {unit} "
+    groups[run["group"]].append(run["summary"])
+  context = "" if "context" in extra else f", context {s0['context']}"
+  lines = [f"Corpus {s0['corpus']} ({s0['level']}){context}. Bits per {unit} "
            f"(lower is better), mean over seeds (min–max when more than one); 'sliding' = every "
-           f"{unit} predicted with at least context − stride of context.", "",
-           "| model | seeds | steps | " + " | ".join(c for c, _ in columns) + " |",
-           "|---|---|---|" + "---|" * len(columns)]
-  order = sorted(by_model, key=lambda m: np.mean([s[columns[0][1]] for s in by_model[m]]))
-  for model in order:
-    summaries = by_model[model]
+           f"{unit} predicted with at least context − stride of context."
+           + (f" Runs differ in {', '.join(extra)} besides the model: one row per setting."
+              if extra else ""), "",
+           "| model | " + "".join(f"{k} | " for k in extra) + "seeds | steps | "
+           + " | ".join(c for c, _ in columns) + " |",
+           "|---|" + "---|" * len(extra) + "---|---|" + "---|" * len(columns)]
+
+  def mean_first(group):
+    values = [s[columns[0][1]] for s in groups[group] if columns[0][1] in s]
+    return np.mean(values) if values else np.inf
+  for group in sorted(groups, key=mean_first):
+    summaries = groups[group]
     cells = []
     for _, key in columns:
       values = [s[key] for s in summaries if key in s]
@@ -76,7 +172,8 @@ def markdown(runs) -> str:
       else:
         cells.append(f"{np.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})")
     steps = max(s["steps"] for s in summaries)
-    lines.append(f"| {model} | {len(summaries)} | {steps} | " + " | ".join(cells) + " |")
+    lines.append(f"| {group[0]} | " + "".join(f"{v} | " for v in group[1:])
+                 + f"{len(summaries)} | {steps} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -84,7 +181,7 @@ def plot(runs, path):
   unit_key = _bits_key(runs[0]["metrics"][0], "valid")
   curves = collections.defaultdict(list)
   for run in runs:
-    curves[run["summary"]["model"]].append(run["metrics"])
+    curves[run["label"]].append(run["metrics"])
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for model, seeds in sorted(curves.items()):
     steps = [m["step"] for m in seeds[0]]
@@ -93,7 +190,8 @@ def plot(runs, path):
   s0 = runs[0]["summary"]
   ax.set_xlabel("training step")
   ax.set_ylabel(unit_key.replace("_", " "))
-  ax.set_title(f"Language modelling on {s0['corpus']} ({s0['level']}s), context {s0['context']}")
+  context = "" if "context" in runs[0]["columns"] else f", context {s0['context']}"
+  ax.set_title(f"Language modelling on {s0['corpus']} ({s0['level']}s){context}")
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()

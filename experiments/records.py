@@ -39,11 +39,26 @@ def _copy(source_root: str, target_root: str, relative: str) -> None:
       shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
 
 
+def _check_pair(source: str, target: str, what: str) -> None:
+  """The two trees must be two: not one, not one inside the other (a records tree inside the
+  runs it saves would be saved into itself on every save), and the target not a file."""
+  if os.path.exists(target) and not os.path.isdir(target):
+    raise ValueError(f"{target!r} is a file; the {what} destination must be a directory.")
+  a, b = os.path.realpath(source), os.path.realpath(target)
+  if a == b:
+    raise ValueError(f"{source!r} and {target!r} are the same directory; give two.")
+  if os.path.commonpath([a, b]) in (a, b):
+    inner, outer = (target, source) if os.path.commonpath([a, b]) == a else (source, target)
+    raise ValueError(f"{inner!r} lies inside {outer!r}: records and runs must be separate "
+                     f"trees (e.g. results/runs/NAME and runs/NAME).")
+
+
 def save(runs: str, records: str) -> list[str]:
   """Copies the small files of every finished run under `runs` to `records`; returns their
   relative paths."""
   if not os.path.isdir(runs):
     raise ValueError(f"No run directory {runs!r} to save records from.")
+  _check_pair(runs, records, "save")
   saved = sorted(finished(runs))
   for relative in saved:
     _copy(runs, records, relative)
@@ -54,7 +69,10 @@ def restore(records: str, runs: str) -> list[str]:
   """Copies every record under `records` into `runs` where that run has no summary.json (a run
   finished here stays as it is); returns the relative paths restored."""
   if not os.path.isdir(records):
+    if os.path.exists(records):
+      raise ValueError(f"{records!r} is a file, not a records directory.")
     return []            # nothing saved yet: a sweep's first launch
+  _check_pair(records, runs, "restore")
   restored = []
   for relative in sorted(finished(records)):
     if not os.path.exists(os.path.join(runs, relative, "summary.json")):

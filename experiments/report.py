@@ -21,6 +21,7 @@ import collections
 import csv
 import json
 import os
+import sys
 
 import matplotlib
 matplotlib.use("Agg")
@@ -51,10 +52,21 @@ def finished_runs(roots: list[str]) -> list[tuple[str, dict]]:
   """(directory, summary) of every finished run (a summary.json) under `roots`."""
   runs = []
   for root in roots:
+    if not os.path.isdir(root):
+      raise ValueError(f"{root!r} is not a directory: give run or sweep directories (the "
+                       f"--workdir of launch.py).")
     for relative in records.finished(root):
       directory = os.path.normpath(os.path.join(root, relative))
-      with open(os.path.join(directory, "summary.json")) as f:
-        runs.append((directory, json.load(f)))
+      path = os.path.join(directory, "summary.json")
+      try:
+        with open(path) as f:
+          summary = json.load(f)
+      except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): restore it from the run's "
+                         f"record, or delete it to let the run finish again.") from None
+      if not isinstance(summary, dict):
+        raise ValueError(f"{path} holds no summary object.")
+      runs.append((directory, summary))
   return runs
 
 
@@ -228,12 +240,16 @@ def plot(rows, setting, path):
 
 def report(roots: list[str], out: str, previous: str | None = None) -> list[str]:
   """Writes the tables and figures of every task with finished runs under `roots` (retrieval
-  rows merged over those of the CSV `previous`, when given)."""
-  written = []
+  rows merged over those of the CSV `previous`, when given). Everything is read and checked
+  before the first file is written, so a bad run leaves no partial results."""
   finished = finished_runs(roots)
   rows = collect(finished)
   if previous:
     rows = merge(read_previous(previous), rows)
+  lm_runs = lm_report.collect(finished)
+  if not rows and not lm_runs:
+    raise ValueError(f"No finished runs (summary.json) under {', '.join(roots)}.")
+  written = []
   if rows:
     os.makedirs(out, exist_ok=True)
     written += [os.path.join(out, "associative_recall.csv"),
@@ -244,18 +260,20 @@ def report(roots: list[str], out: str, previous: str | None = None) -> list[str]
       path = os.path.join(out, f"associative_recall_setting{setting}.png")
       plot(rows, setting, path)
       written.append(path)
-  lm_runs = lm_report.collect(finished)
   if lm_runs:
     written += lm_report.report(lm_runs, out)
-  if not written:
-    raise ValueError(f"No finished runs (summary.json) under {roots}.")
   return written
 
 
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more sweep directories.")
-  for path in report(argv[1:], _OUT.value, _PREVIOUS.value):
+  try:
+    written = report(argv[1:], _OUT.value, _PREVIOUS.value)
+  except ValueError as error:
+    print(f"Error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+  for path in written:
     print(path)
 
 

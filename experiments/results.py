@@ -8,6 +8,17 @@ import os
 from typing import Callable
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """A config (or config.json) as {dotted.path: value}; tuples as lists, as JSON holds them."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
 def write_csv(rows: list[dict], path: str, columns) -> None:
   """One line per row, `columns` in order (other keys of a row are left out)."""
   with open(path, "w", newline="") as f:

@@ -28,17 +28,20 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import checkpoint, distributed, tasks
+from experiments import checkpoint, distributed, progress, results, tasks
 
 # Fields that may change between a run and its resumption: they change neither model nor data.
 RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
                      "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape",
-                     "eval_batch_size", "sliding_stride")
+                     "eval_batch_size", "sliding_stride", "cache_dir")
 # Fields added after runs already existed, with the value those runs used implicitly: a saved
 # config without one of them resumes when the current value is this one.
 ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
                 "grad_clip": 0.0, "model.recurrence": "none",
-                "model.accumulate": "float32"}
+                "model.accumulate": "float32", "cache_dir": ""}
+# config.json's record of the data a run trained on (a task's `data_identity`), checked apart
+# from the config's fields.
+DATA_IDENTITY = "data_identity"
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
 
 
@@ -61,17 +64,20 @@ class _Stop:
       signal.signal(s, handler)
 
 
-def flatten(config_dict, prefix=""):
-  out = {}
-  for key, value in config_dict.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
+flatten = results.flatten
 
 
 def check_resumable(saved: dict, current: dict) -> None:
+  """Refuses a resume that would change the model or the data: a changed config field (beyond
+  RESUMABLE_CHANGES) or other data under the same names (config.json's data_identity)."""
+  saved, current = dict(saved), dict(current)
+  saved_data, current_data = saved.pop(DATA_IDENTITY, None), current.pop(DATA_IDENTITY, None)
+  if saved_data and current_data and saved_data != current_data:
+    details = ", ".join(f"{k}: {saved_data.get(k)!r} -> {current_data.get(k)!r}"
+                        for k in sorted(set(saved_data) | set(current_data))
+                        if saved_data.get(k) != current_data.get(k))
+    raise ValueError(f"This workdir's run trained on other data than the files now read "
+                     f"({details}). Restore the original files, or use a new --workdir.")
   saved_flat, current_flat = flatten(saved), flatten(current)
   saved_flat = {**{k: v for k, v in ADDED_FIELDS.items() if k in current_flat}, **saved_flat}
   changed = sorted(k for k in set(saved_flat) | set(current_flat)
@@ -83,10 +89,7 @@ def check_resumable(saved: dict, current: dict) -> None:
                      f"values. Fields that may change on resume: {', '.join(RESUMABLE_CHANGES)}.")
 
 
-def _say(message: str) -> None:
-  """Progress on stdout, from process 0 only."""
-  if distributed.is_main():
-    print(message, flush=True)
+_say = progress.say
 
 
 def _prepare_workdir(workdir: str | None) -> str:
@@ -140,12 +143,21 @@ def _read_json(path: str, what: str) -> dict:
 
 
 def _write_json(path: str, obj) -> None:
+  """Atomically (a temporary, then a rename); a failed write (a full disk) leaves no temporary
+  behind and raises ValueError saying what could not be written."""
   if not distributed.is_main():
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise ValueError(f"Cannot write {path} ({error.strerror or error}): free some space (or "
+                     f"fix the permissions) and relaunch; the run's checkpoints are "
+                     f"kept.") from None
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -184,6 +196,17 @@ def validate(config) -> None:
   task_module.validate(config)
 
 
+def config_warnings(config) -> list[str]:
+  """Values that are legal but probably not meant, with their numbers (launch.py prints them
+  at flag parsing)."""
+  out = []
+  if config.warmup_steps >= config.max_steps:
+    out.append(f"warmup_steps {config.warmup_steps} >= max_steps {config.max_steps}: the "
+               f"learning rate never reaches {config.learning_rate:g} (it ends at "
+               f"{config.learning_rate * config.max_steps / config.warmup_steps:.3g}).")
+  return out
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam; with a cosine schedule, linear warm-up then cosine to 0 at max_steps; optional
   global-norm clipping first (the authors' LM recipe: 2,000 warm-up steps, clipping 0.25)."""
@@ -203,8 +226,13 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   """Trains one run to its stopping criterion; returns the summary (also in summary.json)."""
   validate(config)
   workdir = _prepare_workdir(workdir)
-  with _workdir_lock(workdir):
-    return _train(config, workdir, restore_from)
+  try:
+    with _workdir_lock(workdir):
+      return _train(config, workdir, restore_from)
+  except OSError as error:     # a full disk, a lost mount: say what, never a raw traceback
+    raise ValueError(f"Writing in workdir {workdir!r} failed ({error}). Its checkpoints up to "
+                     f"the last complete one are kept: free space (or fix the mount) and "
+                     f"relaunch to resume.") from error
 
 
 @contextlib.contextmanager
@@ -234,6 +262,8 @@ def _workdir_lock(workdir: str):
 def _train(config, workdir: str, restore_from: str | None) -> dict:
   task_module = tasks.get(config.task)
   config_dict = config.to_dict()
+  if hasattr(task_module, "data_identity"):
+    config_dict[DATA_IDENTITY] = task_module.data_identity(config)
   config_path = os.path.join(workdir, "config.json")
   saved = None
   if os.path.exists(config_path):
@@ -267,8 +297,9 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
     if not os.path.isdir(restore_from):
       raise ValueError(f"--restore_from={restore_from!r} is not a directory; pass another run's "
                        f"checkpoints/ directory.")
-    source = checkpoint.manager(restore_from, config.keep_checkpoints)
+    source = checkpoint.reader(restore_from)       # another run's: read, never clean up
     _, restored = checkpoint.restore_latest(source, checkpoint.abstract(state), set_aside=False)
+    source.close()
     if restored is None:
       raise ValueError(f"--restore_from={restore_from!r} holds no restorable checkpoint.")
     # A new run from another run's weights: keep parameters and optimizer, restart counters.
@@ -276,6 +307,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
                  opt_state=restored["opt_state"])
     _say(f"Starting from the checkpoint in {restore_from}")
   elif restored is not None:
+    check_schedule(saved, config)
     state = restored
     _say(f"Resuming from step {restored_step} in {workdir}")
   # Only now, with the checkpoint read as this config's model, does the workdir change.
@@ -301,6 +333,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   stop_reason, last_eval = None, (history[-1]["eval_loss"] if history else None)
   start_time = time.time()
   interval_start, interval_step = start_time, step
+  first_step = step
 
   def snapshot():
     params, opt_state, loss_sum = carry
@@ -317,7 +350,13 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
       batch = task.host_batch(step)
       if batch is not None:
         batch = distributed.put_batch(batch, mesh)
+      if step == first_step:
+        _say("Compiling the train step ...")
+        compile_start = time.time()
       carry = train_step(*carry, rest, step, batch)
+      if step == first_step:
+        jax.block_until_ready(carry)
+        _say(f"Compiled and ran the first train step in {time.time() - compile_start:.1f} s")
       if sync_each_step:
         jax.block_until_ready(carry)
       step, loss_count = step + 1, loss_count + 1
@@ -383,6 +422,21 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   _write_json(summary_path, summary)
   _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
+
+
+def check_schedule(saved: dict | None, config) -> None:
+  """A cosine schedule is stretched over max_steps, so resuming a checkpoint under another
+  max_steps would change the learning rate of every step still to come (and of none before):
+  a run neither of the old length nor of the new one. Refused; a new run from this checkpoint's
+  weights (--restore_from) starts a schedule of its own."""
+  if saved is None or config.lr_schedule != "cosine":
+    return
+  old = saved.get("max_steps", config.max_steps)
+  if old != config.max_steps:
+    raise ValueError(f"This run's cosine schedule decays to 0 at max_steps {old}; resuming it "
+                     f"with max_steps {config.max_steps} would re-stretch the schedule "
+                     f"mid-run. Keep --config.max_steps={old}, or start a new run from its "
+                     f"weights: --restore_from=<this workdir>/checkpoints with a new --workdir.")
 
 
 def _continues(summary: dict, saved: dict | None, config) -> bool:

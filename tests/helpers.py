@@ -1,4 +1,7 @@
-"""Shared test helpers: float64 scope, relative closeness, random inputs."""
+"""Shared test helpers: float64 scope, relative closeness, random inputs, WikiText-format files,
+a tiny language-model config."""
+
+import os
 
 import chex
 import jax
@@ -39,3 +42,39 @@ def random_inputs(seed, b=2, t=12, h=2, d_key=5, d_value=3, dtype=jnp.float64):
   w0 = 0.3 * rng.normal(size=(b, h, d_value, d_key))
   return tuple(jnp.asarray(x, dtype) for x in (q, k, v, beta, w0))
 
+
+# WikiText-103's format: ' = Title = ' lines, space-separated tokens, <unk>, @-@.
+TRAIN = """ 
+ = Valkyria Chronicles III = 
+ 
+ Senjō no Valkyria 3 : <unk> Chronicles is a tactical role @-@ playing game . 
+ The game began development in 2010 , carrying over a large portion of the work . 
+ 
+ = = Gameplay = = 
+ 
+ The game is a tactical game . 
+"""
+VALID = " The game began in 2010 . \n \n = = Plot = = \n"
+TEST = " The game is a large portion of the work . \n"
+
+
+def write_wikitext(directory, train=TRAIN, valid=VALID, test=TEST):
+  os.makedirs(directory, exist_ok=True)
+  for split, text in (("train", train), ("valid", valid), ("test", test)):
+    with open(os.path.join(directory, f"wiki.{split}.tokens"), "w", encoding="utf-8") as f:
+      f.write(text)
+  return str(directory)
+
+
+def tiny_lm_config(model: str = "linear-delta", **overrides):
+  """A language model small enough to train a few steps in a test (pydoc bytes, 1 layer)."""
+  from configs import language_model
+  c = language_model.get_config(model)
+  m = c.model
+  m.num_layers, m.d_model, m.num_heads, m.d_head, m.d_ff = 1, 16, 2, 8, 32
+  c.context, c.batch_size, c.warmup_steps, c.eval_batch_size, c.sliding_stride = 16, 4, 0, 64, 0
+  c.max_steps, c.eval_every, c.checkpoint_every = 4, 2, 2
+  for key, value in overrides.items():
+    target, _, name = key.rpartition("__")
+    (c.model if target else c)[name] = value
+  return c

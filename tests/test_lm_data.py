@@ -9,28 +9,7 @@ import pytest
 from configs import language_model, wikitext103
 from experiments import train
 from experiments.tasks import text_data
-
-TRAIN = """ 
- = Valkyria Chronicles III = 
- 
- Senjō no Valkyria 3 : <unk> Chronicles is a tactical role @-@ playing game . 
- The game began development in 2010 , carrying over a large portion of the work . 
- 
- = = Gameplay = = 
- 
- The game is a tactical game . 
-"""
-VALID = " The game began in 2010 . \n \n = = Plot = = \n"
-TEST = " The game is a large portion of the work . \n"
-
-
-def write_wikitext(directory, train=TRAIN, valid=VALID, test=TEST):
-  os.makedirs(directory, exist_ok=True)
-  for split, text in (("train", train), ("valid", valid), ("test", test)):
-    with open(os.path.join(directory, f"wiki.{split}.tokens"), "w", encoding="utf-8") as f:
-      f.write(text)
-  return str(directory)
-
+from tests.helpers import TEST, TRAIN, write_wikitext
 
 def test_wikitext_vocabulary_eos_and_round_trip(tmp_path):
   data_dir = write_wikitext(tmp_path / "wt")

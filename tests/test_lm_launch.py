@@ -86,7 +86,7 @@ def test_lm_on_four_simulated_devices_trains_like_one(tmp_path):
 def test_word_level_wikitext_run_end_to_end(tmp_path):
   """The WikiText-103 path on files in its format: tokenise, train with the adaptive softmax,
   evaluate (plain and sliding), generate words."""
-  from tests.test_lm_data import write_wikitext
+  from tests.helpers import write_wikitext
   data_dir = write_wikitext(tmp_path / "wt")
   result = launch("--config=configs/wikitext103.py:small-linear-delta",
                   f"--config.data_dir={data_dir}", "--config.model.num_layers=1",

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import distributed
+from experiments.progress import Progress
 from experiments.tasks import associative_recall, text_data
 from fwp import lm
 
@@ -25,12 +26,17 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 
 
 @functools.lru_cache(maxsize=4)
-def corpus(name: str, level: str, data_dir: str) -> text_data.Corpus:
-  return text_data.load(name, level, data_dir or None)
+def corpus(name: str, level: str, data_dir: str, cache_dir: str = "") -> text_data.Corpus:
+  return text_data.load(name, level, data_dir or None, cache_dir or None)
 
 
 def load_corpus(config) -> text_data.Corpus:
-  return corpus(config.corpus, config.level, config.data_dir)
+  return corpus(config.corpus, config.level, config.data_dir, config.get("cache_dir", ""))
+
+
+def data_identity(config) -> dict:
+  """The corpus a run trains on, recorded in its config.json (see text_data.identity)."""
+  return text_data.identity(load_corpus(config))
 
 
 def lm_config(config, vocab_size: int) -> lm.LMConfig:
@@ -79,17 +85,33 @@ class LanguageModelling:
   def __init__(self, config, mesh=None):
     self.config, self.mesh = config, mesh
     self.corpus = load_corpus(config)
-    train = self.corpus.splits["train"]
-    if text_data.num_segments(len(train), config.batch_size, config.context) < 1:
-      raise ValueError(f"The {config.corpus} training split ({len(train)} {self.corpus.unit}s) "
-                       f"is too short for batch_size {config.batch_size} × context "
-                       f"{config.context}.")
+    self._check_splits()
     self.summary_fields = dict(model=config.model_name, corpus=config.corpus,
                                level=config.level, context=config.context)
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
     # The plain valid windows are read every eval: build them once.
     self._valid_batches = list(text_data.eval_windows(
         self.corpus.splits["valid"], config.context, config.context, config.eval_batch_size))
+
+  def _check_splits(self):
+    """Every split against the run's shapes, before the first step: a split the final
+    evaluation cannot read would otherwise be found after the whole training budget."""
+    c, unit = self.config, self.corpus.unit
+    train = len(self.corpus.splits["train"])
+    segments = text_data.num_segments(train, c.batch_size, c.context)
+    if segments < 2:
+      raise ValueError(
+          f"The {c.corpus} training split ({train:,} {unit}s) cut into batch_size "
+          f"{c.batch_size} streams of {train // c.batch_size:,} gives {segments} segment(s) of "
+          f"context {c.context} + 1: " + ("too short to train on." if segments < 1 else
+                                           "every step would read the same batch.") +
+          f" Lower context (to at most {max((train // c.batch_size - 1) // 2, 0):,} for this "
+          f"batch_size) or batch_size.")
+    for split in ("valid", "test"):
+      length = len(self.corpus.splits[split])
+      if length < 2:
+        raise ValueError(f"The {c.corpus} {split} split has {length} {unit}(s); evaluation "
+                         f"needs at least 2 (an input and its target). Fix the {split} file.")
 
   def host_batch(self, step):
     c = self.config
@@ -104,10 +126,14 @@ class LanguageModelling:
     nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
     return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
 
-  def mean_nll(self, graphdef, params, rest, batches) -> float:
-    """Nats per unit over the scored positions of `batches`."""
+  def mean_nll(self, graphdef, params, rest, batches, name="", num_batches=0) -> float:
+    """Nats per unit over the scored positions of `batches`; a long evaluation says how far it
+    is (every ~10 s) when given its `name` and `num_batches`."""
     total, count = 0.0, 0.0
-    for batch in batches:
+    meter = Progress(f"{name}: batch", num_batches) if name else None
+    for i, batch in enumerate(batches):
+      if meter:
+        meter.update(i)
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
       s, n = self._nll(graphdef, params, rest, batch)
@@ -128,11 +154,13 @@ class LanguageModelling:
     out = {}
     strides = [("", c.context)] + ([("_sliding", c.sliding_stride)] if c.sliding_stride else [])
     for split in ("valid", "test"):
+      stream = self.corpus.splits[split]
       for suffix, stride in strides:
-        batches = text_data.eval_windows(self.corpus.splits[split], c.context, stride,
-                                         c.eval_batch_size)
-        out.update(self._metrics(split + suffix,
-                                 self.mean_nll(graphdef, params, rest, batches)))
+        batches = text_data.eval_windows(stream, c.context, stride, c.eval_batch_size)
+        windows = len(text_data.window_ends(len(stream), c.context, stride))
+        nll = self.mean_nll(graphdef, params, rest, batches, name=f"final {split}{suffix}",
+                            num_batches=-(-windows // c.eval_batch_size))
+        out.update(self._metrics(split + suffix, nll))
     return out
 
 

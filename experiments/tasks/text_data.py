@@ -6,8 +6,10 @@ Corpora:
                modeling-dataset/ ; CC BY-SA 3.0). As Transformer-XL and the authors: split on
                whitespace, `<eos>` at every line end, the full vocabulary of the training split
                ordered by frequency (`<eos>` first), case kept. Token ids are cached as .npy files
-               (memory-mapped) in `<data_dir>/fwp-cache` on first use, or ~/.cache/fwp when
-               data_dir is read-only.
+               (memory-mapped) on first use, in config.cache_dir when set, else
+               `<data_dir>/fwp-cache`, else $XDG_CACHE_HOME/fwp (~/.cache/fwp) when data_dir is
+               read-only. The cache is checked on every open (sizes, lengths, id range) and
+               rebuilt, saying why, when it does not match; a lock lets one process build it.
   pydoc        the "pydoc topics" text that ships with every CPython (pydoc_data.topics: the
                language reference's topics, ~465k characters of English and code; PSF licence),
                so a fresh machine has a real corpus without the internet. Split 90/5/5 at line
@@ -22,8 +24,11 @@ function of the step and every token is an input in exactly one segment per epoc
 from __future__ import annotations
 
 import array
+import codecs
 import collections
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -61,20 +66,43 @@ class Vocab:
     return np.asarray([index.get(u, index.get(UNK, 0)) for u in units], np.int32)
 
   def decode(self, ids) -> str:
+    decoder = self.decoder()
+    return decoder(ids) + decoder.flush()
+
+  def decoder(self) -> "StreamDecoder":
+    """Text of ids given a few at a time (generation prints as it goes): the pieces joined equal
+    `decode` of all the ids."""
+    return StreamDecoder(self)
+
+
+class StreamDecoder:
+  """Bytes through an incremental UTF-8 decoder (a character split over two tokens waits for its
+  second half); words joined by spaces, `<eos>` a line end."""
+
+  def __init__(self, vocab: Vocab):
+    self.vocab = vocab
+    self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    self._line_start = True
+
+  def __call__(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    if self.level == "byte":
-      return bytes(ids).decode("utf-8", errors="replace")
-    units = [self.symbols[i] for i in ids]
-    if self.level == "char":
+    if self.vocab.level == "byte":
+      return self._utf8.decode(bytes(ids))
+    units = [self.vocab.symbols[i] for i in ids]
+    if self.vocab.level == "char":
       return "".join(units)
-    lines, line = [], []
+    pieces = []
     for unit in units:
       if unit == EOS:
-        lines.append(" ".join(line) + "\n")
-        line = []
+        pieces.append("\n")
+        self._line_start = True
       else:
-        line.append(unit)
-    return "".join(lines) + " ".join(line)
+        pieces.append(unit if self._line_start else " " + unit)
+        self._line_start = False
+    return "".join(pieces)
+
+  def flush(self) -> str:
+    return self._utf8.decode(b"", final=True) if self.vocab.level == "byte" else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +143,28 @@ def check(corpus: str, level: str, data_dir: str | None) -> None:
         raise ValueError(f"WikiText-103 file {path} is empty.")
 
 
-def load(corpus: str, level: str, data_dir: str | None = None) -> Corpus:
+def load(corpus: str, level: str, data_dir: str | None = None,
+         cache_dir: str | None = None) -> Corpus:
   check(corpus, level, data_dir)
   if corpus == "pydoc":
     return _load_pydoc(level)
-  return _load_wikitext(data_dir)
+  return _load_wikitext(data_dir, cache_dir)
+
+
+def identity(corpus: Corpus) -> dict:
+  """What a run's config.json records of its data, so that a resume on other data is refused:
+  the vocabulary's size and hash, and each split's length and a hash of its first and last
+  million ids (cheap on a 100M-token split; any change of the text moves one of them)."""
+  def digest(ids):
+    ids = np.asarray(ids)
+    h = hashlib.sha1(np.ascontiguousarray(ids[:1 << 20], np.int32).tobytes())
+    h.update(np.ascontiguousarray(ids[-(1 << 20):], np.int32).tobytes())
+    return h.hexdigest()[:16]
+  vocab = hashlib.sha1("\n".join(corpus.vocab.symbols).encode()).hexdigest()[:16]
+  return dict(corpus=corpus.name, level=corpus.vocab.level, vocab_size=corpus.vocab.size,
+              vocab_sha1=vocab, **{f"{split}_length": int(len(corpus.splits[split]))
+                                   for split in SPLITS},
+              **{f"{split}_sha1": digest(corpus.splits[split]) for split in SPLITS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,20 +174,38 @@ def _split_path(data_dir: str, split: str) -> str:
   return os.path.join(data_dir, f"wiki.{split}.tokens")
 
 
-def _cache_dir(data_dir: str) -> str:
-  preferred = os.path.join(data_dir, "fwp-cache")
+def _writable(directory: str) -> bool:
   try:
-    os.makedirs(preferred, exist_ok=True)
-    probe = os.path.join(preferred, ".write-test")
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write-test-{os.getpid()}")
     with open(probe, "w"):
       pass
     os.remove(probe)
-    return preferred
+    return True
   except OSError:
-    digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12]
-    fallback = os.path.join(os.path.expanduser("~"), ".cache", "fwp", f"wikitext103-{digest}")
-    os.makedirs(fallback, exist_ok=True)
-    return fallback
+    return False
+
+
+def cache_dir(data_dir: str, configured: str | None = None) -> str:
+  """Where the token ids of `data_dir` are cached: `configured` (config.cache_dir) when given,
+  else <data_dir>/fwp-cache, else $XDG_CACHE_HOME/fwp (~/.cache/fwp) when data_dir is
+  read-only."""
+  if configured:
+    if not _writable(configured):
+      raise ValueError(f"config.cache_dir={configured!r} cannot be written; give a directory "
+                       f"you can write.")
+    return configured
+  candidates = [os.path.join(data_dir, "fwp-cache")]
+  digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+  home_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                               ".cache")
+  candidates.append(os.path.join(home_cache, "fwp", f"wikitext103-{digest}"))
+  for candidate in candidates:
+    if _writable(candidate):
+      return candidate
+  raise ValueError(f"No writable place for the token cache of {data_dir!r}: tried "
+                   f"{' and '.join(candidates)}. Set --config.cache_dir to a directory you can "
+                   f"write (or XDG_CACHE_HOME).")
 
 
 def _fingerprint(data_dir: str) -> dict:
@@ -150,40 +213,102 @@ def _fingerprint(data_dir: str) -> dict:
           for split in SPLITS for p in [_split_path(data_dir, split)]}
 
 
-def _load_wikitext(data_dir: str) -> Corpus:
-  cache = _cache_dir(data_dir)
+@contextlib.contextmanager
+def _locked(directory: str):
+  """An exclusive flock on <directory>/.lock: two processes tokenising one new data_dir take
+  turns (the second then finds the cache built). The kernel drops it when a process dies."""
+  fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _load_wikitext(data_dir: str, configured_cache: str | None = None) -> Corpus:
+  cache = cache_dir(data_dir, configured_cache)
   meta_path = os.path.join(cache, "meta.json")
   fingerprint = _fingerprint(data_dir)
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
-    if meta.get("files") == fingerprint:
-      return _open_cached(cache)
-  tokenize_wikitext(data_dir, cache)
-  with open(meta_path + ".tmp", "w") as f:
-    json.dump(dict(files=fingerprint), f)
-  os.replace(meta_path + ".tmp", meta_path)
-  return _open_cached(cache)
+  with _locked(cache):
+    problem = "it is not built yet"
+    if os.path.exists(meta_path):
+      try:
+        with open(meta_path) as f:
+          meta = json.load(f)
+        if meta.get("files") != fingerprint:
+          problem = "the source files changed"
+        else:
+          corpus = _open_cached(cache, meta)
+          return corpus
+      except (ValueError, OSError, KeyError, TypeError) as error:
+        problem = str(error)
+      print(f"The token cache in {cache} does not match {data_dir} ({problem}); rebuilding it.",
+            flush=True)
+    else:
+      print(f"Tokenising {data_dir} into {cache} (once; later runs read the cache).", flush=True)
+    lengths, vocab_size = tokenize_wikitext(data_dir, cache)
+    meta = dict(files=fingerprint, lengths=lengths, vocab_size=vocab_size)
+    tmp = f"{meta_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(meta, f)
+    os.replace(tmp, meta_path)
+    return _open_cached(cache, meta)
 
 
-def _open_cached(cache: str) -> Corpus:
+def _open_cached(cache: str, meta: dict) -> Corpus:
+  """The cached corpus, checked against meta.json: the vocabulary's size, each split's length,
+  dtype and id range. Any mismatch raises ValueError saying what (the caller rebuilds)."""
   with open(os.path.join(cache, "vocab.txt"), encoding="utf-8") as f:
     symbols = tuple(line.rstrip("\n") for line in f)
-  splits = {s: np.load(os.path.join(cache, f"{s}.npy"), mmap_mode="r") for s in SPLITS}
+  if len(symbols) != meta["vocab_size"]:
+    raise ValueError(f"vocab.txt has {len(symbols)} symbols, meta.json says "
+                     f"{meta['vocab_size']}")
+  splits = {}
+  for split in SPLITS:
+    ids = np.load(os.path.join(cache, f"{split}.npy"), mmap_mode="r", allow_pickle=False)
+    if ids.dtype != np.int32 or ids.shape != (meta["lengths"][split],):
+      raise ValueError(f"{split}.npy holds {ids.dtype} {ids.shape}, meta.json says int32 "
+                       f"({meta['lengths'][split]},)")
+    if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < len(symbols):
+      raise ValueError(f"{split}.npy holds ids outside the vocabulary 0..{len(symbols) - 1}")
+    splits[split] = ids
   return Corpus("wikitext103", Vocab("word", symbols), splits)
 
 
-def tokenize_wikitext(data_dir: str, cache: str) -> None:
+def _read_lines(path: str):
+  """(number, line) of a UTF-8 text file; a byte sequence that is not UTF-8 is reported with
+  the file and the line it is on."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      yield from enumerate(f, 1)
+    except UnicodeDecodeError as error:
+      with open(path, "rb") as raw:
+        number = next((n for n, line in enumerate(raw, 1)
+                       if not _decodes(line)), "?")
+      raise ValueError(f"{path} line {number} is not UTF-8 ({error.reason}: byte "
+                       f"{error.object[error.start:error.start + 1]!r}); WikiText-103 files are "
+                       f"UTF-8 text.") from None
+
+
+def _decodes(line: bytes) -> bool:
+  try:
+    line.decode("utf-8")
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
+def tokenize_wikitext(data_dir: str, cache: str) -> tuple[dict, int]:
   """One pass over each file. Ids are first assigned in order of appearance (a dict lookup per
   token, the cheapest Python can do), then renumbered by frequency, as Transformer-XL orders
-  its vocabulary (Counter.most_common: ties in order of first appearance)."""
+  its vocabulary (Counter.most_common: ties in order of first appearance). Returns each split's
+  length and the vocabulary size."""
   first_seen = collections.defaultdict()
   first_seen.default_factory = first_seen.__len__
   first_seen[EOS]
   ids = array.array("i")
-  with open(_split_path(data_dir, "train"), encoding="utf-8") as f:
-    for line in f:
-      ids.extend(map(first_seen.__getitem__, _words(line)))
+  for _, line in _read_lines(_split_path(data_dir, "train")):
+    ids.extend(map(first_seen.__getitem__, _words(line)))
   train = np.frombuffer(ids, np.int32)
   counts = np.bincount(train, minlength=len(first_seen))
   # <eos> first (a special symbol), then by count, ties by first appearance.
@@ -192,30 +317,35 @@ def tokenize_wikitext(data_dir: str, cache: str) -> None:
   renumber[order] = np.arange(len(order))
   by_first = list(first_seen)
   symbols = [by_first[i] for i in order]
-  _save(cache, "train", renumber[train].astype(np.int32))
+  lengths = dict(train=_save(cache, "train", renumber[train].astype(np.int32)))
   index = {s: i for i, s in enumerate(symbols)}
   for split in ("valid", "test"):
     ids = array.array("i")
-    with open(_split_path(data_dir, split), encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        words = _words(line)
-        try:
-          ids.extend(map(index.__getitem__, words))
-        except KeyError:
-          if UNK not in index:
-            missing = next(w for w in words if w not in index)
-            raise ValueError(f"{_split_path(data_dir, split)} line {number}: token {missing!r} "
-                             f"is not in the training vocabulary, which has no {UNK}.") from None
-          ids.extend(index.get(w, index[UNK]) for w in words)
-    _save(cache, split, np.frombuffer(ids, np.int32))
-  with open(os.path.join(cache, "vocab.txt"), "w", encoding="utf-8") as f:
+    for number, line in _read_lines(_split_path(data_dir, split)):
+      words = _words(line)
+      before = len(ids)
+      try:
+        ids.extend(map(index.__getitem__, words))
+      except KeyError:
+        del ids[before:]        # extend stops at the unknown word, keeping the ones before it
+        if UNK not in index:
+          missing = next(w for w in words if w not in index)
+          raise ValueError(f"{_split_path(data_dir, split)} line {number}: token {missing!r} "
+                           f"is not in the training vocabulary, which has no {UNK}.") from None
+        ids.extend(index.get(w, index[UNK]) for w in words)
+    lengths[split] = _save(cache, split, np.frombuffer(ids, np.int32))
+  tmp = os.path.join(cache, f"vocab.txt.tmp-{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(s + "\n" for s in symbols)
+  os.replace(tmp, os.path.join(cache, "vocab.txt"))
+  return lengths, len(symbols)
 
 
-def _save(cache: str, split: str, ids: np.ndarray) -> None:
-  tmp = os.path.join(cache, f"{split}.tmp.npy")
+def _save(cache: str, split: str, ids: np.ndarray) -> int:
+  tmp = os.path.join(cache, f"{split}.tmp-{os.getpid()}.npy")   # per process, then renamed
   np.save(tmp, ids)
   os.replace(tmp, os.path.join(cache, f"{split}.npy"))
+  return len(ids)
 
 
 # ---------------------------------------------------------------------------------------------
