@@ -2,9 +2,9 @@
 block by block, to show that a fast weight model decodes in constant time and memory per token
 (and what softmax attention's growing cache costs beside it).
 
-  python -m experiments.bench_generate --models=linear-delta --num_tokens=100000 --block=10000 \
+  python -m experiments.bench_generate --models=linear-delta --tokens=100000 --block=10000 \
       --markdown=results/bench_generate.md
-  python -m experiments.bench_generate --models=transformer --num_tokens=8000 --block=1000
+  python -m experiments.bench_generate --models=transformer --tokens=8000 --block=1000
 
 The model is configs/language_model.py's (4 layers, d_model 128, bytes) with freshly initialised
 weights: the cost of a step does not depend on what the weights are. Each block's row is its
@@ -28,7 +28,7 @@ from experiments import generate
 from experiments.tasks import language_model
 
 _MODELS = flags.DEFINE_list("models", ["linear-delta"], "LM model names to decode with.")
-_NUM_TOKENS = flags.DEFINE_integer("num_tokens", 100_000, "Tokens to generate per model.")
+_NUM_TOKENS = flags.DEFINE_integer("tokens", 100_000, "Tokens to generate per model.")
 _BLOCK = flags.DEFINE_integer("block", 10_000, "Tokens per reported block.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Append the table as Markdown here.")
 

@@ -42,7 +42,6 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest tokens (
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _PROMPT_FORM = flags.DEFINE_enum("prompt_form", None, ["parallel", "chunked", "recurrent"],
                                  "Form for the prompt (default: the run's own).")
-flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str, form: str | None = None):
@@ -181,4 +180,5 @@ def _generate():
 
 
 if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")    # here, so that importing this module requires nothing
   app.run(main)
