@@ -155,20 +155,15 @@ def _generate():
   corpus = language_model.load_corpus(config)
   prompt = _PROMPT.value
   ids = corpus.vocab.encode(prompt) if prompt else corpus.vocab.encode("\n")
-  tokens = stream(model, ids, _NUM_TOKENS.value, temperature=_TEMPERATURE.value,
-                  top_k=_TOP_K.value, seed=_SEED.value)
-  check_request(ids, _NUM_TOKENS.value, _TOP_K.value, corpus.vocab.size)
+  check_request(ids, _NUM_TOKENS.value, _TOP_K.value, corpus.vocab.size)   # before any output
   print(f"[{config.model_name}, step {step}, {len(ids)} prompt + {_NUM_TOKENS.value} generated "
         f"{corpus.unit}s]", flush=True)
-  decoder = corpus.vocab.decoder()
+  decoder = corpus.vocab.decoder(continues=prompt)
   sys.stdout.write(prompt)
   start, last_flush = time.time(), time.time()
-  for i, token in enumerate(tokens):
-    piece = decoder([token])
-    if i == 0 and corpus.vocab.level == "word" and prompt and not prompt.endswith(("\n", " ")) \
-        and not piece.startswith("\n"):
-      piece = " " + piece                   # words are joined by spaces
-    sys.stdout.write(piece)
+  for token in stream(model, ids, _NUM_TOKENS.value, temperature=_TEMPERATURE.value,
+                      top_k=_TOP_K.value, seed=_SEED.value):
+    sys.stdout.write(decoder([token]))
     if time.time() - last_flush > 0.2:
       sys.stdout.flush()
       last_flush = time.time()

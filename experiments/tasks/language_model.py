@@ -31,6 +31,7 @@ def corpus(name: str, level: str, data_dir: str, cache_dir: str = "") -> text_da
 
 
 def load_corpus(config) -> text_data.Corpus:
+  # .get: a config.json written before cache_dir existed (generate reads those) lacks it.
   return corpus(config.corpus, config.level, config.data_dir, config.get("cache_dir", ""))
 
 

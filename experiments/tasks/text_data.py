@@ -69,20 +69,21 @@ class Vocab:
     decoder = self.decoder()
     return decoder(ids) + decoder.flush()
 
-  def decoder(self) -> "StreamDecoder":
+  def decoder(self, continues: str = "") -> "StreamDecoder":
     """Text of ids given a few at a time (generation prints as it goes): the pieces joined equal
-    `decode` of all the ids."""
-    return StreamDecoder(self)
+    `decode` of all the ids. Words after `continues` (a prompt) that ends mid-line get a space
+    before them."""
+    return StreamDecoder(self, line_start=not continues or continues.endswith(("\n", " ")))
 
 
 class StreamDecoder:
   """Bytes through an incremental UTF-8 decoder (a character split over two tokens waits for its
   second half); words joined by spaces, `<eos>` a line end."""
 
-  def __init__(self, vocab: Vocab):
+  def __init__(self, vocab: Vocab, line_start: bool = True):
     self.vocab = vocab
     self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    self._line_start = True
+    self._line_start = line_start
 
   def __call__(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
