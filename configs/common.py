@@ -19,6 +19,8 @@ def loop_config(task: str) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000      # steps between checkpoints (also at every stop)
   c.keep_checkpoints = 2         # latest checkpoints kept (the best one is kept besides)
   c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
+  c.tensorboard = True           # also write TensorBoard event files to WORKDIR/tensorboard/
+  c.profile_steps = ""           # "START:STOP": trace those steps into WORKDIR/profile/
   return c
 
 

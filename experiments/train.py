@@ -28,12 +28,13 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import checkpoint, distributed, progress, results, tasks
+from experiments import checkpoint, distributed, event_log, profiling, progress, results, tasks
 
 # Fields that may change between a run and its resumption: they change neither model nor data.
 RESUMABLE_CHANGES = ("max_steps", "patience", "stop_loss", "checkpoint_every",
                      "keep_checkpoints", "model.form", "model.chunk_size", "mesh_shape",
-                     "eval_batch_size", "sliding_stride", "cache_dir")
+                     "eval_batch_size", "sliding_stride", "cache_dir", "tensorboard",
+                     "profile_steps")
 # Fields added after runs already existed, with the value those runs used implicitly: a saved
 # config without one of them resumes when the current value is this one.
 ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
@@ -188,6 +189,7 @@ def validate(config) -> None:
   if not config.grad_clip >= 0:
     raise ValueError(f"config.grad_clip must be >= 0 (0 turns clipping off), got "
                      f"{config.grad_clip!r}.")
+  profiling.parse(config.profile_steps)
   mesh = tuple(config.mesh_shape)
   if len(mesh) != 1 or isinstance(mesh[0], bool) or not isinstance(mesh[0], int) or not (
       mesh[0] == -1 or mesh[0] >= 1):
@@ -207,16 +209,24 @@ def config_warnings(config) -> list[str]:
   return out
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam; with a cosine schedule, linear warm-up then cosine to 0 at max_steps; optional
-  global-norm clipping first (the authors' LM recipe: 2,000 warm-up steps, clipping 0.25)."""
+def make_schedule(config) -> optax.Schedule:
+  """The learning rate at each step: constant, or linear warm-up then constant, or linear
+  warm-up then cosine to 0 at max_steps."""
   lr = config.learning_rate
   if config.lr_schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps,
-                                            max(config.max_steps, config.warmup_steps + 1), 0.0)
-  elif config.warmup_steps:
-    lr = optax.linear_schedule(0.0, lr, config.warmup_steps)
-  adam = optax.adam(lr)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps,
+                                              max(config.max_steps, config.warmup_steps + 1), 0.0)
+  if config.warmup_steps:
+    return optax.linear_schedule(0.0, lr, config.warmup_steps)
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam over `make_schedule`; optional global-norm clipping first (the authors' LM recipe:
+  2,000 warm-up steps, clipping 0.25)."""
+  constant = config.lr_schedule == "constant" and not config.warmup_steps
+  # A plain float keeps the optimizer state of a constant rate what it always was (no count).
+  adam = optax.adam(config.learning_rate if constant else make_schedule(config))
   if config.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
   return adam
@@ -324,6 +334,9 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
     with open(metrics_path, "w") as f:
       f.writelines(json.dumps(m) + "\n" for m in history)
 
+  events = event_log.EventLog(workdir, config_dict, history, config.tensorboard)
+  trace = profiling.StepTrace(config.profile_steps, workdir)
+  schedule = make_schedule(config)
   train_step = compile_step(graphdef, tx, task, mesh)
   sync_each_step = distributed.needs_step_sync(mesh)
   carry = (state["params"], state["opt_state"], state["loss_sum"])
@@ -342,7 +355,9 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
                             loss_count=loss_count,
                             wall_seconds=wall_before + time.time() - start_time))
 
-  with _Stop() as stop:
+  with _Stop() as stop, contextlib.ExitStack() as cleanup:
+    cleanup.callback(events.close)
+    cleanup.callback(trace.close)
     while stop_reason is None:
       if step >= config.max_steps:
         stop_reason = "max_steps"
@@ -353,6 +368,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
       if step == first_step:
         _say("Compiling the train step ...")
         compile_start = time.time()
+      trace.before(step)
       carry = train_step(*carry, rest, step, batch)
       if step == first_step:
         jax.block_until_ready(carry)
@@ -360,6 +376,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
       if sync_each_step:
         jax.block_until_ready(carry)
       step, loss_count = step + 1, loss_count + 1
+      trace.after(step, carry)
       if step % config.eval_every == 0:
         params, opt_state, loss_sum = carry
         train_loss = float(distributed.fetch(loss_sum)) / loss_count
@@ -368,6 +385,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
         eval_loss = evaluated["eval_loss"]
         now = time.time()
         record = dict(step=step, train_loss=train_loss, **evaluated,
+                      learning_rate=float(schedule(step - 1)),   # the last step's rate
                       steps_per_second=(step - interval_step) / max(now - interval_start, 1e-9),
                       wall_seconds=wall_before + now - start_time)
         interval_start, interval_step = now, step
@@ -381,9 +399,11 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
         if distributed.is_main():
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        events.write(record)
         extra = "".join(f"  {k} {v:.4g}" for k, v in evaluated.items() if k != "eval_loss")
         _say(f"step {step:>6}  train {train_loss:.5f}  eval {eval_loss:.5f}{extra}  "
-             f"{record['steps_per_second']:.1f} steps/s")
+             f"{record['steps_per_second']:.1f} steps/s  "
+             f"{_eta(config.max_steps - step, record['steps_per_second'])}")
         last_eval = eval_loss
         carry = (params, opt_state, jnp.zeros_like(loss_sum))
         loss_count = 0
@@ -422,6 +442,16 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   _write_json(summary_path, summary)
   _say(f"Done: {stop_reason} at step {step}, final eval loss {last_eval}")
   return summary
+
+
+def _eta(steps_left: int, steps_per_second: float) -> str:
+  """'eta 1h02m to max_steps' at the last interval's rate."""
+  if steps_left <= 0:
+    return "at max_steps"
+  seconds = int(steps_left / max(steps_per_second, 1e-9))
+  hours, rest = divmod(seconds, 3600)
+  return (f"eta {hours}h{rest // 60:02d}m" if hours else f"eta {rest // 60}m{rest % 60:02d}s") + \
+      " to max_steps"
 
 
 def check_schedule(saved: dict | None, config) -> None:

@@ -66,6 +66,16 @@ def write_wikitext(directory, train=TRAIN, valid=VALID, test=TEST):
   return str(directory)
 
 
+def tiny_retrieval_config(**overrides):
+  """A retrieval run of a few seconds: DPFP-1 delta, S = 6, 60 steps, evals and checkpoints
+  every 20."""
+  from configs import associative_recall
+  c = associative_recall.get_config("dpfp1-delta")
+  c.num_keys, c.max_steps, c.eval_every, c.checkpoint_every = 6, 60, 20, 20
+  c.update(overrides)
+  return c
+
+
 def tiny_lm_config(model: str = "linear-delta", **overrides):
   """A language model small enough to train a few steps in a test (pydoc bytes, 1 layer)."""
   from configs import language_model

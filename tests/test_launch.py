@@ -11,6 +11,7 @@ import pytest
 
 from configs import associative_recall
 from experiments import checkpoint, report, sweep, train
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/associative_recall.py"
@@ -36,8 +37,9 @@ def test_launch_learns_a_tiny_instance(tmp_path):
   assert summary["final_eval_loss"] < 0.05, summary
   metrics = read_metrics(tmp_path)
   assert [m["step"] for m in metrics] == [100, 200, 300, 400]
-  assert set(metrics[0]) == {"step", "train_loss", "eval_loss", "steps_per_second",
-                             "wall_seconds"}
+  assert set(metrics[0]) == {"step", "train_loss", "eval_loss", "learning_rate",
+                             "steps_per_second", "wall_seconds"}
+  assert metrics[0]["learning_rate"] == 3e-3
   assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
   saved = json.load(open(tmp_path / "config.json"))["model"]
   assert (saved["feature_map"], saved["chunk_size"]) == ("elu_plus_one", "auto")
@@ -91,11 +93,7 @@ def test_sweep_points_and_dirs():
     sweep.parse_range("20:40")
 
 
-def _tiny_config(**overrides):
-  c = associative_recall.get_config("dpfp1-delta")
-  c.num_keys, c.max_steps, c.eval_every, c.checkpoint_every = 6, 60, 20, 20
-  c.update(overrides)
-  return c
+_tiny_config = helpers.tiny_retrieval_config   # other test files still import it from here
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

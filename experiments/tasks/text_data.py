@@ -35,6 +35,8 @@ import os
 
 import numpy as np
 
+from experiments.progress import Progress
+
 CORPORA = ("wikitext103", "pydoc")
 LEVELS = {"wikitext103": ("word",), "pydoc": ("byte", "char")}
 SPLITS = ("train", "valid", "test")
@@ -279,9 +281,13 @@ def _open_cached(cache: str, meta: dict) -> Corpus:
 def _read_lines(path: str):
   """(number, line) of a UTF-8 text file; a byte sequence that is not UTF-8 is reported with
   the file and the line it is on."""
+  meter = Progress(f"tokenising {os.path.basename(path)}: bytes", os.path.getsize(path))
   with open(path, encoding="utf-8") as f:
     try:
-      yield from enumerate(f, 1)
+      for number, line in enumerate(f, 1):
+        if not number & 0xFFFF:           # a cheap test per line; the meter prints every ~10 s
+          meter.update(f.buffer.tell())
+        yield number, line
     except UnicodeDecodeError as error:
       with open(path, "rb") as raw:
         number = next((n for n, line in enumerate(raw, 1)

@@ -1,0 +1,124 @@
+"""fwp in the JAX research ecosystem: TensorBoard event files that mirror metrics.jsonl across a
+SIGKILL and a resume, profiler traces by flag that change nothing, an installable `fwp`, and the
+guided tour, executed so it never rots."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from experiments import train
+from tests.helpers import tiny_retrieval_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/associative_recall.py:linear-sum", "--config.num_keys=6",
+        "--config.max_steps=4000", "--config.eval_every=20", "--config.checkpoint_every=40",
+        "--config.patience=1000"]
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def read_events(workdir):
+  """{tag: [(step, value)]} and the config text, through TensorBoard's own reader."""
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),
+                                              size_guidance={event_accumulator.SCALARS: 0,
+                                                             event_accumulator.TENSORS: 0})
+  events.Reload()
+  scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+             for tag in events.Tags()["scalars"]}
+  texts = [e for tag in events.Tags()["tensors"] if tag.startswith("config")
+           for e in events.Tensors(tag)]
+  return scalars, texts
+
+
+def test_event_files_mirror_metrics_across_a_sigkill_and_resume(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "launch.py", *ARGS, f"--workdir={workdir}"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    path = workdir / "metrics.jsonl"
+    if path.exists() and len(path.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "summary.json").exists(), "the run ended before it could be killed"
+  resumed = subprocess.run([sys.executable, "launch.py", *ARGS, "--config.max_steps=200",
+                            f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0 and "Resuming from step" in resumed.stdout, resumed.stderr[-2000:]
+  metrics = read_metrics(workdir)
+  assert [m["step"] for m in metrics] == list(range(20, 201, 20))
+  scalars, texts = read_events(workdir)
+  for key in ("train_loss", "eval_loss", "learning_rate", "steps_per_second", "wall_seconds"):
+    steps, values = zip(*scalars[key])
+    assert list(steps) == [m["step"] for m in metrics], key           # none twice, none lost
+    np.testing.assert_allclose(values, [m[key] for m in metrics], rtol=1e-6, err_msg=key)
+  assert len(texts) == 1 and texts[0].step == 0
+  assert b'"num_keys": 6' in texts[0].tensor_proto.string_val[0]
+
+
+def _tiny(**overrides):
+  return tiny_retrieval_config(max_steps=12, eval_every=4, checkpoint_every=4, **overrides)
+
+
+def test_a_profile_by_flag_writes_a_trace_and_changes_nothing(tmp_path):
+  plain = train.train(_tiny(tensorboard=False), str(tmp_path / "plain"))
+  traced = train.train(_tiny(profile_steps="2:5"), str(tmp_path / "traced"))
+  found = [name for _, _, files in os.walk(tmp_path / "traced" / "profile") for name in files]
+  assert any(name.endswith(".xplane.pb") for name in found), found
+  assert any(name.endswith(".trace.json.gz") for name in found), found
+  assert not (tmp_path / "plain" / "tensorboard").exists()
+  assert (plain["final_eval_loss"], plain["steps"]) == (traced["final_eval_loss"],
+                                                         traced["steps"])
+  strip = lambda ms: [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in ms]
+  assert strip(read_metrics(tmp_path / "plain")) == strip(read_metrics(tmp_path / "traced"))
+  with pytest.raises(ValueError, match="profile_steps must be 'START:STOP'"):
+    train.validate(_tiny(profile_steps="5:2"))
+
+
+def test_fwp_installs_into_a_fresh_venv_and_imports_from_anywhere(tmp_path):
+  """`pip install .` into a scratch venv (whose only other packages are this environment's, for
+  JAX and Flax), then `import fwp` from outside the checkout."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+  python = str(venv / "bin" / "python")
+  site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  with open(os.path.join(site, "deps.pth"), "w") as f:
+    f.write(sysconfig.get_paths()["purelib"] + "\n")
+  source = tmp_path / "source"           # a copy, so the build leaves nothing in the checkout
+  source.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    (source / name).write_bytes(open(os.path.join(ROOT, name), "rb").read())
+  subprocess.run(["cp", "-r", os.path.join(ROOT, "fwp"), str(source / "fwp")], check=True)
+  install = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
+                            "--no-deps", str(source)], capture_output=True, text=True,
+                           timeout=600)
+  assert install.returncode == 0, install.stderr[-3000:]
+  out = subprocess.run([python, "-c", "import fwp, fwp.ops, fwp.lm; print(fwp.__file__)"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().startswith(site), out.stdout
+
+
+def test_the_guided_tour_runs(tmp_path):
+  env = dict(os.environ, FWP_TOUR_STEPS="8", FWP_TOUR_MAX_KEYS="200", FWP_TOUR_OUT=str(tmp_path))
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "tour.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for text in ("delta rule,  parallel: max |y − y_recurrent|", "fraction of keys retrieved",
+               "valid bits per byte after 8 steps", "after  8192 tokens: linear-delta"):
+    assert text in result.stdout, text
+  assert (tmp_path / "tour_memory.png").exists()
