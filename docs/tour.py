@@ -1,7 +1,7 @@
 # %% [markdown]
 # # A guided tour of fwp
 #
-# Run it whole (`python docs/tour.py`, a few minutes on a laptop CPU) or cell by cell in an editor
+# Run it whole (`python docs/tour.py`, about a minute on a 2-core CPU) or cell by cell in an editor
 # that knows `# %%` cells (VS Code, PyCharm, Jupytext). The tests run it small
 # (`FWP_TOUR_STEPS=8 FWP_TOUR_MAX_KEYS=200`), so it never rots. Three stops:
 #
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from fwp import feature_maps, ops  # noqa: E402
 
 OUT = os.environ.get("FWP_TOUR_OUT") or tempfile.mkdtemp(prefix="fwp-tour-")
-STEPS = int(os.environ.get("FWP_TOUR_STEPS", "400"))   # language-model training steps (stop 3)
+STEPS = int(os.environ.get("FWP_TOUR_STEPS", "2000"))   # language-model training steps (stop 3)
 MAX_KEYS = int(os.environ.get("FWP_TOUR_MAX_KEYS", "800"))   # the largest memory of stop 2
 
 # %% [markdown]

@@ -39,11 +39,16 @@ def reader(directory: str) -> ocp.CheckpointManager:
   checkpoint."""
   if not os.path.isdir(directory):
     raise ValueError(f"{directory!r} holds no checkpoints (no such directory).")
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                          cleanup_tmp_directories=False,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)      # orbax warns that a read-only manager is read-only
+  try:
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, eval_loss: float | None) -> None:
