@@ -1,7 +1,13 @@
-"""Shared test helpers: float64 scope, relative closeness, random inputs, WikiText-format files,
-a tiny language-model config."""
+"""Shared test helpers (test files never import each other): float64 scope, relative closeness,
+random inputs, WikiText-format files, tiny configs, and running launch.py end to end (a run, its
+metrics, a SIGKILL and relaunch compared with a run left alone)."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import chex
 import jax
@@ -88,3 +94,67 @@ def tiny_lm_config(model: str = "linear-delta", **overrides):
     target, _, name = key.rpartition("__")
     (c.model if target else c)[name] = value
   return c
+
+
+# ---------------------------------------------------------------------------------------------
+# launch.py end to end
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/associative_recall.py"
+
+
+def launch(*args, timeout=600):
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def start_launch(workdir, args):
+  return subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def wait_for_metrics(workdir, lines, proc, timeout=300):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(path) and sum(1 for _ in open(path)) >= lines:
+      return
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.05)
+  raise AssertionError("the run did not make progress")
+
+
+def final_params(workdir):
+  from experiments import checkpoint
+  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), 2)
+  state = mngr.restore(mngr.latest_step())
+  mngr.close()
+  return jax.tree.leaves(state["params"]) + jax.tree.leaves(state["opt_state"])
+
+
+def strip_timing(metrics):
+  from experiments import train
+  return [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in metrics]
+
+
+def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=3):
+  """Kills a run after `lines` evals, relaunches it, and compares metrics and final state with a
+  run left alone: bitwise (timing fields aside)."""
+  alone, killed = tmp_path / "alone", tmp_path / "killed"
+  assert launch(*args, f"--workdir={alone}").returncode == 0
+  proc = start_launch(killed, args)
+  wait_for_metrics(killed, lines, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert not (killed / "summary.json").exists()
+  resumed = launch(*args, f"--workdir={killed}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from step" in resumed.stdout
+  assert strip_timing(read_metrics(alone)) == strip_timing(read_metrics(killed))
+  for a, b in zip(final_params(alone), final_params(killed)):
+    np.testing.assert_array_equal(a, b)

@@ -13,7 +13,7 @@ import pytest
 from configs import associative_recall, language_model
 from experiments import train
 from fwp import ops
-from tests.test_launch import _tiny_config, read_metrics
+from tests.helpers import read_metrics, tiny_retrieval_config as _tiny_config
 
 
 def _retrieval(**fields):

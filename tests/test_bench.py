@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
-from tests.test_launch import ROOT
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
 
 def test_bench_smoke(tmp_path):

@@ -15,14 +15,11 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from configs import associative_recall, common, language_model as lm_configs
-from experiments import checkpoint, generate, records, report, sweep, train
+from experiments import generate, records, report, sweep, train
 from experiments.tasks import language_model, text_data
-from tests.helpers import tiny_lm_config, write_wikitext
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, tiny_lm_config, write_wikitext
 
 
 def run(module_or_script, *args, timeout=300):
@@ -129,9 +126,6 @@ def test_generate_refuses_what_it_cannot_do_by_name(lm_run, tmp_path):
         f.write(b"\0garbage")
   with pytest.raises(ValueError, match=r"None of the checkpoints .* \(steps 2, 4\) can be "):
     generate.load_run(str(damaged))
-  out = run("experiments.generate", f"--workdir={tmp_path / 'missing'}")
-  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-  assert out.stderr.startswith("Error: --workdir=") and "is not a directory" in out.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,9 +149,6 @@ def test_a_sweep_over_seed_is_a_seed_sweep_and_nested_fields_sweep():
     sweep.point_config(config, {"model.dd": 3})
   with pytest.raises(ValueError, match="value 'big' for num_keys is not a int"):
     sweep.point_config(config, {"num_keys": "big"})
-  result = run("launch.py", "--config=configs/associative_recall.py:linear-sum",
-               "--sweep=seed=1,2", "--seeds=1,2", "--workdir=/nonexistent/never")
-  assert result.returncode != 0 and "Give the seeds once" in result.stderr, result.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +219,6 @@ def test_reports_refuse_bad_runs_by_name_and_write_nothing(tmp_path, capsys):
   (tmp_path / "early" / "nan" / "metrics.jsonl").write_text("")
   written = report.report([str(tmp_path / "early")], str(out))
   assert "Skipping" in capsys.readouterr().out and len(written) == 3
-  result = run("experiments.report", str(tmp_path / "missing"), f"--out={out}")
-  assert result.returncode == 2 and result.stderr.startswith("Error: "), result.stderr
 
 
 def test_records_refuse_a_file_the_same_tree_or_a_tree_inside_the_other(tmp_path):
@@ -310,6 +299,7 @@ def test_a_damaged_token_cache_is_rebuilt_saying_why(tmp_path, capsys, how):
     np.testing.assert_array_equal(again.splits[split], expected[split])
 
 
+@pytest.mark.slow
 def test_a_second_process_waits_for_the_first_to_build_the_cache(tmp_path):
   data_dir = write_wikitext(tmp_path / "wt")
   cache = text_data.cache_dir(data_dir)
@@ -406,6 +396,7 @@ def test_a_cosine_schedule_is_not_restretched_on_resume(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 16, 17, 18: the first minutes
 
+@pytest.mark.slow
 def test_help_exits_0_and_names_every_family_and_how_to_list_fields():
   result = run("launch.py", "--help")
   assert result.returncode == 0, result.stderr[-2000:]
@@ -425,6 +416,19 @@ def test_every_config_field_has_a_meaning():
     assert not missing, f"fields without a comment in configs/: {missing}"
 
 
+@pytest.mark.slow
+def test_the_commands_end_a_refusal_with_its_message_and_status(tmp_path):
+  out = run("experiments.generate", f"--workdir={tmp_path / 'missing'}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.startswith("Error: --workdir=") and "is not a directory" in out.stderr
+  result = run("experiments.report", str(tmp_path / "missing"), f"--out={tmp_path / 'out'}")
+  assert result.returncode == 2 and result.stderr.startswith("Error: "), result.stderr
+  result = run("launch.py", "--config=configs/associative_recall.py:linear-sum",
+               "--sweep=seed=1,2", "--seeds=1,2", "--workdir=/nonexistent/never")
+  assert result.returncode != 0 and "Give the seeds once" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_a_bad_config_value_is_said_first_and_alone():
   result = run("launch.py", "--config=configs/language_model.py:linear-delta",
                "--config.context=0", "--workdir=/nonexistent/never")

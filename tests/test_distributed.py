@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.test_launch import CONFIG, ROOT, launch, read_metrics
+from tests.helpers import CONFIG, ROOT, launch, read_metrics
+
+pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
 SCRIPT = """
 import json, sys

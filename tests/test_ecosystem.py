@@ -2,7 +2,6 @@
 SIGKILL and a resume, profiler traces by flag that change nothing, an installable `fwp`, and the
 guided tour, executed so it never rots."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,17 +14,12 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from experiments import train
-from tests.helpers import tiny_retrieval_config
+from tests.helpers import ROOT, read_metrics, tiny_retrieval_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # processes: launch.py, pip, the tour
 ARGS = ["--config=configs/associative_recall.py:linear-sum", "--config.num_keys=6",
         "--config.max_steps=4000", "--config.eval_every=20", "--config.checkpoint_every=40",
         "--config.patience=1000"]
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def read_events(workdir):

@@ -6,7 +6,11 @@ import csv
 import subprocess
 import sys
 
-from tests.test_launch import ROOT
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
 
 def _run(module, *args):

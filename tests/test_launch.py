@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,21 +10,9 @@ import pytest
 from configs import associative_recall
 from experiments import checkpoint, report, sweep, train
 from tests import helpers
+from tests.helpers import CONFIG, launch, read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/associative_recall.py"
-
-
-def launch(*args, timeout=600):
-  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
+@pytest.mark.slow
 def test_launch_learns_a_tiny_instance(tmp_path):
   result = launch(f"--config={CONFIG}:linear-sum", "--config.num_keys=10",
                   "--config.learning_rate=3e-3", "--config.max_steps=400",
@@ -45,6 +31,7 @@ def test_launch_learns_a_tiny_instance(tmp_path):
   assert (saved["feature_map"], saved["chunk_size"]) == ("elu_plus_one", "auto")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     ([f"--config={CONFIG}:relu-sum"], "Unknown curve 'relu-sum'"),
     ([f"--config={CONFIG}:linear-sum", "--config.setting=3"], "setting must be 1 or 2"),
@@ -93,7 +80,7 @@ def test_sweep_points_and_dirs():
     sweep.parse_range("20:40")
 
 
-_tiny_config = helpers.tiny_retrieval_config   # other test files still import it from here
+_tiny_config = helpers.tiny_retrieval_config
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
@@ -140,6 +127,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
   assert train.train(_tiny_config(max_steps=40), str(tmp_path))["steps"] == 40  # may grow
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   args = [f"--config={CONFIG}:linear-sum", "--sweep=num_keys=4:6:2", "--seeds=1,2",
           "--config.max_steps=20", "--config.eval_every=10", f"--workdir={tmp_path}"]
@@ -207,6 +195,7 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
           "| 20 \\| 40 |\n") in table
 
 
+@pytest.mark.slow
 def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
   """A ValueError at run time ends with its message and status 2 (no traceback); a run stopped
   on a non-finite loss ends with status 3, so job schedulers see the failure."""
@@ -224,6 +213,7 @@ def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
   assert json.load(open(tmp_path / "b" / "summary.json"))["stop_reason"] == "non_finite"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--seeds=a,b"], "--seeds must be a comma-separated list of integers"),
     (["--sweep=foo=1:2:1"], "'foo', which is not a config field"),
@@ -240,6 +230,7 @@ def test_sweep_points_are_unique():
                                                        {"num_keys": 40, "seed": 1}]
 
 
+@pytest.mark.slow
 def test_an_unknown_config_field_is_named_with_the_valid_ones(tmp_path):
   result = launch(f"--config={CONFIG}:linear-sum", "--config.model.dd=3", f"--workdir={tmp_path}",
                   timeout=120)

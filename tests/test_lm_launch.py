@@ -10,8 +10,10 @@ import pytest
 
 from experiments import report
 
-from tests.test_launch import ROOT, launch, read_metrics
-from tests.test_resume import sigkill_then_relaunch_matches_an_uninterrupted_run
+from tests.helpers import (ROOT, launch, read_metrics,
+                           sigkill_then_relaunch_matches_an_uninterrupted_run)
+
+pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
 CONFIG = "configs/language_model.py"
 TINY = ["--config.model.num_layers=1", "--config.model.d_model=32", "--config.model.num_heads=2",

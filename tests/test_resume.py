@@ -3,67 +3,27 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
-import jax
-import numpy as np
+import pytest
 
-from experiments import checkpoint, train
-from tests.test_launch import CONFIG, ROOT, _tiny_config, launch, read_metrics
+from experiments import train
+from tests.helpers import (CONFIG, launch, read_metrics,
+                           sigkill_then_relaunch_matches_an_uninterrupted_run, start_launch,
+                           tiny_retrieval_config as _tiny_config,
+                           wait_for_metrics as _wait_for_metrics)
+
+pytestmark = pytest.mark.slow   # every test here starts or trains runs end to end
 
 ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_steps=160",
         "--config.eval_every=20", "--config.checkpoint_every=20"]
 
 
 def _start(workdir, args=ARGS):
-  return subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_metrics(workdir, lines, proc, timeout=300):
-  path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if os.path.exists(path) and sum(1 for _ in open(path)) >= lines:
-      return
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    time.sleep(0.05)
-  raise AssertionError("the run did not make progress")
-
-
-def _final_params(workdir):
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), 2)
-  state = mngr.restore(mngr.latest_step())
-  mngr.close()
-  return jax.tree.leaves(state["params"]) + jax.tree.leaves(state["opt_state"])
-
-
-def _strip(metrics):
-  return [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in metrics]
-
-
-def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args=ARGS, lines=3):
-  """Kills a run after `lines` evals, relaunches it, and compares metrics and final state with a
-  run left alone: bitwise (timing fields aside)."""
-  alone, killed = tmp_path / "alone", tmp_path / "killed"
-  assert launch(*args, f"--workdir={alone}").returncode == 0
-  proc = _start(killed, args)
-  _wait_for_metrics(killed, lines, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  assert not (killed / "summary.json").exists()
-  resumed = launch(*args, f"--workdir={killed}")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resuming from step" in resumed.stdout
-  assert _strip(read_metrics(alone)) == _strip(read_metrics(killed))
-  for a, b in zip(_final_params(alone), _final_params(killed)):
-    np.testing.assert_array_equal(a, b)
+  return start_launch(workdir, args)
 
 
 def test_sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path):
-  sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path)
+  sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, ARGS)
 
 
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
