@@ -141,7 +141,7 @@ def _zero_state(k, v, initial_state):
 REMAT_SEGMENT = 64   # the backward restarts from a stored W once per this many steps
 # fwm's backward reruns a segment forward and stacks its states ([segment, N, V, K]) to walk them
 # back; short segments keep that stack in cache (DPFP-1 FWM training step at S = 40 on a 2-core
-# CPU: 28 ms with 64-step segments, 17 ms with 16; see README, Performance).
+# CPU: 28 ms with 64-step segments, 17 ms with 16; see docs/performance.md).
 FWM_SEGMENT = 16
 
 
@@ -282,7 +282,7 @@ def unit_lower_inverse(a):
   Doubling the diagonal block size: with the inverses X11, X22 of two diagonal blocks,
   [[A11, 0], [A21, A22]]⁻¹ = [[X11, 0], [−X22 A21 X11, X22]]. log2(n) rounds of batched matmuls
   (n padded to a power of two with identity). Used instead of lax.linalg.triangular_solve, whose
-  XLA:CPU backward was slow and at times deadlocked in our benchmarks (see README, Performance).
+  XLA:CPU backward was slow and at times deadlocked in our benchmarks (see docs/performance.md).
   """
   n = a.shape[-1]
   batch = a.shape[:-2]

@@ -357,7 +357,7 @@ _scan_with_consts.defvjp(_scan_with_consts_fwd, _scan_with_consts_bwd)
 # where the forward took 0.17 s. The sequences of a batch are independent recurrences, so on a CPU
 # the scan runs over blocks of the batch, one block after another, each block's fast weights at
 # most CPU_BLOCK_BYTES (2-core CPU, one run: 1.45 s -> 0.81 s with blocks of 8; the Delta RNN's
-# 5 MB batch was no faster split; see README, Performance). Other backends run the whole batch at
+# 5 MB batch was no faster split; see docs/performance.md). Other backends run the whole batch at
 # once. None: never split.
 CPU_BLOCK_BYTES = 6 << 20
 

@@ -67,7 +67,7 @@ elif [[ "${GRID:-budget}" == custom ]]; then
   done
 else
   # The budget grid behind results/: 3,000 steps per run unless noted, seed 1 everywhere, seeds
-  # 2 and 3 where runs are cheap and the claims turn. See README, Results.
+  # 2 and 3 where runs are cheap and the claims turn. See docs/associative_retrieval.md.
   grid 1 "$S1_CURVES" "num_keys=20,60,100,200,300" 1 3000
   grid 1 "$S1_CHEAP" "num_keys=400,600" 1 3000
   grid 1 "favor512-sum" "num_keys=400,600" 1 1000           # ~1 s/step at S = 600

@@ -1,4 +1,4 @@
-"""Minimal reproduction of an XLA:CPU deadlock that fwp works around (README, "Running on many
+"""Minimal reproduction of an XLA:CPU deadlock that fwp works around (docs/running.md, "Running on many
 devices"). Run on a machine with fewer cores than simulated devices, e.g. 2 cores:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/xla_cpu_collective_deadlock.py

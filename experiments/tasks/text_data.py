@@ -134,7 +134,7 @@ def check(corpus: str, level: str, data_dir: str | None) -> None:
     if not data_dir:
       raise ValueError("The wikitext103 corpus needs config.data_dir: a directory holding "
                        "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens (see the "
-                       "README's Language modelling section for where to get them).")
+                       "docs/language_modelling.md for where to get them).")
     if not os.path.isdir(data_dir):
       raise ValueError(f"config.data_dir={data_dir!r} is not a directory.")
     for split in SPLITS:
