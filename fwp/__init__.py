@@ -5,7 +5,7 @@ Modules:
   normalization attention normalisation and sum normalisation, composable with any rule.
   ops           the fast-weight rules (sum, delta, fwm) as recurrent / parallel / chunked forms.
   layers        Flax NNX layers: FastWeightAttention and a causal SoftmaxAttention baseline.
-  models        the paper's associative-retrieval model.
+  retrieval     the paper's associative-retrieval model.
 """
 
 from fwp import feature_maps, normalization, ops

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments import data, distributed
-from fwp import layers, models, ops
+from fwp import layers, ops, retrieval
 
 
 # Attention baselines, by config.model.update_rule: (no fast weights) and their scoring.
@@ -72,8 +72,8 @@ def validate(config) -> None:
   fast_weight_config(config.model)
 
 
-def build_model(config, rngs: nnx.Rngs) -> models.RetrievalModel:
-  return models.RetrievalModel(config.num_keys, fast_weight_config(config.model),
+def build_model(config, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
+  return retrieval.RetrievalModel(config.num_keys, fast_weight_config(config.model),
                                d=config.model.d, rngs=rngs,
                                scoring=ATTENTION_BASELINES.get(config.model.update_rule, "dot"))
 
