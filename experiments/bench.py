@@ -32,7 +32,8 @@ from absl import app, flags
 from flax import nnx
 
 from configs import associative_recall
-from experiments import tasks, timing
+from experiments import timing
+from experiments.tasks import associative_recall as retrieval_task
 
 _RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
 _FORMS = flags.DEFINE_list("forms", ["recurrent", "parallel", "chunked"], "Forms to time.")
@@ -60,8 +61,8 @@ def time_train_step(curve, num_keys, repeats, form=None):
   config.num_keys = num_keys
   if form:
     config.model.form = form
-  model = tasks.associative_recall.build_model(config, nnx.Rngs(0))
-  seconds = timing.train_step_seconds(model, config, tasks.associative_recall.make(config), None,
+  model = retrieval_task.build_model(config, nnx.Rngs(0))
+  seconds = timing.train_step_seconds(model, config, retrieval_task.make(config), None,
                                       repeats)
   return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
               setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)

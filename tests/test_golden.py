@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from configs import associative_recall
-from experiments import tasks, train
+from experiments import train
+from experiments.tasks import associative_recall as retrieval_task
 
 GOLDEN = {
     # curve: (cumulative train loss after steps 0, 1, 2; eval loss after 3 steps)
@@ -27,10 +28,10 @@ GOLDEN = {
 def test_first_steps_are_pinned(curve):
   config = associative_recall.get_config(curve)
   config.num_keys = 8
-  model = tasks.associative_recall.build_model(config, nnx.Rngs(config.seed))
+  model = retrieval_task.build_model(config, nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = train.make_optimizer(config)
-  task = tasks.associative_recall.make(config)
+  task = retrieval_task.make(config)
   train_step = train.compile_step(graphdef, tx, task)
   carry = (params, tx.init(params), jax.numpy.float32(0))
   losses = []

@@ -9,7 +9,8 @@ from absl.testing import parameterized
 from flax import nnx
 
 from configs import associative_recall
-from experiments import data, tasks
+from experiments import data
+from experiments.tasks import associative_recall as retrieval_task
 from tests import helpers
 
 
@@ -17,7 +18,7 @@ def _model(curve, num_keys=6, **model_overrides):
   config = associative_recall.get_config(curve)
   config.num_keys = num_keys
   config.model.update(model_overrides)
-  return config, tasks.associative_recall.build_model(config, nnx.Rngs(0))
+  return config, retrieval_task.build_model(config, nnx.Rngs(0))
 
 
 class ModelFormsTest(chex.TestCase):
@@ -37,7 +38,7 @@ class ModelFormsTest(chex.TestCase):
 
         def loss(params):
           y = nnx.merge(graphdef, params, rest)(batch["keys"], batch["values"], batch["queries"])
-          return tasks.associative_recall.retrieval_loss(y, batch["targets"], 6)
+          return retrieval_task.retrieval_loss(y, batch["targets"], 6)
 
         value, grads = self.variant(jax.value_and_grad(loss))(params)
         chex.assert_tree_all_finite(grads)
