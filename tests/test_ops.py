@@ -103,8 +103,8 @@ class FormsEqualPlainLoopTest(chex.TestCase):
   @parameterized.product(rule=("sum", "delta", "fwm"), parallel_max_t=(T, 4))
   def test_auto_form_and_chunk_size_match_plain_loop(self, rule, parallel_max_t):
     """auto picks parallel (T ≤ PARALLEL_MAX_T) or chunks of AUTO_CHUNK (here 5, 3 at the end)."""
-    with mock.patch.object(ops, "PARALLEL_MAX_T", parallel_max_t), \
-         mock.patch.object(ops, "AUTO_CHUNK", 5):
+    with mock.patch.object(ops.rules, "PARALLEL_MAX_T", parallel_max_t), \
+         mock.patch.object(ops.rules, "AUTO_CHUNK", 5):
       expected = {"fwm": "recurrent", "delta": "chunked",
                   "sum": "parallel" if parallel_max_t == T else "chunked"}[rule]
       assert ops.choose_form(rule, "auto", T) == expected

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from fwp import feature_maps, normalization, ops, rfwp
+from fwp import feature_maps, normalization, ops, rfwp, rfwp_scan
 from tests import helpers, reference
 
 F64_RTOL = 1e-10
@@ -111,11 +111,11 @@ class RecurrentFWPTest(chex.TestCase):
     super().setUp()
     self._x64 = helpers.x64()
     self._x64.__enter__()
-    self._segment = rfwp.REMAT_SEGMENT
-    rfwp.REMAT_SEGMENT = SEGMENT
+    self._segment = rfwp_scan.REMAT_SEGMENT
+    rfwp_scan.REMAT_SEGMENT = SEGMENT
 
   def tearDown(self):
-    rfwp.REMAT_SEGMENT = self._segment
+    rfwp_scan.REMAT_SEGMENT = self._segment
     self._x64.__exit__(None, None, None)
     super().tearDown()
 
@@ -141,16 +141,16 @@ class RecurrentFWPTest(chex.TestCase):
     (here of 1: any positive budget below one sequence's state); outputs, final state and
     gradients are unchanged."""
     args, state = inputs(model, phi=phi)
-    saved, rfwp.CPU_BLOCK_BYTES = rfwp.CPU_BLOCK_BYTES, 1
+    saved, rfwp_scan.CPU_BLOCK_BYTES = rfwp_scan.CPU_BLOCK_BYTES, 1
     try:
-      self.assertEqual(rfwp._batch_block(jax.tree.leaves(state)[0]),
+      self.assertEqual(rfwp_scan._batch_block(jax.tree.leaves(state)[0]),
                        1 if jax.default_backend() == "cpu" else B)
       got = jax.jit(functools.partial(run, model, phi=phi))(args, state)
       cot = cotangents_like(got)
       grads = jax.jit(jax.grad(lambda a, s: scalar(run(model, a, s, phi), cot),
                                argnums=(0, 1)))(args, state)
     finally:
-      rfwp.CPU_BLOCK_BYTES = saved
+      rfwp_scan.CPU_BLOCK_BYTES = saved
     chex.assert_trees_all_close(got, run_reference(model, args, state, phi), rtol=F64_RTOL,
                                 atol=1e-12)
     ref_grads = jax.grad(lambda a, s: scalar(run_reference(model, a, s, phi), cot),

@@ -1,0 +1,134 @@
+"""The matrix forms: a block of C steps as matrix products from a given state (the UT / WY form
+for the delta rule), chunks of blocks carried by a scan, and the parallel form as one chunk.
+
+Inside a block of C steps starting from state W0 (rows of Q, K, V, U are time steps):
+  sum:    Y = Q W0ᵀ + tril(QKᵀ) V,              W = W0 + Vᵀ K
+  delta:  the write u_t = β_t (v_t − W_{t-1} k_t) satisfies (I + tril(diag(β) KKᵀ, −1)) U =
+          diag(β)(V − K W0ᵀ), a unit lower-triangular system; then
+          Y = Q W0ᵀ + tril(QKᵀ) U,              W = W0 + Uᵀ K
+Blocks use the layout [B, H, T, ·] so every product is a batched matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fwp.ops.linalg import from_blocks, to_blocks, zero_state
+
+# Blocks: the parallel form from a given state. Shapes: w0 [B, H, V, K], q, k [B, H, C, K],
+# v [B, H, C, V], beta [B, H, C]. Each returns (y [B, H, C, V], w [B, H, V, K]); y is None when
+# q is None (only the final state is wanted).
+
+def _block_read(w0, q, k, u):
+  if q is None:
+    return None
+  scores = jnp.tril(jnp.einsum("bhck,bhsk->bhcs", q, k))
+  y = jnp.einsum("bhcs,bhsv->bhcv", scores, u)
+  return y if w0 is None else y + jnp.einsum("bhck,bhvk->bhcv", q, w0)
+
+
+def _add_writes(w0, u, k):
+  w = jnp.einsum("bhcv,bhck->bhvk", u, k)
+  return w if w0 is None else w0 + w
+
+
+def sum_block(w0, q, k, v, beta=None):
+  """w0 None is a zero state (the parallel form without one skips its products)."""
+  del beta
+  return _block_read(w0, q, k, v), _add_writes(w0, v, k)
+
+
+def unit_lower_inverse(a):
+  """(I + L)⁻¹ for unit lower-triangular a [..., n, n], by matrix products only.
+
+  Doubling the diagonal block size: with the inverses X11, X22 of two diagonal blocks,
+  [[A11, 0], [A21, A22]]⁻¹ = [[X11, 0], [−X22 A21 X11, X22]]. log2(n) rounds of batched matmuls
+  (n padded to a power of two with identity). Used instead of lax.linalg.triangular_solve, whose
+  XLA:CPU backward was slow and at times deadlocked in our benchmarks (see docs/performance.md).
+  """
+  n = a.shape[-1]
+  batch = a.shape[:-2]
+  size = 1 << max(n - 1, 0).bit_length()
+  if size != n:
+    a = jnp.pad(a, [(0, 0)] * len(batch) + [(0, size - n), (0, size - n)])
+  inv = jnp.ones(batch + (size, 1, 1), a.dtype)               # size blocks of 1×1: [1]
+  s = 1
+  while s < size:
+    m = size // (2 * s)
+    pairs = inv.reshape(batch + (m, 2, s, s))
+    x11, x22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    blocks = a.reshape(batch + (m, 2 * s, m, 2 * s))
+    diagonal = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)  # [..., m, 2s, 2s]
+    x21 = -(x22 @ diagonal[..., s:, :s]) @ x11
+    inv = jnp.concatenate([jnp.concatenate([x11, jnp.zeros_like(x11)], -1),
+                           jnp.concatenate([x21, x22], -1)], -2)
+    s *= 2
+  return inv.reshape(batch + (size, size))[..., :n, :n]
+
+
+def write_system(k, beta):
+  """A = I + tril(diag(β) K Kᵀ, −1) for blocks k [..., C, K], beta [..., C]: the delta rule's
+  writes U of a block solve A U = diag(β)(V − K W0ᵀ)."""
+  gram = jnp.einsum("...ck,...sk->...cs", k, k)
+  return jnp.eye(k.shape[-2], dtype=k.dtype) + jnp.tril(beta[..., :, None] * gram, -1)
+
+
+def _delta_writes(w0, k, v, beta):
+  """U [B, H, C, V], the writes u_t = β_t (v_t − W_{t-1} k_t) of one block: the unit
+  lower-triangular system (I + tril(diag(β) KKᵀ, −1)) U = diag(β)(V − K W0ᵀ)."""
+  a = write_system(k, beta)
+  rhs = beta[..., None] * (v if w0 is None else v - jnp.einsum("bhck,bhvk->bhcv", k, w0))
+  return unit_lower_inverse(a) @ rhs
+
+
+def delta_block(w0, q, k, v, beta):
+  u = _delta_writes(w0, k, v, beta)
+  return _block_read(w0, q, k, u), _add_writes(w0, u, k)
+
+
+def chunked(block: Callable, w0, q, k, v, beta, chunk_size):
+  """`block` over the sequence cut into chunks of `chunk_size` (one chunk: the parallel form),
+  carrying W across chunks with a scan. Public layout in and out, as `recurrent`."""
+  t = k.shape[1]
+  size = min(chunk_size, t)
+  num_blocks = -(-t // size)
+  if beta is None:
+    beta = jnp.ones(k.shape[:3], k.dtype)
+  blocks = lambda x: None if x is None else to_blocks(x, num_blocks, size)
+  xs = (blocks(q),) + tuple(blocks(x) for x in (k, v, beta))
+
+  def body(w, x):
+    y, w = block(w, *x)
+    return w, y
+
+  if num_blocks == 1:
+    y, w = block(w0, *(None if x is None else x[0] for x in xs))
+    y = None if y is None else y[None]
+  else:
+    w, y = jax.lax.scan(body, zero_state(k, v, w0), xs)
+  return (None if q is None else from_blocks(y)[:, :t]), w
+
+
+
+def causal_in_non_finite(block, w0, q, k, v, beta, size):
+  """The matrix forms multiply data by a causal mask, and 0 · NaN = NaN: a non-finite input
+  would reach earlier outputs (and padding holding Inf, real ones). So they run on finite inputs
+  (non-finite entries zeroed) and then mark what the recurrence would make non-finite, as NaN:
+  every output and the state from the first non-finite k, v, β (or initial state) on, since W
+  holds it from then; a non-finite q only its own read-out."""
+  finite = lambda x, axes: jnp.all(jnp.isfinite(x), axis=axes)
+  bad_write = ~(finite(k, -1) & finite(v, -1))                               # [B, T, H]
+  if beta is not None:
+    bad_write |= ~jnp.isfinite(beta)
+  bad_state = jax.lax.cummax(bad_write.astype(jnp.int8), axis=1).astype(bool)
+  if w0 is not None:
+    bad_state |= ~finite(w0, (-2, -1))[:, None]
+  clean = lambda x: None if x is None else jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+  y, w = chunked(block, clean(w0), clean(q), clean(k), clean(v), clean(beta), size)
+  w = jnp.where(bad_state[:, -1, :, None, None], jnp.nan, w)
+  if y is not None:
+    y = jnp.where((bad_state | ~finite(q, -1))[..., None], jnp.nan, y)
+  return y, w
