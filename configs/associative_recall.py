@@ -16,14 +16,11 @@ authors did. Expected (the paper): dpfp2-sum reaches ~0 loss up to S ≈ 240 in 
 
 import ml_collections
 
-from configs import common
+from configs import common, names
 
-PHIS = ("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512", "tanh")
-RULES = ("sum", "delta", "fwm")
-RECURRENT = ("delta_rnn", "rdn", "delta_lstm")   # recurrent FWPs (Irie et al. 2021), on delta
-CURVES = ("softmax", "additive", "fwp91-sum") + tuple(
-    f"{phi}-{rule}" for phi in PHIS for rule in RULES + RECURRENT
-    if not (phi == "tanh" and rule != "fwm" and rule != "sum"))
+PHIS = names.RETRIEVAL.phis
+RULES, RECURRENT = names.RULES, names.RECURRENT
+CURVES = names.names(names.RETRIEVAL)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,35 +48,16 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_curve(c: ml_collections.ConfigDict, curve: str) -> ml_collections.ConfigDict:
-  if curve not in CURVES:
-    raise ValueError(f"Unknown curve {curve!r}; valid choices: softmax, additive, fwp91-sum or "
-                     f"<phi>-<rule> with phi in {', '.join(PHIS)} and rule in "
-                     f"{', '.join(RULES + RECURRENT)} (tanh: sum or fwm only; tanh features are "
-                     f"not positive, so they cannot be sum-normalised).")
+  """Sets the model fields of a paper curve (configs.names, the retrieval policy), then its
+  setting (sum rule: 1, the others: 2) and the authors' tanh-FWM learning rate and batch."""
+  try:
+    fields = names.model_fields(curve, names.RETRIEVAL)
+  except ValueError as error:
+    raise ValueError(str(error).replace("Unknown model", "Unknown curve")) from None
   c.curve = curve
-  if curve in ("softmax", "additive"):
-    c.model.update_rule = curve
-    c.model.normalization = "none"
-    return c
-  if curve == "fwp91-sum":
-    c.model.feature_map, c.model.update_rule, c.model.normalization = "identity", "sum", "none"
-    return c
-  phi, rule = curve.split("-")
-  if phi == "linear":
-    c.model.feature_map = "elu_plus_one"
-  elif phi == "tanh":
-    c.model.feature_map = "tanh"
-  elif phi.startswith("dpfp"):
-    c.model.feature_map, c.model.nu = "dpfp", int(phi[4:])
-  else:
-    c.model.feature_map, c.model.num_features = "favor_plus", int(phi[5:])
-  if rule in RECURRENT:
-    rule, c.model.recurrence = "delta", rule
-  c.model.update_rule = rule
-  c.model.normalization = {"sum": "attention", "delta": "sum", "fwm": "none"}[rule]
-  if rule == "fwm":
-    c.model.form = "recurrent"
-  c.setting = 1 if rule == "sum" else 2
+  c.model.update(fields)
+  if curve not in (names.RETRIEVAL.softmax, "additive", "fwp91-sum"):
+    c.setting = 1 if fields["update_rule"] == "sum" else 2
   if curve == "tanh-fwm":
     c.learning_rate, c.batch_size = 1e-4, 128
   return c

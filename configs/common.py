@@ -2,14 +2,20 @@
 
 import ml_collections
 
+from configs import names
+
 
 def loop_config(task: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = task                  # experiments.tasks.TASKS
   c.seed = 1                     # parameters, data and dropout are functions of it
   c.batch_size = 32              # sequences per step (the global batch over all devices)
-  c.learning_rate = 1e-3         # Adam's (peak) learning rate
-  c.lr_schedule = "constant"     # constant | cosine (to 0 at max_steps, after warm-up)
+  c.optimizer = "adam"           # adam | adamw (experiments.optim)
+  c.learning_rate = 1e-3         # the optimizer's (peak) learning rate
+  c.lr_schedule = "constant"     # constant | cosine (to 0 at max_steps) | rsqrt (lr·√(warmup/step))
+  c.beta1 = 0.9                  # Adam's first-moment decay
+  c.beta2 = 0.999                # Adam's second-moment decay
+  c.weight_decay = 0.0           # adamw's decoupled weight decay
   c.warmup_steps = 0             # linear warm-up from 0
   c.grad_clip = 0.0              # global-norm clipping; 0 = none
   c.max_steps = 100_000          # training steps at most (a cosine schedule ends here)
@@ -26,11 +32,6 @@ def loop_config(task: str) -> ml_collections.ConfigDict:
 
 # ---------------------------------------------------------------------------------------------
 # Language models: the fields of experiments.tasks.language_model, and the paper's model names.
-
-LM_RULES = ("sum", "delta", "fwm")
-# Recurrent FWPs (Irie et al. 2021, fwp.rfwp): delta-rule memories with a recurrence on top.
-LM_RECURRENT = ("delta_rnn", "rdn", "delta_lstm")
-
 
 def lm_config() -> ml_collections.ConfigDict:
   c = loop_config("language_model")
@@ -77,44 +78,16 @@ def lm_config() -> ml_collections.ConfigDict:
 
 
 def lm_model_names_help() -> str:
-  return ("transformer, additive (Bahdanau attention), fwp91-sum (the 1991 fast weight programmer: φ = identity, no "
-          "normalisation), or <phi>-<rule> with phi in linear, tanh, dpfp<nu>, favor<m> and rule "
-          f"in {', '.join(LM_RULES + LM_RECURRENT)} (e.g. linear-delta, dpfp2-sum, favor16-delta, "
-          "linear-delta_rnn)")
+  return (names.describe(names.LM) +
+          " (e.g. linear-delta, dpfp2-sum, favor16-delta, linear-delta_rnn)")
 
 
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """Sets the attention fields for a model name of the paper's LM tables."""
+  """Sets the attention fields for a model name of the paper's LM tables (configs.names, the
+  LM policy)."""
+  fields = names.model_fields(name, names.LM)
   c.model_name = name
-  if name in ("transformer", "additive"):
-    c.model.update_rule = "softmax" if name == "transformer" else "additive"
-    c.model.normalization = "none"
-    return c
-  if name == "fwp91-sum":
-    c.model.feature_map, c.model.update_rule, c.model.normalization = "identity", "sum", "none"
-    return c
-  phi, _, rule = name.partition("-")
-  bad = ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.")
-  if rule not in LM_RULES + LM_RECURRENT:
-    raise bad
-  if phi == "linear":
-    c.model.feature_map = "elu_plus_one"
-  elif phi == "tanh":
-    c.model.feature_map = "tanh"
-  elif phi.startswith("dpfp") and phi[4:].isdigit() and int(phi[4:]) >= 1:
-    c.model.feature_map, c.model.nu = "dpfp", int(phi[4:])
-  elif phi.startswith("favor") and phi[5:].isdigit() and int(phi[5:]) >= 1:
-    c.model.feature_map, c.model.num_features = "favor_plus", int(phi[5:])
-  else:
-    raise bad
-  if rule in LM_RECURRENT:
-    rule, c.model.recurrence = "delta", rule
-  c.model.update_rule = rule
-  # FWM: no normaliser (its W is norm-bounded) and tanh features may be negative.
-  c.model.normalization = ("none" if rule == "fwm" or phi == "tanh" else
-                           "attention" if rule == "sum" else "sum")
-  if rule == "fwm":
-    c.model.form = "recurrent"
+  c.model.update(fields)
   return c
 
 
