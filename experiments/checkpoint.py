@@ -1,8 +1,10 @@
-"""Orbax checkpoints of a run: keep the latest N and, separately, the best by eval loss.
+"""Orbax checkpoints of a run: keep the latest N and, separately, the best by the task's
+selection metric (lowest eval loss, highest BLEU, ...).
 
-A checkpoint holds the whole training state as one pytree (parameters, optimizer state, the
-model's other variables such as FAVOR+ projections, step, early-stopping state, the train-loss
-accumulator and wall time), so that resuming is exact: the data is a function of (seed, step).
+A checkpoint holds the whole training state as one pytree (experiments.train.TrainState:
+parameters, optimizer state, the model's other variables such as FAVOR+ projections, the
+train-loss sums, step, early-stopping state and wall time), so that resuming is exact: the data
+is a function of (seed, step).
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from experiments import distributed
 
 
-def manager(directory: str, keep: int) -> ocp.CheckpointManager:
-  """The training run's own manager: it saves, prunes and clears its unfinished temporaries."""
+SELECTION = "selection"      # the metric's name in the checkpoints' metadata
+
+
+def manager(directory: str, keep: int, direction: str = "min") -> ocp.CheckpointManager:
+  """The training run's own manager: it saves, prunes and clears its unfinished temporaries,
+  and keeps the checkpoint whose selection metric is best in `direction` ("min" | "max")."""
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
-      pp.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
+      pp.BestN(get_metric_fn=lambda m: m[SELECTION], reverse=direction == "min", n=1,
                keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
@@ -51,10 +57,11 @@ def reader(directory: str) -> ocp.CheckpointManager:
     logging.set_verbosity(verbosity)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, eval_loss: float | None) -> None:
-  """Writes the checkpoint of `step`; a failure (a full disk) raises ValueError saying so. The
-  manager keeps the older checkpoints and clears the half-written one when the run restarts."""
-  metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
+def save(mngr: ocp.CheckpointManager, step: int, state, selection: float | None) -> None:
+  """Writes the checkpoint of `step` (with the selection metric's value when this step was
+  evaluated); a failure (a full disk) raises ValueError saying so. The manager keeps the older
+  checkpoints and clears the half-written one when the run restarts."""
+  metrics = None if selection is None else {SELECTION: float(selection)}
   try:
     mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
     mngr.wait_until_finished()

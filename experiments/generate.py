@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from experiments import checkpoint, train
+from experiments import checkpoint, tasks, train
 from experiments.tasks import language_model
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A language-model run's directory.")
@@ -63,16 +63,16 @@ def load_run(workdir: str, form: str | None = None):
                      f"generation needs a language_model run.")
   if form and config.model.update_rule not in ("softmax", "fwm"):
     config.model.form = form
-  model = language_model.build_model(config, nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = train.fresh_state(params, rest, train.make_optimizer(config))
+  task = language_model.make(config)
+  graphdef, state = train.create_state(task, tasks.optimizer(task, config), 0)
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory) or not os.listdir(directory):
     raise ValueError(f"{workdir!r} has no checkpoint yet (the first is written at step "
                      f"{config.checkpoint_every}); wait for it or train longer.")
   mngr = checkpoint.reader(directory)
   try:
-    step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state), set_aside=False)
+    step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state.checkpoint(0.0)),
+                                               set_aside=False)
   finally:
     mngr.close()
   if restored is None:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 def test_bench_smoke(tmp_path):
   out = tmp_path / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.bench", "--lengths=16", "--chunk_sizes=8",
+      [sys.executable, "-m", "experiments.studies.bench", "--lengths=16", "--chunk_sizes=8",
        "--shape=1,1,4,4", "--steps=linear-sum:6", "--repeats=1", f"--out={out}",
        f"--markdown={tmp_path / 'bench.md'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -34,7 +34,7 @@ def test_bench_smoke(tmp_path):
 def test_profile_chunked_smoke(tmp_path):
   out = tmp_path / "profile.json"
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.profile_chunked", "--length=32", "--chunk_sizes=8",
+      [sys.executable, "-m", "experiments.studies.profile_chunked", "--length=32", "--chunk_sizes=8",
        "--shape=1,1,4,4", "--repeats=1", f"--out={out}", f"--markdown={tmp_path / 'p.md'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_profile_chunked_smoke(tmp_path):
 def test_bench_lm_smoke(tmp_path):
   out = tmp_path / "bench_lm.json"
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.bench_lm", "--batch=1", "--layers=1",
+      [sys.executable, "-m", "experiments.studies.bench_lm", "--batch=1", "--layers=1",
        "--models=transformer,linear-delta", "--decode_models=transformer,linear-delta",
        "--positions=8,32", "--repeats=1", "--dropouts=config", f"--out={out}",
        f"--markdown={tmp_path / 'b.md'}", f"--plot={tmp_path / 'b.png'}"],
@@ -71,7 +71,7 @@ def test_bench_names_a_wrong_authors_checkout_before_timing(tmp_path):
   """--authors_code must be the authors' synthetic/ directory; the check runs before any timing
   (their code needs torch, which is not a requirement, so CI checks only this path)."""
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.bench", "--rules=", "--steps=linear-sum:6",
+      [sys.executable, "-m", "experiments.studies.bench", "--rules=", "--steps=linear-sum:6",
        f"--authors_code={tmp_path}", f"--out={tmp_path / 'b.json'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode != 0

@@ -17,8 +17,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import associative_recall, common, language_model as lm_configs
-from experiments import generate, records, report, sweep, train
-from experiments.tasks import language_model, text_data
+from experiments import generate, records, report, rundir, sweep, train
+from experiments.tasks import language_model
+from experiments.tasks.language_model import task as lm_task
+from experiments.tasks.language_model import text_data
 from tests.helpers import ROOT, tiny_lm_config, write_wikitext
 
 
@@ -304,7 +306,7 @@ def test_a_second_process_waits_for_the_first_to_build_the_cache(tmp_path):
   data_dir = write_wikitext(tmp_path / "wt")
   cache = text_data.cache_dir(data_dir)
   with text_data._locked(cache):
-    other = subprocess.Popen([sys.executable, "-c", "from experiments.tasks import text_data; "
+    other = subprocess.Popen([sys.executable, "-c", "from experiments.tasks.language_model import text_data; "
                               f"text_data.load('wikitext103', 'word', {data_dir!r})"], cwd=ROOT)
     with pytest.raises(subprocess.TimeoutExpired):
       other.wait(timeout=3)                   # blocked on the lock, building nothing
@@ -350,7 +352,7 @@ def test_a_full_disk_ends_with_a_message_and_leaves_no_temporaries(tmp_path, mon
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
   with monkeypatch.context() as patch:
-    patch.setattr(train.json, "dump", full)
+    patch.setattr(rundir.json, "dump", full)
     with pytest.raises(ValueError, match=r"Cannot write .*config.json \(No space left on device"):
       train.train(tiny_lm_config(), str(tmp_path / "a"))
   assert os.listdir(tmp_path / "a") == [".lock"] or set(os.listdir(tmp_path / "a")) <= {
@@ -439,10 +441,10 @@ def test_a_bad_config_value_is_said_first_and_alone():
 
 
 def test_long_phases_say_where_they_are(tmp_path, capsys, monkeypatch):
-  class Often(language_model.Progress):
+  class Often(lm_task.Progress):
     def __init__(self, what, total):
       super().__init__(what, total, every=0.0)
-  monkeypatch.setattr(language_model, "Progress", Often)
+  monkeypatch.setattr(lm_task, "Progress", Often)
   train.train(tiny_lm_config(max_steps=2, sliding_stride=8), str(tmp_path))
   out = capsys.readouterr().out
   assert "Compiling the train step ..." in out

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import data
+from experiments.tasks.associative_recall import data
 
 
 def test_setting1_has_every_key_once_and_target_is_its_value():

@@ -17,7 +17,8 @@ SCRIPT = """
 import json, sys
 import jax
 from configs import associative_recall
-from experiments import data, distributed, train
+from experiments import distributed, train
+from experiments.tasks.associative_recall import data
 config = associative_recall.get_config("dpfp1-delta")
 config.num_keys, config.max_steps, config.eval_every, config.checkpoint_every = 6, 40, 20, 20
 config.batch_size = 16

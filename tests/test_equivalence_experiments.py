@@ -1,4 +1,4 @@
-"""The equivalence experiments (experiments.equivalence, experiments.precision) as commands (their
+"""The equivalence experiments (experiments.studies.equivalence, experiments.studies.precision) as commands (their
 flags share names with other modules', so they are not imported here): on tiny cases they show
 the property they measure and write their results."""
 
@@ -22,7 +22,7 @@ def _run(module, *args):
 def test_forms_train_to_the_same_model_and_the_results_are_written(tmp_path):
   """The train loop's step, 4 steps of the delta rule per form: in float64 the parameters agree
   to rounding (chunked C = 3 pads T = 5)."""
-  _run("experiments.equivalence", "--families=dpfp1-delta", "--dtypes=float64",
+  _run("experiments.studies.equivalence", "--families=dpfp1-delta", "--dtypes=float64",
        "--steps=4", "--eval_every=2", "--num_keys=5", "--chunk_sizes=3",
        f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path}")
   rows = list(csv.DictReader(open(tmp_path / "equivalence.csv")))
@@ -35,7 +35,7 @@ def test_forms_train_to_the_same_model_and_the_results_are_written(tmp_path):
 
 
 def test_precision_measures_against_float64_and_writes_its_table(tmp_path):
-  _run("experiments.precision", "--lengths=32", "--forms=recurrent,chunked", "--chunk_size=8",
+  _run("experiments.studies.precision", "--lengths=32", "--forms=recurrent,chunked", "--chunk_size=8",
        "--shape=1,1,4", f"--out={tmp_path}")
   rows = list(csv.DictReader(open(tmp_path / "precision.csv")))
   assert len(rows) == 2 * 3 * 2           # rules × precisions × forms

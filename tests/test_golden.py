@@ -6,13 +6,11 @@ near 0.5 at the start: ŷ ≈ 0 costs ½ per query) and update them in the same 
 A change of form, chunk size or a pure speed-up must leave them alone (to 1e-5).
 """
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import associative_recall
-from experiments import train
+from experiments import optim, train
 from experiments.tasks import associative_recall as retrieval_task
 
 GOLDEN = {
@@ -28,17 +26,16 @@ GOLDEN = {
 def test_first_steps_are_pinned(curve):
   config = associative_recall.get_config(curve)
   config.num_keys = 8
-  model = retrieval_task.build_model(config, nnx.Rngs(config.seed))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = train.make_optimizer(config)
   task = retrieval_task.make(config)
+  tx = optim.optimizer(config)
+  graphdef, state = train.create_state(task, tx, config.seed)
   train_step = train.compile_step(graphdef, tx, task)
-  carry = (params, tx.init(params), jax.numpy.float32(0))
-  losses = []
+  arrays, losses = state.arrays, []
   for step in range(3):
-    carry = train_step(*carry, rest, step, None)
-    losses.append(float(carry[2]))
+    arrays = train_step(arrays, step, None)
+    losses.append(float(arrays["sums"]["loss"]))
   expected_losses, expected_eval = GOLDEN[curve]
   np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
-  eval_loss = task.evaluate(graphdef, carry[0], rest, 3)["eval_loss"]
+  np.testing.assert_array_equal(arrays["sums"]["weight"], 3.0)
+  eval_loss = task.evaluate(graphdef, arrays["params"], arrays["rest"], 3)["eval_loss"]
   np.testing.assert_allclose(float(eval_loss), expected_eval, rtol=1e-5)

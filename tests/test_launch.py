@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import associative_recall
-from experiments import checkpoint, report, sweep, train
+from experiments import checkpoint, report, results, sweep, train
+from experiments.tasks.associative_recall import report as retrieval_report
 from tests import helpers
 from tests.helpers import CONFIG, launch, read_metrics
 
@@ -147,13 +148,13 @@ def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   table = (out / "associative_recall.md").read_text()   # 2 seeds, 20 steps, ended at max_steps
   assert "| linear-sum | " in table and table.count(" (2, 20)†") == 2, table
   # A rerun of one point (here: the same runs) replaces the earlier CSV's row; the others stay.
-  earlier = report.read_previous(str(out / "associative_recall.csv"))
+  earlier = retrieval_report.read_previous(str(out / "associative_recall.csv"))
   extra = dict(earlier[0], num_keys=8, final_eval_loss=0.5)
   results_csv = tmp_path / "earlier.csv"
-  report.results.write_csv(earlier[:1] + [extra], str(results_csv), report.COLUMNS)
+  results.write_csv(earlier[:1] + [extra], str(results_csv), retrieval_report.COLUMNS)
   again = tmp_path / "again"
   report.report([str(tmp_path / "num_keys=0004,seed=0001")], str(again), str(results_csv))
-  merged = report.read_previous(str(again / "associative_recall.csv"))
+  merged = retrieval_report.read_previous(str(again / "associative_recall.csv"))
   assert [(r["num_keys"], r["seed"]) for r in merged] == [(4, 1), (8, 1)]
   assert merged[0] == earlier[0] and merged[1] == extra
 
@@ -162,7 +163,7 @@ def test_an_earlier_csv_without_the_report_columns_is_refused(tmp_path):
   path = tmp_path / "old.csv"
   path.write_text("setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds\n")
   with pytest.raises(ValueError, match="lacks the column.s. stop_reason"):
-    report.read_previous(str(path))
+    retrieval_report.read_previous(str(path))
 
 
 def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
@@ -177,7 +178,7 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
           row("favor64-sum", 20, 1, 0.1), row("softmax", 20, 1, 1e-5),
           dict(row("dpfp1-delta", 20, 1, 1e-4), setting=2), dict(row("dpfp1-delta", 40, 1, 0.3),
                                                                  setting=2)]
-  by_model = {k["model"]: k for k in report.knees(rows)}
+  by_model = {k["model"]: k for k in retrieval_report.knees(rows)}
   linear = by_model["linear-sum"]
   assert linear["solved"] == dict(num_keys=40, mean=0.008, min=0.004, max=0.012, seeds=2)
   assert linear["failed"]["num_keys"] == 60 and linear["paper"] == 60
@@ -185,7 +186,7 @@ def test_knees_bracket_the_last_solved_size_of_each_curve(tmp_path):
   assert by_model["favor64-sum"]["failed"]["num_keys"] == 20
   assert by_model["softmax"]["failed"] is None
   path = tmp_path / "table.md"
-  report.write_markdown(rows, str(path))
+  retrieval_report.write_markdown(rows, str(path))
   assert ("| linear-sum | S=40: 0.008 (0.004–0.012, 2 seeds) | S=60: 0.2 (0.2–0.2, 1 seeds) "
           "| 20 \\| 40 | ≈ 60 |") in path.read_text()   # at the stopping loss: 20, then 40
   # Setting 2 has its own table, without a paper column.
@@ -256,6 +257,6 @@ def test_a_run_without_a_finite_eval_stays_in_the_report(tmp_path):
           dict(setting=1, model="linear-sum", num_keys=40, seed=1, final_eval_loss=0.1, steps=90,
                wall_seconds=1.0, stop_reason="max_steps")]
   path = tmp_path / "table.md"
-  report.write_markdown(rows, str(path))
+  retrieval_report.write_markdown(rows, str(path))
   lines = path.read_text().splitlines()
   assert "| softmax | nan (1, 30)‡ |  |" in lines and "| linear-sum |  | 0.1 (1, 90)† |" in lines

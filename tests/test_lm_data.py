@@ -8,7 +8,7 @@ import pytest
 
 from configs import language_model, wikitext103
 from experiments import train
-from experiments.tasks import text_data
+from experiments.tasks.language_model import batches, text_data
 from tests.helpers import TEST, TRAIN, write_wikitext
 
 def test_wikitext_vocabulary_eos_and_round_trip(tmp_path):
@@ -108,15 +108,15 @@ def test_wikitext_configs_are_the_papers_settings():
 def test_every_token_is_in_exactly_one_training_segment_per_epoch():
   stream = np.arange(1000, dtype=np.int32)
   batch, context = 4, 7
-  n = text_data.num_segments(len(stream), batch, context)
-  seen = np.concatenate([text_data.train_batch(stream, s, batch, context)["inputs"].ravel()
+  n = batches.num_segments(len(stream), batch, context)
+  seen = np.concatenate([batches.train_batch(stream, s, batch, context)["inputs"].ravel()
                          for s in range(n)])
   assert len(seen) == len(set(seen.tolist()))                  # no token twice in an epoch
   per_stream = len(stream) // batch
   expected = {r * per_stream + i for r in range(batch) for i in range(n * context)}
   assert set(seen.tolist()) == expected
-  b = text_data.train_batch(stream, n + 2, batch, context)     # the next epoch starts over
-  np.testing.assert_array_equal(b["inputs"], text_data.train_batch(stream, 2, batch,
+  b = batches.train_batch(stream, n + 2, batch, context)     # the next epoch starts over
+  np.testing.assert_array_equal(b["inputs"], batches.train_batch(stream, 2, batch,
                                                                    context)["inputs"])
   np.testing.assert_array_equal(b["targets"], b["inputs"] + 1)
 
@@ -126,7 +126,7 @@ def test_every_token_is_in_exactly_one_training_segment_per_epoch():
 def test_evaluation_scores_every_target_once_with_enough_context(length, context, stride):
   stream = np.arange(length, dtype=np.int32)
   scored = []
-  for batch in text_data.eval_windows(stream, context, stride, batch_size=3):
+  for batch in batches.eval_windows(stream, context, stride, batch_size=3):
     rows, cols = np.nonzero(batch["mask"])
     scored += batch["targets"][rows, cols].tolist()
     np.testing.assert_array_equal(batch["targets"][rows, cols], batch["inputs"][rows, cols] + 1)

@@ -9,7 +9,7 @@ from absl.testing import parameterized
 from flax import nnx
 
 from configs import associative_recall
-from experiments import data
+from experiments.tasks.associative_recall import data
 from experiments.tasks import associative_recall as retrieval_task
 from tests import helpers
 

@@ -8,6 +8,7 @@ import pytest
 
 from configs import associative_recall
 from experiments import records, report, train
+from experiments.tasks.associative_recall import report as retrieval_report
 
 
 def _config(**overrides):
@@ -30,7 +31,7 @@ def test_saved_records_restore_finished_runs_that_the_loop_then_skips(tmp_path, 
   assert "Already finished (max_steps at step 20)" in capsys.readouterr().out
   assert again == first and not os.path.exists(fresh / "num_keys=0006,seed=0001" / "checkpoints")
   # The report reads restored runs like any other.
-  rows = report.collect(report.finished_runs([str(fresh)]))
+  rows = retrieval_report.collect(report.finished_runs([str(fresh)]))
   assert [(r["num_keys"], r["seed"], r["steps"]) for r in rows] == [(6, 1, 20)]
 
   # A run finished here is kept as it is, whatever the records say.

@@ -1,7 +1,7 @@
 """Times the authors' PyTorch training step (ischlag/fast-weight-transformers, `synthetic/`) so that
-`python -m experiments.bench --authors_code=PATH` can put it beside fwp's step in the same run.
+`python -m experiments.studies.bench --authors_code=PATH` can put it beside fwp's step in the same run.
 
-Not part of fwp and not imported by it: `experiments.bench` runs this file in a subprocess with
+Not part of fwp and not imported by it: `experiments.studies.bench` runs this file in a subprocess with
 the Python that has torch (`--authors_python`, default the current one). torch is not a project
 requirement; for a CPU-only torch:
 
@@ -9,7 +9,7 @@ requirement; for a CPU-only torch:
       --index-url https://download.pytorch.org/whl/cpu   # numpy from PyPI if the index lacks it
   git clone https://github.com/ischlag/fast-weight-transformers /tmp/fwt
 
-  python experiments/authors_synthetic.py --code=/tmp/fwt/synthetic --case=dpfp:1:ours:100:1
+  python experiments/studies/authors_synthetic.py --code=/tmp/fwt/synthetic --case=dpfp:1:ours:100:1
 
 A case is attention:arg:update_rule:S:replace, with the authors' names (attention linear, tanh,
 favor, dpfp or softmax; update_rule sum, fwm or ours = the delta rule; replace 1 = setting 2,

@@ -1,13 +1,13 @@
 """Benchmarks: every rule × form × T × chunk size, and the paper's training step per curve and S.
 
-  python -m experiments.bench --out=results/bench.json --markdown=results/bench.md  # default grid
-  python -m experiments.bench --lengths=256 --chunk_sizes=64 --steps=linear-sum:100 --repeats=2
-  python -m experiments.bench --rules= --steps=linear-sum:100,dpfp1-delta:100 \
+  python -m experiments.studies.bench --out=results/bench.json --markdown=results/bench.md  # default grid
+  python -m experiments.studies.bench --lengths=256 --chunk_sizes=64 --steps=linear-sum:100 --repeats=2
+  python -m experiments.studies.bench --rules= --steps=linear-sum:100,dpfp1-delta:100 \
       --authors_code=/tmp/fwt/synthetic --authors_python=/tmp/torchenv/bin/python
 
 With --authors_code (a checkout of ischlag/fast-weight-transformers' synthetic/ directory), each
 training step that the authors' code has is also timed in their PyTorch code, right after fwp's,
-in a subprocess of --authors_python (experiments/authors_synthetic.py says how to get torch; it
+in a subprocess of --authors_python (experiments/studies/authors_synthetic.py says how to get torch; it
 is not a requirement), and the table gets their time and the speed-up: two timings from one run
 on one machine.
 
@@ -29,10 +29,9 @@ import subprocess
 import sys
 
 from absl import app, flags
-from flax import nnx
 
 from configs import associative_recall
-from experiments import timing
+from experiments.studies import timing
 from experiments.tasks import associative_recall as retrieval_task
 
 _RULES = flags.DEFINE_list("rules", ["sum", "delta"], "Rules to time.")
@@ -61,9 +60,7 @@ def time_train_step(curve, num_keys, repeats, form=None):
   config.num_keys = num_keys
   if form:
     config.model.form = form
-  model = retrieval_task.build_model(config, nnx.Rngs(0))
-  seconds = timing.train_step_seconds(model, config, retrieval_task.make(config), None,
-                                      repeats)
+  seconds = timing.train_step_seconds(retrieval_task.make(config), config, repeats)
   return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
               setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)
 
@@ -97,7 +94,7 @@ def check_authors_code() -> None:
   probe = subprocess.run([_AUTHORS_PYTHON.value, "-c", "import torch"], capture_output=True)
   if probe.returncode != 0:
     raise app.UsageError(f"--authors_python={_AUTHORS_PYTHON.value!r} cannot import torch; "
-                         f"install it there (see experiments/authors_synthetic.py).")
+                         f"install it there (see experiments/studies/authors_synthetic.py).")
 
 
 def time_authors_step(case: str, repeats: int) -> dict:

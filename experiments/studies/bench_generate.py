@@ -2,9 +2,9 @@
 block by block, to show that a fast weight model decodes in constant time and memory per token
 (and what softmax attention's growing cache costs beside it).
 
-  python -m experiments.bench_generate --models=linear-delta --tokens=100000 --block=10000 \
+  python -m experiments.studies.bench_generate --models=linear-delta --tokens=100000 --block=10000 \
       --markdown=results/bench_generate.md
-  python -m experiments.bench_generate --models=transformer --tokens=8000 --block=1000
+  python -m experiments.studies.bench_generate --models=transformer --tokens=8000 --block=1000
 
 The model is configs/language_model.py's (4 layers, d_model 128, bytes) with freshly initialised
 weights: the cost of a step does not depend on what the weights are. Each block's row is its
@@ -69,7 +69,7 @@ def main(argv):
       if header:
         f.write(f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, jax "
                 f"{jax.__version__}, devices {[str(d) for d in jax.devices()]}. Made by "
-                f"`python -m experiments.bench_generate` (see its docstring for the flags).\n\n"
+                f"`python -m experiments.studies.bench_generate` (see its docstring for the flags).\n\n"
                 "| model | tokens so far | ms / token in the block | RSS MB at its end |\n"
                 "|---|---|---|---|\n")
       f.writelines(f"| {r['model']} | {r['tokens']} | {r['ms_per_token']:.3f} | "

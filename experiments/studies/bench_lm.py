@@ -1,7 +1,7 @@
 """Language-model benchmarks: the training step at the paper's small-setting shapes, and the cost
 of generating one token against its position (fast weights: flat; softmax's cache: growing).
 
-  python -m experiments.bench_lm --out=results/bench_lm.json --markdown=results/bench_lm.md \
+  python -m experiments.studies.bench_lm --out=results/bench_lm.json --markdown=results/bench_lm.md \
       --plot=results/bench_lm_decode.png
 
 Training step: configs/wikitext103.py's small setting (16 layers, d_model 128, 8 heads × 16,
@@ -9,7 +9,7 @@ FFN 2048, context 256, batch 96) with a byte vocabulary (256) in place of WikiTe
 so the table measures the blocks, which are what the models differ in. FLOPs count
 6 · tokens · (non-embedding parameters + d_model · V) for the dense layers (forward + backward),
 plus the attention's own work: 3 · 4 · B · H · T² · d_head per softmax layer, and
-18 · B · H · T · d_dot · d_head per fast weight layer (the rule's count in experiments.bench).
+18 · B · H · T · d_dot · d_head per fast weight layer (the rule's count in experiments.studies.bench).
 The float32 matmul rate is measured in the same run. Decoding: one `model.step` (jitted) for
 batch 1 at each position; memory is the bytes of the state the step carries.
 """
@@ -28,7 +28,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs import wikitext103
-from experiments import timing
+from experiments.studies import timing
 from experiments.tasks import language_model
 from fwp import lm
 
@@ -83,11 +83,14 @@ def step_flops(model: lm.TransformerLM, batch: int, context: int) -> float:
 def time_train_step(model_name: str, repeats: int, peak: float, dropout: str = "config") -> dict:
   config = _config(model_name, dropout)
   model = _build(config)
-  loss = types.SimpleNamespace(loss=functools.partial(language_model.lm_loss, config))
   b, t = config.batch_size, config.context
   tokens = np.random.default_rng(0).integers(0, _VOCAB.value, (b, t + 1)).astype(np.int32)
   batch = dict(inputs=jnp.asarray(tokens[:, :-1]), targets=jnp.asarray(tokens[:, 1:]))
-  seconds = timing.train_step_seconds(model, config, loss, batch, repeats)
+  # The LM task's loss on random tokens of the paper's vocabulary size (no corpus to load).
+  task = types.SimpleNamespace(build_model=lambda rngs: _build(config),
+                               host_batch=lambda step: batch, selection=("eval_loss", "min"),
+                               loss=functools.partial(language_model.lm_loss, config))
+  seconds = timing.train_step_seconds(task, config, repeats)
   flops = step_flops(model, b, t)
   return dict(kind="train_step", model=model_name, form=config.model.form, batch=b, context=t,
               layers=config.model.num_layers, dropout=config.model.dropout, ms=seconds * 1e3,

@@ -1,7 +1,7 @@
 """Times the WikiText-103 loader's first (tokenising) and later (cached) loads on a synthetic
 corpus of the real one's size and format, for machines without the data.
 
-  python -m experiments.bench_tokenize --megabytes=540 --dir=/tmp/wt103-synthetic
+  python -m experiments.studies.bench_tokenize --megabytes=540 --dir=/tmp/wt103-synthetic
 
 The training file has Zipf-distributed words from a 267k-word vocabulary (WikiText-103's size),
 ~13 words per line with blank and " = Heading = " lines as in the real file; valid and test are
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments.tasks import text_data
+from experiments.tasks.language_model import text_data
 
 _MEGABYTES = flags.DEFINE_integer("megabytes", 540, "Size of wiki.train.tokens to write.")
 _DIR = flags.DEFINE_string("dir", "/tmp/wt103-synthetic", "Where to write the corpus.")

@@ -2,8 +2,8 @@
 seed once per form (recurrent, parallel, chunked with two chunk sizes), in float64 and float32,
 compared at every evaluation.
 
-  python -m experiments.equivalence --out=results
-  python -m experiments.equivalence --families=linear-sum --steps=50 --out=/tmp/eq   # a look
+  python -m experiments.studies.equivalence --out=results
+  python -m experiments.studies.equivalence --families=linear-sum --steps=50 --out=/tmp/eq   # a look
 
 Each run is the train loop's own jitted step (experiments.train.compile_step) on the task's own
 batches, optimizer and evaluation; the forms differ only in `config.model.form` and
@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from flax import nnx
 
 from configs import associative_recall, language_model
-from experiments import results, tasks, timing, train
+from experiments import optim, results, tasks, train
+from experiments.studies import timing
 
 _FAMILIES = flags.DEFINE_list("families", ["linear-sum", "dpfp1-sum", "favor64-sum",
                                            "dpfp1-delta", "lm:linear-delta"],
@@ -74,25 +74,25 @@ def form_name(form: str, chunk: str) -> str:
 
 def train_one(config, dtype: str, steps: int, eval_every: int):
   """(train losses, eval losses, parameter leaves as float64 NumPy) at every evaluation."""
-  task_module = tasks.get(config.task)
-  task = task_module.make(config)
-  graphdef, params, rest = nnx.split(task_module.build_model(config, nnx.Rngs(config.seed)),
-                                     nnx.Param, ...)
-  params = jax.tree.map(lambda p: p.astype(dtype), params)
-  tx = train.make_optimizer(config)
+  task = tasks.get(config.task).make(config)
+  tx = optim.optimizer(config)
+  graphdef, state = train.create_state(task, tx, config.seed)
+  params = jax.tree.map(lambda p: p.astype(dtype), state.arrays["params"])
+  zeros = lambda sums: jax.tree.map(lambda s: jnp.zeros((), dtype), sums)
+  arrays = dict(state.arrays, params=params, opt_state=tx.init(params),
+                sums=zeros(state.arrays["sums"]))
   step_fn = train.compile_step(graphdef, tx, task)
-  carry = (params, tx.init(params), jnp.zeros((), dtype))
   train_losses, eval_losses, snapshots = [], [], []
   for step in range(steps):
     batch = task.host_batch(step)
-    carry = step_fn(*carry, rest, step, None if batch is None else jax.tree.map(jnp.asarray,
-                                                                                 batch))
+    arrays = step_fn(arrays, step, None if batch is None else jax.tree.map(jnp.asarray, batch))
     if (step + 1) % eval_every == 0:
-      params, opt_state, loss_sum = carry
-      train_losses.append(float(loss_sum) / eval_every)
-      eval_losses.append(float(task.evaluate(graphdef, params, rest, step + 1)["eval_loss"]))
+      params = arrays["params"]
+      train_losses.append(float(arrays["sums"]["loss"]) / eval_every)
+      eval_losses.append(float(task.evaluate(graphdef, params, arrays["rest"],
+                                             step + 1)["eval_loss"]))
       snapshots.append([np.asarray(x, np.float64) for x in jax.tree.leaves(params)])
-      carry = (params, opt_state, jnp.zeros((), dtype))
+      arrays = dict(arrays, sums=zeros(arrays["sums"]))
   return train_losses, eval_losses, snapshots
 
 
@@ -133,7 +133,7 @@ def markdown(rows, machine_line: str) -> str:
            f"at every {_EVAL_EVERY.value}-step evaluation, the relative difference to the "
            "recurrent form's run of the train loss, the eval loss and the parameters (max over "
            "leaves of ‖a − b‖/‖b‖). Largest over the run (at the last step in brackets). "
-           "Command: `python -m experiments.equivalence --out=results`.", ""]
+           "Command: `python -m experiments.studies.equivalence --out=results`.", ""]
   for dtype in dict.fromkeys(r["dtype"] for r in rows):
     lines += [f"### {dtype}", "", "| family | form vs recurrent | train loss | eval loss | "
               "parameters | final eval loss |", "|---|---|---|---|---|---|"]

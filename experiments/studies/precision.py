@@ -1,8 +1,8 @@
 """Where the forms stop agreeing in low precision: every form of the sum and delta layers in
 float32 and bfloat16 against a float64 recurrent reference, as sequences grow.
 
-  python -m experiments.precision --out=results
-  python -m experiments.precision --lengths=256,1024 --out=/tmp/p      # a quick look
+  python -m experiments.studies.precision --out=results
+  python -m experiments.studies.precision --lengths=256,1024 --out=/tmp/p      # a quick look
 
 The layers are the paper's: the sum rule with φ = ELU+1 and the attention normaliser (linear
 Transformer), the delta rule with φ = ELU+1 and sum normalisation (fwp.layers). Inputs q, k, v
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import results, timing
+from experiments import results
+from experiments.studies import timing
 from fwp import layers
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "Sequence lengths.")
@@ -114,7 +115,7 @@ def markdown(rows, machine_line: str) -> str:
            "brackets) and of the final fast weights W_T, against the float64 recurrent form on "
            "the same rounded inputs. The outputs are returned in the inputs' dtype: rounding the "
            "exact outputs to bfloat16 alone costs the 'rounding' row's error. Command: "
-           "`python -m experiments.precision --out=results`.", ""]
+           "`python -m experiments.studies.precision --out=results`.", ""]
   for rule in RULES:
     lines += [f"### {rule} rule ({RULES[rule]['normalization']} normalisation, φ = ELU+1)", "",
               "| precision | form | " + " | ".join(f"T = {t}" for t in lengths) + " |",

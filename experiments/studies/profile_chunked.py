@@ -1,13 +1,13 @@
 """Profile of the chunked delta rule: where its time goes, and the rate its products can reach.
 
-  python -m experiments.profile_chunked --out=results/profile_chunked.json \
+  python -m experiments.studies.profile_chunked --out=results/profile_chunked.json \
       --markdown=results/profile_chunked.md
 
 The chunked form is a `lax.scan` over T/C chunks; each chunk does a handful of small batched
 products ([B·H] batches of C×64 by 64×64, C×64 by 64×C, C×C by C×64) and a unit lower-triangular
 inverse. This times, at the benchmark's shape (batch 4, heads 4, d_key = d_value = 64, T = 4096):
 
-- the whole form, forward and forward + backward (as `experiments.bench`);
+- the whole form, forward and forward + backward (as `experiments.studies.bench`);
 - each product of the chunk alone, run over the T/C chunks two ways: inside a `lax.scan` (one
   chunk per iteration, as the form runs it) and batched over all chunks in one call (the best any
   restructuring could do for the products that do not depend on the state);
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments import timing
+from experiments.studies import timing
 from fwp import ops
 
 _T = flags.DEFINE_integer("length", 4096, "Sequence length T.")

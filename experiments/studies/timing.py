@@ -1,4 +1,4 @@
-"""Timing helpers shared by `experiments.bench` and `experiments.profile_chunked` (no flags).
+"""Timing helpers shared by `experiments.studies.bench` and `experiments.studies.profile_chunked` (no flags).
 
 Times are medians over `repeats` calls after a warm-up call, so compilation is excluded.
 """
@@ -12,9 +12,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from experiments import train
+from experiments import optim, train
 from fwp import ops
 
 
@@ -36,19 +35,19 @@ def median_seconds(fn, *args, repeats, min_seconds: float = 0.0):
   return statistics.median(times)
 
 
-def train_step_seconds(model, config, task, batch, repeats: int) -> float:
-  """Median seconds of the train loop's own jitted step (experiments.train.compile_step) for
-  `model` under `config`'s optimizer; `task` supplies the loss, `batch` the host batch or None."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = train.make_optimizer(config)
+def train_step_seconds(task, config, repeats: int, seed: int = 0) -> float:
+  """Median seconds of the train loop's own jitted step (experiments.train.compile_step) on the
+  state experiments.train.create_state makes for `task` (its model, loss and host batches)
+  under `config`'s optimizer."""
+  tx = optim.optimizer(config)
+  graphdef, state = train.create_state(task, tx, seed)
   train_step = train.compile_step(graphdef, tx, task)
-  carry = [params, tx.init(params), jnp.float32(0)]
-  step = [0]
+  arrays, step = [state.arrays], [0]
 
   def one_step():
-    carry[:] = train_step(*carry, rest, step[0], batch)
+    arrays[0] = train_step(arrays[0], step[0], task.host_batch(step[0]))
     step[0] += 1
-    return carry[2]
+    return arrays[0]["sums"]["loss"]
 
   return median_seconds(one_step, repeats=repeats, min_seconds=1.0)
 

@@ -1,16 +1,11 @@
-"""Tables and figures from finished runs, for every task found.
+"""The associative-retrieval report (experiments.report calls it for these runs).
 
-  python -m experiments.report runs/setting1 runs/setting2 --out=results
-  python -m experiments.report runs/lm_grid --out=results       # language_model.* (lm_report)
-  python -m experiments.report runs/knee --previous=results/associative_recall.csv --out=results
-
-Walks the given directories for runs (a summary.json beside a config.json), writes
 `associative_recall.csv` (setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds,
 stop_reason), a Markdown table of the mean final loss per model and S, the capacity knee of each
 curve (setting 1: beside the paper's reading of its figure), and one figure per setting like
 the paper's: final eval loss vs S, one line per model, mean ± spread (min–max) over seeds.
 
-`--previous` merges an earlier report's CSV: its rows stay unless the given runs hold the same
+An earlier CSV (`--previous`) is merged: its rows stay unless the given runs hold the same
 (setting, model, S, seed), which then replace them (a denser or longer rerun of a point wins).
 This is how the dense knee grid (runs/knee) joins the committed budget grid.
 """
@@ -19,17 +14,14 @@ from __future__ import annotations
 
 import collections
 import csv
-import json
 import os
-import sys
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
 
-from experiments import lm_report, records, results  # noqa: E402
+from experiments import results  # noqa: E402
 
 COLUMNS = ("setting", "model", "num_keys", "seed", "final_eval_loss", "steps", "wall_seconds",
            "stop_reason")
@@ -42,43 +34,18 @@ STOP_LOSS = 0.001
 # leaves ~0 loss, on its 20-key grid).
 PAPER_KNEES = {"linear-sum": 60, "dpfp1-sum": 100, "dpfp2-sum": 240, "dpfp3-sum": 340}
 
-_OUT = flags.DEFINE_string("out", "results", "Directory for the CSV, Markdown and PNG files.")
-_PREVIOUS = flags.DEFINE_string(
-    "previous", None, "An earlier associative_recall.csv whose rows are kept where the given runs "
-    "do not hold the same (setting, model, num_keys, seed).")
 
-
-def finished_runs(roots: list[str]) -> list[tuple[str, dict]]:
-  """(directory, summary) of every finished run (a summary.json) under `roots`."""
-  runs = []
-  for root in roots:
-    if not os.path.isdir(root):
-      raise ValueError(f"{root!r} is not a directory: give run or sweep directories (the "
-                       f"--workdir of launch.py).")
-    for relative in records.finished(root):
-      directory = os.path.normpath(os.path.join(root, relative))
-      path = os.path.join(directory, "summary.json")
-      try:
-        with open(path) as f:
-          summary = json.load(f)
-      except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): restore it from the run's "
-                         f"record, or delete it to let the run finish again.") from None
-      if not isinstance(summary, dict):
-        raise ValueError(f"{path} holds no summary object.")
-      runs.append((directory, summary))
-  return runs
-
-
-def collect(finished: list[tuple[str, dict]]) -> list[dict]:
-  """One row per associative-recall run among (directory, summary) pairs."""
+def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> list[dict]:
+  """One row per associative-recall run among (directory, summary) pairs, merged over the rows
+  of the earlier CSV `previous` when given."""
   rows = []
   for _, s in finished:
     if s.get("task", "associative_recall") == "associative_recall":
       rows.append(dict(setting=s["setting"], model=s["curve"], num_keys=s["num_keys"],
                        seed=s["seed"], final_eval_loss=s["final_eval_loss"], steps=s["steps"],
                        wall_seconds=round(s["wall_seconds"], 1), stop_reason=s.get("stop_reason")))
-  return sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
+  rows = sorted(rows, key=lambda r: (r["setting"], r["model"], r["num_keys"], r["seed"]))
+  return merge(read_previous(previous), rows) if previous else rows
 
 
 def read_previous(path: str) -> list[dict]:
@@ -238,44 +205,13 @@ def plot(rows, setting, path):
   plt.close(fig)
 
 
-def report(roots: list[str], out: str, previous: str | None = None) -> list[str]:
-  """Writes the tables and figures of every task with finished runs under `roots` (retrieval
-  rows merged over those of the CSV `previous`, when given). Everything is read and checked
-  before the first file is written, so a bad run leaves no partial results."""
-  finished = finished_runs(roots)
-  rows = collect(finished)
-  if previous:
-    rows = merge(read_previous(previous), rows)
-  lm_runs = lm_report.collect(finished)
-  if not rows and not lm_runs:
-    raise ValueError(f"No finished runs (summary.json) under {', '.join(roots)}.")
-  written = []
-  if rows:
-    os.makedirs(out, exist_ok=True)
-    written += [os.path.join(out, "associative_recall.csv"),
-                os.path.join(out, "associative_recall.md")]
-    results.write_csv(rows, written[0], COLUMNS)
-    write_markdown(rows, written[1])
-    for setting in sorted({r["setting"] for r in rows}):
-      path = os.path.join(out, f"associative_recall_setting{setting}.png")
-      plot(rows, setting, path)
-      written.append(path)
-  if lm_runs:
-    written += lm_report.report(lm_runs, out)
+def write(rows: list[dict], out: str) -> list[str]:
+  """associative_recall.csv, .md and one figure per setting under `out`; returns the paths."""
+  written = [os.path.join(out, "associative_recall.csv"), os.path.join(out, "associative_recall.md")]
+  results.write_csv(rows, written[0], COLUMNS)
+  write_markdown(rows, written[1])
+  for setting in sorted({r["setting"] for r in rows}):
+    path = os.path.join(out, f"associative_recall_setting{setting}.png")
+    plot(rows, setting, path)
+    written.append(path)
   return written
-
-
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("Give one or more sweep directories.")
-  try:
-    written = report(argv[1:], _OUT.value, _PREVIOUS.value)
-  except ValueError as error:
-    print(f"Error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
-  for path in written:
-    print(path)
-
-
-if __name__ == "__main__":
-  app.run(main)

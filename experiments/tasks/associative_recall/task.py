@@ -1,6 +1,6 @@
 """Associative retrieval (Section 6.1): the paper's model, loss and evaluation as a task.
 
-Batches are generated inside the jitted step from (seed, step) (experiments.data), so there is no
+Batches are generated inside the jitted step from (seed, step) (experiments.tasks.associative_recall.data), so there is no
 host batch. FAVOR+ redraws its projection at every forward pass, in training and evaluation, as
 the authors do, from keys that are themselves functions of (seed, step).
 """
@@ -11,37 +11,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments import data, distributed
-from fwp import layers, ops, retrieval
+from experiments import distributed
+from experiments.tasks.associative_recall import data
+from experiments.tasks import common
+from fwp import retrieval
 
 
-# Attention baselines, by config.model.update_rule: (no fast weights) and their scoring.
-ATTENTION_BASELINES = {"softmax": "dot", "additive": "additive"}
-
-
-def chunk_size(value) -> int | str:
-  """config.model.chunk_size, a string so that `--config.model.chunk_size=auto` parses, as the
-  int or "auto" that fwp.ops takes (older runs saved an int: taken as it is)."""
-  if isinstance(value, str) and value.strip() == ops.AUTO:
-    return ops.AUTO
-  number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
-  if isinstance(number, int) and not isinstance(number, bool) and number > 0:
-    return number
-  raise ValueError(f"config.model.chunk_size must be a positive integer or 'auto', got "
-                   f"{value!r}.")
-
-
-def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
-  """None for an attention baseline; raises ValueError naming the valid choices otherwise."""
-  if model_config.update_rule in ATTENTION_BASELINES:
-    return None
-  return layers.FastWeightConfig(
-      feature_map=model_config.feature_map, nu=model_config.nu,
-      num_features=model_config.num_features, update_rule=model_config.update_rule,
-      normalization=model_config.normalization, form=model_config.form,
-      chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence,
-      accumulate=model_config.get("accumulate", "float32"))
-
+# Fields that may change when a run resumes (the loop adds its own), and fields added after
+# runs existed, with the value those runs used implicitly.
+RESUMABLE = ("model.form", "model.chunk_size")
+ADDED_FIELDS = {"model.recurrence": "none"}
 
 MAX_KEYS = 20_000
 
@@ -69,13 +48,13 @@ def validate(config) -> None:
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
-  fast_weight_config(config.model)
+  common.fast_weight_config(config.model)
 
 
 def build_model(config, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
-  return retrieval.RetrievalModel(config.num_keys, fast_weight_config(config.model),
-                               d=config.model.d, rngs=rngs,
-                               scoring=ATTENTION_BASELINES.get(config.model.update_rule, "dot"))
+  return retrieval.RetrievalModel(config.num_keys, common.fast_weight_config(config.model),
+                                  d=config.model.d, rngs=rngs,
+                                  scoring=common.scoring(config.model))
 
 
 def retrieval_loss(predictions, targets, num_keys, mask=None):
@@ -91,6 +70,10 @@ def make(config, mesh=None) -> "AssociativeRecall":
 
 
 class AssociativeRecall:
+  """One retrieval run: the loss is the paper's (½‖onehot − ŷ‖², a plain mean over queries),
+  early stopping and the best checkpoint follow the eval loss."""
+
+  selection = ("eval_loss", "min")
 
   def __init__(self, config, mesh=None):
     self.config, self.mesh = config, mesh
@@ -104,6 +87,9 @@ class AssociativeRecall:
       return None
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed + 7919), stream), index)
 
+  def build_model(self, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
+    return build_model(self.config, rngs)
+
   def host_batch(self, step):
     return None
 
@@ -116,7 +102,7 @@ class AssociativeRecall:
       batch = distributed.shard_batch(batch, self.mesh)
     y = model(batch["keys"], batch["values"], batch["queries"],
               projection_key=self._projection_key(0, step))
-    return retrieval_loss(y, batch["targets"], c.num_keys)
+    return retrieval_loss(y, batch["targets"], c.num_keys), {"weight": jnp.float32(1)}
 
   def _eval_loss(self, graphdef, params, rest, index):
     c = self.config

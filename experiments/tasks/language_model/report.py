@@ -1,4 +1,4 @@
-"""Tables and a figure from finished language-model runs (experiments.report calls it).
+"""Tables and a figure from finished language-model runs (experiments.report calls it for these runs).
 
   python -m experiments.report runs/lm_grid --out=results
 
@@ -34,11 +34,13 @@ IGNORED = ("seed", "checkpoint_every", "keep_checkpoints", "mesh_shape", "eval_b
            "model.form", "model.chunk_size", "data_dir", "cache_dir", "data_identity")
 
 
-def collect(finished: list[tuple[str, dict]]) -> list[dict]:
+def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> list[dict]:
   """The language-model runs among (directory, summary) pairs, with their metrics and config,
   grouped: runs that differ only in seed are one group; every other config field that differs
   between the runs (and is not implied by the model's name) becomes a column (see `columns`).
-  Raises ValueError, before anything is written, for runs that cannot share one table."""
+  Raises ValueError, before anything is written, for runs that cannot share one table.
+  (`previous`, an earlier retrieval CSV, is not this family's.)"""
+  del previous
   runs = []
   for directory, summary in finished:
     if summary.get("task") != "language_model":
@@ -199,8 +201,8 @@ def plot(runs, path):
   plt.close(fig)
 
 
-def report(runs: list[dict], out: str) -> list[str]:
-  os.makedirs(out, exist_ok=True)
+def write(runs: list[dict], out: str) -> list[str]:
+  """language_model.csv, .md and .png under `out`; returns the paths."""
   paths = [os.path.join(out, f"language_model.{ext}") for ext in ("csv", "md", "png")]
   write_csv(runs, paths[0])
   with open(paths[1], "w") as f:

@@ -19,10 +19,15 @@ from flax import nnx
 
 from experiments import distributed
 from experiments.progress import Progress
-from experiments.tasks import associative_recall, text_data
+from experiments.tasks import common
+from experiments.tasks.language_model import batches, text_data
 from fwp import lm
 
 _DROPOUT, _PROJECTION = 1, 2     # key streams
+# Fields that may change when a run resumes (the loop adds its own), and fields added after
+# runs existed, with the value those runs used implicitly.
+RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
+ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": ""}
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,9 +50,9 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
   return lm.LMConfig(
       vocab_size=vocab_size, num_layers=m.num_layers, d_model=m.d_model,
       num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff, dropout=m.dropout,
-      fast_weight=associative_recall.fast_weight_config(m), pre_norm=m.pre_norm,
+      fast_weight=common.fast_weight_config(m), pre_norm=m.pre_norm,
       positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype,
-      scoring=associative_recall.ATTENTION_BASELINES.get(m.update_rule, "dot"))
+      scoring=common.scoring(m))
 
 
 def validate(config) -> None:
@@ -74,7 +79,7 @@ def lm_loss(config, model, batch, step):
       jax.random.fold_in(jax.random.key(config.seed), stream), step)
   log_probs = model(batch["inputs"], dropout_key=key(_DROPOUT),
                     projection_key=key(_PROJECTION) if config.model.redraw_projection else None)
-  return lm.cross_entropy(log_probs, batch["targets"])
+  return lm.cross_entropy(log_probs, batch["targets"]), {"weight": jnp.float32(1)}
 
 
 def make(config, mesh=None) -> "LanguageModelling":
@@ -82,6 +87,10 @@ def make(config, mesh=None) -> "LanguageModelling":
 
 
 class LanguageModelling:
+  """One LM run: every batch holds the same number of targets, so the train loss is a plain
+  mean (weight 1); early stopping and the best checkpoint follow the valid loss."""
+
+  selection = ("eval_loss", "min")
 
   def __init__(self, config, mesh=None):
     self.config, self.mesh = config, mesh
@@ -91,7 +100,7 @@ class LanguageModelling:
                                level=config.level, context=config.context)
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
     # The plain valid windows are read every eval: build them once.
-    self._valid_batches = list(text_data.eval_windows(
+    self._valid_batches = list(batches.eval_windows(
         self.corpus.splits["valid"], config.context, config.context, config.eval_batch_size))
 
   def _check_splits(self):
@@ -99,7 +108,7 @@ class LanguageModelling:
     evaluation cannot read would otherwise be found after the whole training budget."""
     c, unit = self.config, self.corpus.unit
     train = len(self.corpus.splits["train"])
-    segments = text_data.num_segments(train, c.batch_size, c.context)
+    segments = batches.num_segments(train, c.batch_size, c.context)
     if segments < 2:
       raise ValueError(
           f"The {c.corpus} training split ({train:,} {unit}s) cut into batch_size "
@@ -114,9 +123,12 @@ class LanguageModelling:
         raise ValueError(f"The {c.corpus} {split} split has {length} {unit}(s); evaluation "
                          f"needs at least 2 (an input and its target). Fix the {split} file.")
 
+  def build_model(self, rngs: nnx.Rngs) -> lm.TransformerLM:
+    return lm.TransformerLM(lm_config(self.config, self.corpus.vocab.size), rngs=rngs)
+
   def host_batch(self, step):
     c = self.config
-    return text_data.train_batch(self.corpus.splits["train"], step, c.batch_size, c.context)
+    return batches.train_batch(self.corpus.splits["train"], step, c.batch_size, c.context)
 
   def loss(self, model, batch, step):
     return lm_loss(self.config, model, batch, step)
@@ -157,10 +169,10 @@ class LanguageModelling:
     for split in ("valid", "test"):
       stream = self.corpus.splits[split]
       for suffix, stride in strides:
-        batches = text_data.eval_windows(stream, c.context, stride, c.eval_batch_size)
-        windows = len(text_data.window_ends(len(stream), c.context, stride))
-        nll = self.mean_nll(graphdef, params, rest, batches, name=f"final {split}{suffix}",
-                            num_batches=-(-windows // c.eval_batch_size))
+        windows = batches.eval_windows(stream, c.context, stride, c.eval_batch_size)
+        count = len(batches.window_ends(len(stream), c.context, stride))
+        nll = self.mean_nll(graphdef, params, rest, windows, name=f"final {split}{suffix}",
+                            num_batches=-(-count // c.eval_batch_size))
         out.update(self._metrics(split + suffix, nll))
     return out
 

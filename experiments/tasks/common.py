@@ -1,0 +1,38 @@
+"""What several families share: the config's attention fields as fwp's layer configs."""
+
+from __future__ import annotations
+
+from fwp import layers, ops
+
+# Attention baselines, by config.model.update_rule: no fast weights, and their scoring.
+ATTENTION_BASELINES = {"softmax": "dot", "additive": "additive"}
+
+
+def chunk_size(value) -> int | str:
+  """config.model.chunk_size, a string so that `--config.model.chunk_size=auto` parses, as the
+  int or "auto" that fwp.ops takes (older runs saved an int: taken as it is)."""
+  if isinstance(value, str) and value.strip() == ops.AUTO:
+    return ops.AUTO
+  number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+  if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+    return number
+  raise ValueError(f"config.model.chunk_size must be a positive integer or 'auto', got "
+                   f"{value!r}.")
+
+
+def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
+  """None for an attention baseline; raises ValueError naming the valid choices otherwise."""
+  if model_config.update_rule in ATTENTION_BASELINES:
+    return None
+  return layers.FastWeightConfig(
+      feature_map=model_config.feature_map, nu=model_config.nu,
+      num_features=model_config.num_features, update_rule=model_config.update_rule,
+      normalization=model_config.normalization, form=model_config.form,
+      chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence,
+      # .get: a retrieval config has no dtype, hence no accumulate field.
+      accumulate=model_config.get("accumulate", "float32"))
+
+
+def scoring(model_config) -> str:
+  """The attention baseline's scoring ("dot" for softmax and for every fast weight model)."""
+  return ATTENTION_BASELINES.get(model_config.update_rule, "dot")
