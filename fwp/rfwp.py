@@ -26,7 +26,7 @@ its recurrent part is a scan of the single-step function, with a hand-written ba
 the fast weights once per REMAT_SEGMENT steps and walks back by undoing writes (fwp.rfwp_scan,
 the engine the three share).
 With the recurrent parts at zero (R_0 = 0 and v^r = 0, so R stays 0; or R_q = R_k = R_v = 0 and
-r_b = 0) the Delta RNN and the RDN are exactly the Delta Net (tests/test_rfwp.py proves it).
+r_b = 0) the Delta RNN and the RDN are exactly the Delta Net (tests/fwp/test_rfwp.py proves it).
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_low_precision_inputs_are_accepted_and_nan_propagates_without_a_crash():
   v = _x((1, 3, 1, 2)).at[0, 1].set(jnp.nan)
   y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), v, form="recurrent")
   assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()   # only later steps
-  # The matrix forms too: a non-finite input never reaches an earlier output (tests/test_ops.py).
+  # The matrix forms too: a non-finite input never reaches an earlier output (tests/fwp/test_ops.py).
   y, _ = ops.apply_rule("sum", _x((1, 3, 1, 4)), _x((1, 3, 1, 4)), v, form="parallel")
   assert not np.isnan(y[0, 0]).any() and np.isnan(y[0, 1:]).all()
 

@@ -37,7 +37,7 @@ FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
 
 # Every model kind, every feature map and normalisation at least once, each form at least once
 # (the full product adds minutes and no new code path: φ and the normaliser act before the rule,
-# per position, and the forms agree with each other below and in tests/test_layers.py).
+# per position, and the forms agree with each other below and in tests/fwp/test_layers.py).
 DECODE_CASES = [("transformer", None, None), ("additive", None, None), ("tanh-fwm", None, None),
                 ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
                 ("fwp91-sum", "parallel", 64), ("dpfp2-sum", "chunked", 3),
@@ -74,7 +74,7 @@ def decode(model, toks, state):
 
 
 # The sum rule with its attention normaliser, the delta rule, and an RFWP over each form's Delta
-# Net; each feature map's forms agree in tests/test_layers.py (φ acts per position, before the
+# Net; each feature map's forms agree in tests/fwp/test_layers.py (φ acts per position, before the
 # rule).
 FORMS_CASES = ["linear-sum-attention", "linear-delta", "linear-delta_rnn"]
 
@@ -132,7 +132,7 @@ class LMEquivalenceTest(chex.TestCase):
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
                                        ("transformer", None), ("additive", None),
                                        ("tanh-fwm", None), ("linear-delta_rnn", "chunked"),
-                                       ("dpfp2-rdn", None)])   # Delta LSTM: tests/test_rfwp.py
+                                       ("dpfp2-rdn", None)])   # Delta LSTM: tests/fwp/test_rfwp.py
 def test_a_later_token_never_changes_an_earlier_log_probability(name, form):
   """By gradients: ∂ log p_t / ∂ x_s = 0 for every s > t (x: the embedded inputs)."""
   with x64():
