@@ -176,13 +176,8 @@ class FastWeightAttention(nnx.Module):
     # Delta RNN / LSTM: recurrent key and value (d_head each) and β per head and memory.
     self.rec_proj = (linear(heads * (2 * d_head + 1))
                      if config.recurrence in ("delta_rnn", "delta_lstm") else None)
-    if config.recurrence == "rdn":
-      init = nnx.initializers.normal(1.0 / math.sqrt(d_head))
-      shapes = rfwp.RDNWeights((num_heads, d_head, d_head), (num_heads, d_head, d_head),
-                               (num_heads, d_head, d_head), (num_heads, d_head))
-      self.rdn_weights = nnx.List([nnx.Param(init(rngs.params(), shape)) for shape in shapes])
-    else:
-      self.rdn_weights = None
+    self.rdn_weights = (rdn_params(rngs, num_heads, d_head, d_head, 1.0 / math.sqrt(d_head))
+                        if config.recurrence == "rdn" else None)
     self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
     self.projection = (FeatureProjection(draw_projection(rngs.params(), config, d_head))
                        if config.feature_map == "favor_plus" else None)
@@ -215,9 +210,9 @@ class FastWeightAttention(nnx.Module):
     b, t, _ = x.shape
     config, memories = self.config, self.config.memories
     # The projections may run in bfloat16 (dtype=); the memory is always at least float32.
-    heads = lambda y, n=self.num_heads * memories: _at_least_f32(y).reshape(b, t, n, -1)
+    heads = lambda y, n=self.num_heads * memories: at_least_f32(y).reshape(b, t, n, -1)
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-    beta_logit = (_at_least_f32(self.beta_proj(x)) if self.beta_proj is not None else None)
+    beta_logit = (at_least_f32(self.beta_proj(x)) if self.beta_proj is not None else None)
     projection = call_projection(self.projection, projection_key, config, self.d_head,
                                  q.dtype)
     rec0 = None if initial_state is None else initial_state.rec
@@ -270,9 +265,7 @@ class SoftmaxAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs,
                dtype=None, scoring: str = "dot"):
-    if scoring not in SCORINGS:
-      raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
-                       f"{', '.join(SCORINGS)}.")
+    check_scoring(scoring)
     self.num_heads, self.d_head = num_heads, d_head
     linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     self.q_proj = linear(num_heads * d_head)
@@ -327,8 +320,23 @@ def causal_softmax_attention(q, k, v, mask=None, score_weight=None):
   return jnp.einsum("bhts,bshv->bthv", jax.nn.softmax(scores, axis=-1), v)
 
 
-def _at_least_f32(x):
+def at_least_f32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def check_scoring(scoring: str) -> None:
+  if scoring not in SCORINGS:
+    raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
+                     f"{', '.join(SCORINGS)}.")
+
+
+def rdn_params(rngs: nnx.Rngs, heads: int, d_value: int, d_in: int, std: float) -> nnx.List:
+  """An RDN's recurrent slow weights (rfwp.RDNWeights: R_q, R_k [H, V, D], R_v [H, V, V],
+  r_b [H, V]) as parameters drawn from N(0, std²)."""
+  init = nnx.initializers.normal(std)
+  shapes = rfwp.RDNWeights((heads, d_value, d_in), (heads, d_value, d_in),
+                           (heads, d_value, d_value), (heads, d_value))
+  return nnx.List([nnx.Param(init(rngs.params(), shape)) for shape in shapes])
 
 
 def _check_input(x, d_model: int) -> None:

@@ -65,9 +65,7 @@ class LMConfig:
     if self.positional not in POSITIONALS:
       raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
                        f"{', '.join(POSITIONALS)}.")
-    if self.scoring not in layers.SCORINGS:
-      raise ValueError(f"Unknown attention scoring {self.scoring!r}; valid choices: "
-                       f"{', '.join(layers.SCORINGS)}.")
+    layers.check_scoring(self.scoring)
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
     cut = tuple(self.adaptive_cutoffs)
@@ -205,10 +203,10 @@ class TransformerLM(nnx.Module):
     logits = h @ self.embed.embedding[...].T.astype(h.dtype) + self.output_bias[...]
     cut = self.config.cutoffs
     if not cut:
-      return jax.nn.log_softmax(_at_least_f32(logits), axis=-1)
-    logits = _at_least_f32(logits)
+      return jax.nn.log_softmax(layers.at_least_f32(logits), axis=-1)
+    logits = layers.at_least_f32(logits)
     head = jnp.concatenate([logits[..., :cut[0]],
-                            _at_least_f32(self.cluster_proj(h))], axis=-1)
+                            layers.at_least_f32(self.cluster_proj(h))], axis=-1)
     head = jax.nn.log_softmax(head, axis=-1)
     parts = [head[..., :cut[0]]]
     bounds = cut + (self.config.vocab_size,)
@@ -221,10 +219,6 @@ class TransformerLM(nnx.Module):
     """One token per sequence, tokens [B] -> (log p [B, V], next state): the RNN view."""
     out, state = self(tokens[:, None], state=state, return_state=True)
     return out[:, 0], state
-
-
-def _at_least_f32(x):
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def cross_entropy(log_probs, targets):

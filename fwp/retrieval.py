@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers, ops, rfwp
+from fwp import layers, normalization, ops, rfwp
 
 
 class RetrievalModel(nnx.Module):
@@ -42,9 +42,7 @@ class RetrievalModel(nnx.Module):
                       else None)
     fwm = fast_weight is not None and fast_weight.update_rule == "fwm"
     self.layer_norm = nnx.LayerNorm(num_keys, rngs=rngs) if fwm else None
-    if scoring not in layers.SCORINGS:
-      raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
-                       f"{', '.join(layers.SCORINGS)}.")
+    layers.check_scoring(scoring)
     self.score_weight = (nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,)))
                          if fast_weight is None and scoring == "additive" else None)
     self.recurrent = (RecurrentParts(num_keys, e, d, fast_weight, rngs)
@@ -94,7 +92,7 @@ class RetrievalModel(nnx.Module):
                          beta, form=config.form, chunk_size=config.chunk_size)[:, :, 0]
     if config.normalization == "attention":
       z = jnp.sum(phi_k, axis=1)                                             # Σ_t φ(k_t)
-      y = y / (jnp.einsum("bk,bqk->bq", z, phi_q)[..., None] + config.eps)
+      y = normalization.attention_normalize(y, jnp.einsum("bk,bqk->bq", z, phi_q), config.eps)
     if self.layer_norm is not None:
       y = self.layer_norm(y)
     return y
@@ -158,12 +156,8 @@ class RecurrentParts(nnx.Module):
     self.k_extra = linear(s + e, (g - 1) * d, kernel_init=init) if g > 1 else None
     self.q_extra = linear(e, (g - 1) * d, kernel_init=init) if g > 1 else None
     self.v_extra = linear(s + e, (g - 1) * s) if g > 1 else None
-    if config.recurrence == "rdn":
-      normal = nnx.initializers.normal(1 / math.sqrt(s))
-      shapes = rfwp.RDNWeights((1, s, d), (1, s, d), (1, s, s), (1, s))
-      self.rdn = nnx.List([nnx.Param(normal(rngs.params(), shape)) for shape in shapes])
-    else:
-      self.rdn = None
+    self.rdn = (layers.rdn_params(rngs, 1, s, d, 1 / math.sqrt(s))
+                if config.recurrence == "rdn" else None)
 
   def rdn_weights(self) -> rfwp.RDNWeights:
     return rfwp.RDNWeights(*(p[...] for p in self.rdn))
