@@ -6,13 +6,13 @@ caller owns the randomness). `output_dim` says d_dot for a name without computin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-
-FEATURE_MAPS = ("identity", "elu_plus_one", "tanh", "dpfp", "favor_plus")
 
 
 def identity(x: jax.Array) -> jax.Array:
@@ -114,29 +114,55 @@ def favor_plus(x: jax.Array, projection: jax.Array, *, is_query: bool = False) -
   return jnp.exp(features) / math.sqrt(2 * m)
 
 
-def output_dim(name: str, dim: int, *, nu: int = 1, num_features: int = 0) -> int:
-  """d_dot of feature map `name` applied to inputs of size `dim`."""
-  check_name(name)
-  if name == "dpfp":
-    return 2 * dim * nu
-  if name == "favor_plus":
-    return 2 * num_features
-  return dim
+@dataclasses.dataclass(frozen=True)
+class FeatureMap:
+  """What a φ name means: `fn(x, nu, projection, is_query)`, its output size `dim(d, nu, m)`,
+  whether its features are positive (sum normalisation needs that) and whether it takes a
+  random projection (FAVOR+: the caller draws and owns it)."""
+  name: str
+  fn: Callable
+  dim: Callable[[int, int, int], int]
+  positive: bool
+  needs_projection: bool = False
+
+
+def _favor_fn(x, nu, projection, is_query):
+  del nu
+  if projection is None:
+    raise ValueError("favor_plus needs a projection; draw one with orthogonal_projection.")
+  return favor_plus(x, projection, is_query=is_query)
+
+
+_same = lambda d, nu, m: d
+BY_NAME = {m.name: m for m in (
+    FeatureMap("identity", lambda x, nu, p, q: identity(x), _same, positive=False),
+    FeatureMap("elu_plus_one", lambda x, nu, p, q: elu_plus_one(x), _same, positive=True),
+    FeatureMap("tanh", lambda x, nu, p, q: tanh(x), _same, positive=False),
+    FeatureMap("dpfp", lambda x, nu, p, q: dpfp(x, nu), lambda d, nu, m: 2 * d * nu,
+               positive=True),
+    FeatureMap("favor_plus", _favor_fn, lambda d, nu, m: 2 * m, positive=True,
+               needs_projection=True),
+)}
+FEATURE_MAPS = tuple(BY_NAME)
+POSITIVE = tuple(name for name, m in BY_NAME.items() if m.positive)
+
+
+def get(name: str) -> FeatureMap:
+  if name not in BY_NAME:
+    raise ValueError(f"Unknown feature map {name!r}; valid choices: {', '.join(FEATURE_MAPS)}.")
+  return BY_NAME[name]
 
 
 def check_name(name: str) -> None:
-  if name not in FEATURE_MAPS:
-    raise ValueError(f"Unknown feature map {name!r}; valid choices: {', '.join(FEATURE_MAPS)}.")
+  get(name)
+
+
+def output_dim(name: str, dim: int, *, nu: int = 1, num_features: int = 0) -> int:
+  """d_dot of feature map `name` applied to inputs of size `dim`."""
+  return get(name).dim(dim, nu, num_features)
 
 
 def apply(name: str, x: jax.Array, *, nu: int = 1, projection: jax.Array | None = None,
           is_query: bool = False) -> jax.Array:
   """φ by name; `nu` is for dpfp, `projection` and `is_query` for favor_plus."""
-  check_name(name)
-  if name == "dpfp":
-    return dpfp(x, nu)
-  if name == "favor_plus":
-    if projection is None:
-      raise ValueError("favor_plus needs a projection; draw one with orthogonal_projection.")
-    return favor_plus(x, projection, is_query=is_query)
-  return {"identity": identity, "elu_plus_one": elu_plus_one, "tanh": tanh}[name](x)
+  return get(name).fn(x, nu, projection, is_query)

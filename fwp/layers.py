@@ -17,7 +17,6 @@ from flax import nnx
 
 from fwp import feature_maps, normalization, ops, rfwp
 
-PHI_NEEDS_POSITIVE = ("elu_plus_one", "dpfp", "favor_plus")
 RECURRENCES = ("none",) + rfwp.RECURRENCES
 
 
@@ -58,9 +57,9 @@ class FastWeightConfig:
       raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
     if self.feature_map == "favor_plus" and self.num_features < 1:
       raise ValueError(f"favor_plus needs num_features >= 1, got {self.num_features}.")
-    if self.normalization == "sum" and self.feature_map not in PHI_NEEDS_POSITIVE:
+    if self.normalization == "sum" and not feature_maps.get(self.feature_map).positive:
       raise ValueError(f"Sum normalisation divides by Σφ, so it needs a positive feature map "
-                       f"({', '.join(PHI_NEEDS_POSITIVE)}), got {self.feature_map!r}.")
+                       f"({', '.join(feature_maps.POSITIVE)}), got {self.feature_map!r}.")
 
   @property
   def uses_beta(self) -> bool:
@@ -180,7 +179,7 @@ class FastWeightAttention(nnx.Module):
                         if config.recurrence == "rdn" else None)
     self.out_proj = linear_out(num_heads * d_head, d_model, dtype, rngs)
     self.projection = (FeatureProjection(draw_projection(rngs.params(), config, d_head))
-                       if config.feature_map == "favor_plus" else None)
+                       if feature_maps.get(config.feature_map).needs_projection else None)
 
   def redraw_projection(self, key: jax.Array) -> None:
     if self.projection is None:

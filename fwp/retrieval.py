@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers, normalization, ops, rfwp
+from fwp import feature_maps, layers, normalization, ops, rfwp
 
 
 class RetrievalModel(nnx.Module):
@@ -47,7 +47,7 @@ class RetrievalModel(nnx.Module):
                          if fast_weight is None and scoring == "additive" else None)
     self.recurrent = (RecurrentParts(num_keys, e, d, fast_weight, rngs)
                       if fast_weight is not None and fast_weight.recurrence != "none" else None)
-    favor = fast_weight is not None and fast_weight.feature_map == "favor_plus"
+    favor = fast_weight is not None and feature_maps.get(fast_weight.feature_map).needs_projection
     self.projection = (layers.FeatureProjection(layers.draw_projection(rngs.params(),
                                                                        fast_weight, d))
                        if favor else None)
