@@ -13,8 +13,8 @@ Where the families differ, their Policy says so, each difference named:
              features are not positive and cannot be sum-normalised; softmax is `softmax`
   lm         any dpfp<ν>, favor<m>; tanh with every rule, unnormalised (its features may be
              negative, so no normaliser is safe); softmax is `transformer`
-tests/tasks/test_names.py lists every accepted retrieval name and a sample of the LM's with the fields
-each sets, so that a change of meaning is a visible change of that test.
+tests/tasks/test_names.py lists every accepted retrieval name and a sample of the LM's with the
+fields each sets, so that a change of meaning is a visible change of that test.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Timing helpers shared by `experiments.studies.bench` and `experiments.studies.profile_chunked` (no flags).
+"""Timing helpers shared by the studies (`experiments.studies.bench`, `bench_lm`,
+`profile_chunked`, `precision`, `equivalence`; no flags).
 
 Times are medians over `repeats` calls after a warm-up call, so compilation is excluded.
 """

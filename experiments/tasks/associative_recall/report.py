@@ -207,7 +207,7 @@ def plot(rows, setting, path):
 
 def write(rows: list[dict], out: str) -> list[str]:
   """associative_recall.csv, .md and one figure per setting under `out`; returns the paths."""
-  written = [os.path.join(out, "associative_recall.csv"), os.path.join(out, "associative_recall.md")]
+  written = [os.path.join(out, f"associative_recall.{ext}") for ext in ("csv", "md")]
   results.write_csv(rows, written[0], COLUMNS)
   write_markdown(rows, written[1])
   for setting in sorted({r["setting"] for r in rows}):

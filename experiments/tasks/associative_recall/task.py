@@ -1,8 +1,8 @@
 """Associative retrieval (Section 6.1): the paper's model, loss and evaluation as a task.
 
-Batches are generated inside the jitted step from (seed, step) (experiments.tasks.associative_recall.data), so there is no
-host batch. FAVOR+ redraws its projection at every forward pass, in training and evaluation, as
-the authors do, from keys that are themselves functions of (seed, step).
+Batches are generated inside the jitted step from (seed, step) (the family's `data` module), so
+there is no host batch. FAVOR+ redraws its projection at every forward pass, in training and
+evaluation, as the authors do, from keys that are themselves functions of (seed, step).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Tables and a figure from finished language-model runs (experiments.report calls it for these runs).
+"""Tables and a figure from finished language-model runs (experiments.report calls it for
+them).
 
   python -m experiments.report runs/lm_grid --out=results
 
