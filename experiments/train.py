@@ -237,6 +237,7 @@ class _Loop:
     self.wall_before = self.state.progress.wall_seconds
     self.start = time.time()
     self.interval = (self.start, self.first_step)
+    self.schedule = optim.schedule(self.config)     # the learning rate each metrics line names
     self.last_eval = self.history[-1] if self.history else None
 
   def wall_seconds(self) -> float:
@@ -304,7 +305,7 @@ class _Loop:
                                     progress.step).items()}
     now, (interval_start, interval_step) = time.time(), self.interval
     record = dict(step=progress.step, **train, **evaluated,
-                  learning_rate=float(optim.schedule(self.config)(progress.step - 1)),
+                  learning_rate=float(self.schedule(progress.step - 1)),
                   steps_per_second=(progress.step - interval_step) /
                   max(now - interval_start, 1e-9),
                   wall_seconds=self.wall_before + now - self.start)

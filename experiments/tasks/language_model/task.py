@@ -99,9 +99,14 @@ class LanguageModelling:
     self.summary_fields = dict(model=config.model_name, corpus=config.corpus,
                                level=config.level, context=config.context)
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
-    # The plain valid windows are read every eval: build them once.
-    self._valid_batches = list(batches.eval_windows(
-        self.corpus.splits["valid"], config.context, config.context, config.eval_batch_size))
+
+  @functools.cached_property
+  def _valid_batches(self) -> list[dict]:
+    """The plain valid windows, read at every eval: built once, at the first (a reader that
+    only builds the model, such as generate, never pays for them)."""
+    c = self.config
+    return list(batches.eval_windows(self.corpus.splits["valid"], c.context, c.context,
+                                     c.eval_batch_size))
 
   def _check_splits(self):
     """Every split against the run's shapes, before the first step: a split the final
@@ -124,7 +129,7 @@ class LanguageModelling:
                          f"needs at least 2 (an input and its target). Fix the {split} file.")
 
   def build_model(self, rngs: nnx.Rngs) -> lm.TransformerLM:
-    return lm.TransformerLM(lm_config(self.config, self.corpus.vocab.size), rngs=rngs)
+    return build_model(self.config, rngs)
 
   def host_batch(self, step):
     c = self.config
