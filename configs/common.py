@@ -15,6 +15,7 @@ def loop_config(task: str) -> ml_collections.ConfigDict:
   c.lr_schedule = "constant"     # constant | cosine (to 0 at max_steps) | rsqrt (lr·√(warmup/step))
   c.beta1 = 0.9                  # Adam's first-moment decay
   c.beta2 = 0.999                # Adam's second-moment decay
+  c.adam_eps = 1e-8              # Adam's ε (optax's and PyTorch's default)
   c.weight_decay = 0.0           # adamw's decoupled weight decay
   c.warmup_steps = 0             # linear warm-up from 0
   c.grad_clip = 0.0              # global-norm clipping; 0 = none

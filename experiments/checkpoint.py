@@ -21,18 +21,29 @@ from experiments import distributed
 
 
 SELECTION = "selection"      # the metric's name in the checkpoints' metadata
+STEP = "step"                # ... and the step's, to break ties
+
+
+def _ranking(direction: str):
+  """The selection metric as a key where higher is better, the earlier step winning a tie (as
+  early stopping's strict improvement does)."""
+  sign = -1.0 if direction == "min" else 1.0
+  return lambda m: (sign * m[SELECTION], -m[STEP])
 
 
 def manager(directory: str, keep: int, direction: str = "min") -> ocp.CheckpointManager:
   """The training run's own manager: it saves, prunes and clears its unfinished temporaries,
-  and keeps the checkpoint whose selection metric is best in `direction` ("min" | "max")."""
+  and keeps the checkpoint whose selection metric is best in `direction` ("min" | "max"). The
+  metrics are written beside each checkpoint (orbax does so when `best_fn` is set), so the best
+  one is still known, and kept, after a relaunch."""
+  ranking = _ranking(direction)
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
-      pp.BestN(get_metric_fn=lambda m: m[SELECTION], reverse=direction == "min", n=1,
+      pp.BestN(get_metric_fn=ranking, reverse=False, n=1,
                keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                         enable_async_checkpointing=False,
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=ranking,
+                                         best_mode="max", enable_async_checkpointing=False,
                                          cleanup_tmp_directories=True)
   # The handler named up front lets item_metadata read a checkpoint's tree before restoring it.
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
@@ -61,7 +72,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, selection: float | None)
   """Writes the checkpoint of `step` (with the selection metric's value when this step was
   evaluated); a failure (a full disk) raises ValueError saying so. The manager keeps the older
   checkpoints and clears the half-written one when the run restarts."""
-  metrics = None if selection is None else {SELECTION: float(selection)}
+  metrics = None if selection is None else {SELECTION: float(selection), STEP: int(step)}
   try:
     mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
     mngr.wait_until_finished()
@@ -107,6 +118,19 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
                      f"{', '.join(map(str, sorted(steps)))}) can be restored: they are damaged "
                      f"or incomplete (see the warnings above).")
   return None, None
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The kept checkpoint whose selection metric is best (the first on a tie), or None when no
+  kept checkpoint was saved at an evaluation."""
+  if not any(mngr.metrics(step) for step in mngr.all_steps()):
+    return None
+  return mngr.best_step()
+
+
+def restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """The state saved at `step` (which must exist)."""
+  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
 def _leaf_shapes(tree) -> dict:

@@ -3,7 +3,8 @@
   config.optimizer     adam | adamw (decoupled weight decay, config.weight_decay)
   config.lr_schedule   constant | cosine | rsqrt, each after a linear warm-up of warmup_steps
   config.beta1, beta2  Adam's moment decays (the authors' LM: 0.9, 0.999; fairseq's big
-                       Transformer recipe: 0.9, 0.98)
+                       Transformer recipe: 0.9, 0.98; the algorithmic tasks: 0.9, 0.995)
+  config.adam_eps      Adam's ε (1e-8; the algorithmic tasks' authors: 1e-9)
   config.grad_clip     global-norm clipping before the update; 0 = none
 A task may bring its own optimizer instead (a `Task.optimizer()`, see experiments.tasks).
 """
@@ -37,9 +38,16 @@ def _rsqrt(config) -> optax.Schedule:
 
 
 SCHEDULES = {"constant": _constant, "cosine": _cosine, "rsqrt": _rsqrt}
+
+
+def _eps(config) -> float:
+  return config.get("adam_eps", 1e-8)       # .get: a config.json from before the field
+
+
 OPTIMIZERS = {
-    "adam": lambda lr, c: optax.adam(lr, b1=c.beta1, b2=c.beta2),
-    "adamw": lambda lr, c: optax.adamw(lr, b1=c.beta1, b2=c.beta2, weight_decay=c.weight_decay),
+    "adam": lambda lr, c: optax.adam(lr, b1=c.beta1, b2=c.beta2, eps=_eps(c)),
+    "adamw": lambda lr, c: optax.adamw(lr, b1=c.beta1, b2=c.beta2, eps=_eps(c),
+                                       weight_decay=c.weight_decay),
 }
 
 
@@ -63,6 +71,8 @@ def validate(config) -> None:
   for name in ("beta1", "beta2"):
     if not 0 <= config[name] < 1:
       raise ValueError(f"config.{name} must be in [0, 1), got {config[name]!r}.")
+  if not _eps(config) > 0:
+    raise ValueError(f"config.adam_eps must be > 0, got {config.adam_eps!r}.")
   if not config.weight_decay >= 0:
     raise ValueError(f"config.weight_decay must be >= 0, got {config.weight_decay!r}.")
   if config.weight_decay and config.optimizer != "adamw":

@@ -32,7 +32,7 @@ RESUMABLE = ("max_steps", "patience", "stop_loss", "checkpoint_every", "keep_che
 # its own (its module's ADDED_FIELDS).
 ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
                 "grad_clip": 0.0, "optimizer": "adam", "beta1": 0.9, "beta2": 0.999,
-                "weight_decay": 0.0}
+                "weight_decay": 0.0, "adam_eps": 1e-8}
 # config.json's record of the data a run trained on (a family's `data_identity`), checked apart
 # from the config's fields.
 DATA_IDENTITY = "data_identity"

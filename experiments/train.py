@@ -185,10 +185,9 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   loop = _Loop(config, run, task, graphdef, compile_step(graphdef, tx, task), mesh, mngr,
                early, history, state)
   try:
-    stop_reason = loop.run()
+    return loop.finish(loop.run())
   finally:
     mngr.close()
-  return loop.finish(stop_reason)
 
 
 def _restore(mngr, state: TrainState, run: rundir.RunDir, config, restore_from: str | None):
@@ -332,15 +331,31 @@ class _Loop:
          f"the same command to resume.")
     raise SystemExit(128 + getattr(signal, name))
 
+  def _final_parameters(self):
+    """(step, params, rest) that the final evaluation reads: the run's last, or the best
+    checkpoint's when the task asks for it (`final_checkpoint = "best"`, as the authors of the
+    algorithmic tasks test the model selected by valid accuracy)."""
+    arrays, step = self.state.arrays, self.state.progress.step
+    if getattr(self.task, "final_checkpoint", "last") != "best":
+      return step, arrays["params"], arrays["rest"]
+    best = checkpoint.best_step(self.mngr)
+    if best is None or best == step:
+      return step, arrays["params"], arrays["rest"]
+    restored = checkpoint.restore_step(
+        self.mngr, best, checkpoint.abstract(self.state.checkpoint(0.0)))
+    return best, restored["params"], restored["rest"]
+
   def finish(self, stop_reason: str) -> dict:
     """The final evaluation (unless the run diverged) and summary.json."""
-    arrays, progress, metric = self.state.arrays, self.state.progress, self.early.metric
-    final = {}
+    progress, metric = self.state.progress, self.early.metric
+    final, from_step = {}, progress.step
     if stop_reason != "non_finite":
-      final = {k: float(v) for k, v in
-               self.task.final(self.graphdef, arrays["params"], arrays["rest"]).items()}
+      from_step, params, rest = self._final_parameters()
+      final = {k: float(v) for k, v in self.task.final(self.graphdef, params, rest).items()}
       if final:
-        _say("Final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        _say("Final" + (f" (the best checkpoint, step {from_step})"
+                        if from_step != progress.step else "") + ": " +
+             "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
     last = self.last_eval or {}
     summary = dict(final_eval_loss=last.get("eval_loss"),
                    **{f"best_{metric}": progress.best if math.isfinite(progress.best) else None},
@@ -349,6 +364,8 @@ class _Loop:
                    task=self.config.task, **self.task.summary_fields, **final)
     if metric != "eval_loss":
       summary[f"final_{metric}"] = last.get(metric)
+    if getattr(self.task, "final_checkpoint", "last") == "best":
+      summary["final_from_step"] = from_step
     self.workdir.write_summary(summary)
     _say(f"Done: {stop_reason} at step {progress.step}, final eval loss "
          f"{summary['final_eval_loss']}")
