@@ -37,6 +37,7 @@ from flax import nnx
 from fwp import layers
 
 POSITIONALS = ("sinusoidal", "none")
+EMBEDDINGS = ("scaled", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,15 @@ class LMConfig:
   positional: str = "sinusoidal"
   adaptive_cutoffs: tuple[int, ...] = ()                # () = one softmax over the vocabulary
   dtype: str = "float32"                                # matmul dtype: float32 | bfloat16
+  # A sequence model with its own output classes (the algorithmic tasks): the authors'
+  # models there have an untied output layer, a plain N(0, 1) embedding, no embedding dropout,
+  # no 1/√d_head on the fast weight output and, pre-LN, no final LayerNorm. The defaults are
+  # the language model's.
+  output_size: int = 0              # 0: the tied output embedding over vocab_size
+  embedding: str = "scaled"         # scaled: √d_model·E, E ~ N(0, 0.02) | plain: E ~ N(0, 1)
+  embedding_dropout: bool = True    # dropout on the blocks' input
+  fast_weight_scale: bool = True    # 1/√d_head on a fast weight layer's output
+  final_norm: bool | None = None    # a LayerNorm after the last block; None: when pre_norm
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -68,6 +78,16 @@ class LMConfig:
     layers.check_scoring(self.scoring)
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
+    if self.embedding not in EMBEDDINGS:
+      raise ValueError(f"Unknown embedding {self.embedding!r}; valid choices: "
+                       f"{', '.join(EMBEDDINGS)}.")
+    if isinstance(self.output_size, bool) or not isinstance(self.output_size, int) or (
+        self.output_size < 0):
+      raise ValueError(f"LMConfig.output_size must be an integer >= 0 (0: the tied output "
+                       f"embedding), got {self.output_size!r}.")
+    if self.output_size and self.adaptive_cutoffs:
+      raise ValueError("adaptive_cutoffs are for the tied output embedding (output_size 0), got "
+                       f"output_size={self.output_size}.")
     cut = tuple(self.adaptive_cutoffs)
     if any(not isinstance(c, int) or c < 1 for c in cut) or list(cut) != sorted(set(cut)):
       raise ValueError(f"adaptive_cutoffs must be increasing positive integers, got {cut!r}.")
@@ -115,7 +135,7 @@ class Block(nnx.Module):
       self.attention = layers.FastWeightAttention(config.d_model, config.num_heads,
                                                   config.d_head, config.fast_weight, rngs=rngs,
                                                   dtype=dtype)
-      self.scale = 1.0 / math.sqrt(config.d_head)
+      self.scale = 1.0 / math.sqrt(config.d_head) if config.fast_weight_scale else 1.0
     self.norm_attention = nnx.LayerNorm(config.d_model, rngs=rngs)
     self.ff_in = nnx.Linear(config.d_model, config.d_ff, dtype=dtype, rngs=rngs)
     self.ff_out = nnx.Linear(config.d_ff, config.d_model, dtype=dtype, rngs=rngs)
@@ -143,11 +163,16 @@ class TransformerLM(nnx.Module):
 
   def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
     self.config = config
+    std = 0.02 if config.embedding == "scaled" else 1.0
     self.embed = nnx.Embed(config.vocab_size, config.d_model,
-                           embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+                           embedding_init=nnx.initializers.normal(std), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.final_norm = nnx.LayerNorm(config.d_model, rngs=rngs) if config.pre_norm else None
-    self.output_bias = nnx.Param(jnp.zeros((config.vocab_size,)))
+    final_norm = config.pre_norm if config.final_norm is None else config.final_norm
+    self.final_norm = nnx.LayerNorm(config.d_model, rngs=rngs) if final_norm else None
+    self.head = (nnx.Linear(config.d_model, config.output_size, rngs=rngs)
+                 if config.output_size else None)
+    self.output_bias = (None if config.output_size else
+                        nnx.Param(jnp.zeros((config.vocab_size,))))
     num_clusters = len(config.cutoffs)
     self.cluster_proj = (nnx.Linear(config.d_model, num_clusters, rngs=rngs)
                          if num_clusters else None)
@@ -173,9 +198,12 @@ class TransformerLM(nnx.Module):
                         dropout_key=dropout_key, projection_key=projection_key)
 
   def embed_tokens(self, tokens, start=0):
-    """√d_model · embed(token) + sinusoid(start + t): the blocks' input [B, T, d_model]."""
+    """√d_model · embed(token) + sinusoid(start + t): the blocks' input [B, T, d_model] (no
+    √d_model under embedding='plain')."""
     c = self.config
-    x = layers.lookup(self.embed, tokens) * math.sqrt(c.d_model)
+    x = layers.lookup(self.embed, tokens)
+    if c.embedding == "scaled":
+      x = x * math.sqrt(c.d_model)
     if c.positional == "sinusoidal":
       x = x + sinusoid(start + jnp.arange(tokens.shape[1]), c.d_model, x.dtype)
     return x
@@ -184,7 +212,8 @@ class TransformerLM(nnx.Module):
               dropout_key: jax.Array | None = None, projection_key: jax.Array | None = None):
     """The model from embedded inputs x [B, T, d_model] (what `__call__` feeds it)."""
     start = jnp.zeros((), jnp.int32) if state is None else state.position
-    x = dropout(x, self.config.dropout, _site(dropout_key, 0))
+    if self.config.embedding_dropout:
+      x = dropout(x, self.config.dropout, _site(dropout_key, 0))
     new_states = []
     for i, block in enumerate(self.blocks):
       layer_state = None if state is None else state.layers[i]
@@ -199,7 +228,10 @@ class TransformerLM(nnx.Module):
     return out
 
   def log_probs(self, h):
-    """h [..., d_model] -> log p [..., V] through the tied output embedding."""
+    """h [..., d_model] -> log p [..., V] through the tied output embedding (or the output
+    layer of output_size classes)."""
+    if self.head is not None:
+      return jax.nn.log_softmax(layers.at_least_f32(self.head(h)), axis=-1)
     logits = h @ self.embed.embedding[...].T.astype(h.dtype) + self.output_bias[...]
     cut = self.config.cutoffs
     if not cut:

@@ -1,0 +1,143 @@
+"""The LSTM baseline against a plain per-step NumPy loop (float64, 1e-12), its gradients against
+a Python loop of jnp steps, and the sequence-model options of fwp.lm.LMConfig that the
+algorithmic tasks use (untied output layer, plain embedding, no final norm, no 1/√d_head)."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fwp import layers, lm, lstm
+from tests.helpers import x64
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_lstm(model: lstm.LSTMModel, tokens: np.ndarray) -> np.ndarray:
+  """PyTorch's nn.LSTM equations, one step at a time, then log_softmax(W h + b)."""
+  x = np.asarray(model.embed.embedding[...])[tokens]                # [B, T, E]
+  for cell in model.cells:
+    w_ih, b_ih = np.asarray(cell["w_ih"][...]), np.asarray(cell["b_ih"][...])
+    w_hh, b_hh = np.asarray(cell["w_hh"][...]), np.asarray(cell["b_hh"][...])
+    hidden = w_hh.shape[0]
+    h = np.zeros((x.shape[0], hidden))
+    c = np.zeros((x.shape[0], hidden))
+    outs = []
+    for t in range(x.shape[1]):
+      gates = x[:, t] @ w_ih + b_ih + h @ w_hh + b_hh
+      i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+      c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+      h = sigmoid(o) * np.tanh(c)
+      outs.append(h)
+    x = np.stack(outs, axis=1)
+  logits = x @ np.asarray(model.out.kernel[...]) + np.asarray(model.out.bias[...])
+  logits = logits - logits.max(-1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def _model(dtype=jnp.float64):
+  config = lstm.LSTMConfig(vocab_size=11, output_size=7, embed_size=6, hidden_size=5,
+                           num_layers=3, dropout=0.0)
+  model = lstm.LSTMModel(config, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(dtype), state))
+
+
+def test_lstm_equals_a_numpy_loop_float64():
+  with x64():
+    model = _model()
+    tokens = np.random.default_rng(0).integers(0, 11, (3, 9))
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(tokens))),
+                               numpy_lstm(model, tokens), rtol=0, atol=1e-12)
+
+
+def test_lstm_gradients_equal_a_python_loop_float64():
+  """jax.grad through the scan = jax.grad through a Python loop of the same cell."""
+  with x64():
+    model = _model()
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 11, (2, 6)))
+    graphdef, params = nnx.split(model)
+
+    def loss_scan(p):
+      return jnp.sum(nnx.merge(graphdef, p)(tokens)[..., 0])
+
+    def loss_loop(p):
+      m = nnx.merge(graphdef, p)
+      x = m.embed.embedding[...][tokens]
+      for cell in m.cells:
+        h = c = jnp.zeros((2, 5))
+        outs = []
+        for t in range(6):
+          gates = x[:, t] @ cell["w_ih"][...] + cell["b_ih"][...] + h @ cell["w_hh"][...] + \
+              cell["b_hh"][...]
+          i, f, g, o = jnp.split(gates, 4, axis=-1)
+          c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+          h = jax.nn.sigmoid(o) * jnp.tanh(c)
+          outs.append(h)
+        x = jnp.stack(outs, 1)
+      return jnp.sum(jax.nn.log_softmax(m.out(x), -1)[..., 0])
+
+    chex.assert_trees_all_close(jax.grad(loss_scan)(params), jax.grad(loss_loop)(params),
+                                atol=1e-12, rtol=0)
+
+
+def test_lstm_is_causal_and_uses_dropout_only_with_a_key():
+  model = lstm.LSTMModel(lstm.LSTMConfig(11, 7, 6, 5, 2, dropout=0.5), rngs=nnx.Rngs(1))
+  a = jnp.asarray([[1, 2, 3, 4, 5]])
+  b = a.at[0, 3:].set(9)
+  np.testing.assert_array_equal(np.asarray(model(a)[:, :3]), np.asarray(model(b)[:, :3]))
+  dropped = model(a, dropout_key=jax.random.key(0))
+  assert not np.allclose(np.asarray(dropped), np.asarray(model(a)))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden_size", 0, "hidden_size must be a positive integer"),
+    ("dropout", 1.0, r"dropout must be in \[0, 1\)")])
+def test_lstm_config_errors(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    lstm.LSTMConfig(**{"vocab_size": 3, "output_size": 2, field: value})
+
+
+FW = layers.FastWeightConfig("elu_plus_one", update_rule="delta", normalization="sum")
+
+
+def test_sequence_model_options_compute_what_they_say():
+  """output_size: log_softmax(head(h)) and no tied bias; embedding='plain': E[token] with no
+  √d_model; final_norm=False under pre_norm: no final LayerNorm; fast_weight_scale=False: the
+  block adds the attention output unscaled."""
+  base = lm.LMConfig(vocab_size=9, num_layers=1, d_model=8, num_heads=2, d_head=4, d_ff=16,
+                     dropout=0.0, fast_weight=FW, pre_norm=True, positional="none")
+  seq = dataclasses.replace(base, output_size=5, embedding="plain", final_norm=False,
+                            fast_weight_scale=False, embedding_dropout=False)
+  with x64():
+    model = lm.TransformerLM(seq, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
+    assert model.output_bias is None and model.final_norm is None
+    tokens = jnp.asarray([[1, 4, 2, 7, 3]])
+    x = model.embed.embedding[...][tokens]
+    np.testing.assert_array_equal(np.asarray(model.embed_tokens(tokens)), np.asarray(x))
+    block = model.blocks[0]
+    a = block.attention(block.norm_attention(x))
+    h = x + a                                       # no 1/√d_head
+    h = h + block.ff_out(jax.nn.relu(block.ff_in(block.norm_ff(h))))
+    expected = jax.nn.log_softmax(model.head(h), axis=-1)
+    np.testing.assert_allclose(np.asarray(model(tokens)), np.asarray(expected), atol=1e-12)
+    assert model(tokens).shape == (1, 5, 5)
+  tied = lm.TransformerLM(base, rngs=nnx.Rngs(0))
+  assert tied.head is None and tied.final_norm is not None      # the LM's defaults
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(embedding="learned"), "Unknown embedding 'learned'; valid choices: scaled, plain"),
+    (dict(output_size=-1), "output_size must be an integer >= 0"),
+    (dict(output_size=4, adaptive_cutoffs=(3,)), "adaptive_cutoffs are for the tied")])
+def test_sequence_model_option_errors(changes, message):
+  with pytest.raises(ValueError, match=message):
+    lm.LMConfig(vocab_size=9, **changes)
