@@ -12,6 +12,8 @@ Families and their config files:
   associative retrieval   configs/associative_recall.py:<curve>  (e.g. dpfp2-sum, linear-delta)
   language modelling      configs/language_model.py:<model>      (pydoc bytes, CPU-sized)
                           configs/wikitext103.py:<size>-<model>  (the paper's WikiText-103)
+  algorithmic tasks       configs/algorithmic.py:<problem>-<model>  (code5-linear-delta_rnn, ...)
+                          configs/algorithmic_cpu.py:<problem>-<model>  (CPU-sized)
 List a config's fields, their values and meanings (and train nothing):
   python launch.py --config=configs/language_model.py:linear-delta --show_config
 Change a field with --config.FIELD=VALUE (nested: --config.model.d_model=64). --sweep takes one

@@ -13,6 +13,8 @@ Where the families differ, their Policy says so, each difference named:
              features are not positive and cannot be sum-normalised; softmax is `softmax`
   lm         any dpfp<ν>, favor<m>; tanh with every rule, unnormalised (its features may be
              negative, so no normaliser is safe); softmax is `transformer`
+  algorithmic  the lm's names, but the sum rule unnormalised: the authors' Linear Transformer
+             on the algorithmic tasks (recurrent-fwp `LinearAttentionlayer`) has no normaliser
 tests/tasks/test_names.py lists every accepted retrieval name and a sample of the LM's with the
 fields each sets, so that a change of meaning is a visible change of that test.
 """
@@ -32,6 +34,7 @@ class Policy:
   phis: tuple[str, ...] | None           # the φ names accepted; None: any of the patterns
   tanh_rules: tuple[str, ...]            # the rules tanh features may be used with
   tanh_normalization: str | None         # tanh's normaliser (None: the rule's own)
+  sum_normalization: str = "attention"   # the sum rule's normaliser
 
 
 RETRIEVAL = Policy(softmax="softmax",
@@ -40,6 +43,8 @@ RETRIEVAL = Policy(softmax="softmax",
                    tanh_rules=("sum", "fwm"), tanh_normalization=None)
 LM = Policy(softmax="transformer", phis=None, tanh_rules=RULES + RECURRENT,
             tanh_normalization="none")
+ALGORITHMIC = Policy(softmax="transformer", phis=None, tanh_rules=RULES + RECURRENT,
+                     tanh_normalization="none", sum_normalization="none")
 
 
 def _phi_fields(phi: str) -> dict | None:
@@ -83,8 +88,9 @@ def model_fields(name: str, policy: Policy) -> dict:
   if rule in RECURRENT:
     rule, fields["recurrence"] = "delta", rule
   fields["update_rule"] = rule
+  own = dict(NORMALIZATION, sum=policy.sum_normalization)
   fields["normalization"] = (policy.tanh_normalization if phi == "tanh" and
-                             policy.tanh_normalization else NORMALIZATION[rule])
+                             policy.tanh_normalization else own[rule])
   if rule == "fwm":
     fields["form"] = "recurrent"
   return fields

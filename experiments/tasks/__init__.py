@@ -31,6 +31,10 @@ and its Task object says what one run of that family computes:
                               (config.stop_loss reads it)
   final(graphdef, params, rest) -> dict of numbers for summary.json, computed once when a run
                               ends (e.g. test perplexity)
+  final_checkpoint            (optional) "last" (default): final() reads the run's last
+                              parameters; "best": those of the kept checkpoint best by the
+                              selection metric (every eval is checkpointed when checkpoint_every
+                              = eval_every), its step in summary.json as final_from_step
 The loop names no family and no family's field.
 """
 
@@ -60,7 +64,8 @@ DIRECTIONS = ("min", "max")
 # name -> module path, imported only when a run names it (a retrieval run never loads the text
 # code of the language models).
 _FAMILIES = {"associative_recall": "experiments.tasks.associative_recall",
-             "language_model": "experiments.tasks.language_model"}
+             "language_model": "experiments.tasks.language_model",
+             "algorithmic": "experiments.tasks.algorithmic"}
 TASKS = tuple(_FAMILIES)
 
 

@@ -77,3 +77,15 @@ def test_bench_names_a_wrong_authors_checkout_before_timing(tmp_path):
   assert result.returncode != 0
   assert "is not the synthetic/ directory of ischlag/fast-weight-transformers" in result.stderr
   assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_algorithmic_writes_its_table(tmp_path):
+  out = tmp_path / "bench.md"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.studies.bench_algorithmic", "--problem=listops2",
+       "--models=linear-delta,lstm", "--repeats=1", f"--markdown={out}"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = out.read_text()
+  assert "| linear-delta | recurrent |" in text and "| lstm | scan |" in text
+  assert "| 1.00 |" in text
