@@ -187,7 +187,7 @@ def _main(argv) -> list:
 def show_config(config) -> str:
   """Every field of `config`, `path = value  # meaning` (the meanings are the config files'
   own comments, see configs.common.field_meanings)."""
-  meanings = common.field_meanings()
+  meanings = common.field_meanings(config.get("task", ""))
   flat = train.flatten(config.to_dict())
   width = max(len(f"{k} = {v!r}") for k, v in flat.items())
   return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meanings.get(k, '')}".rstrip(" #")

@@ -33,12 +33,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.problem = "code5"            # code3 | code5 | listops10 | listops15
   c.code_length = 100            # statements per program (code execution)
   c.train_size = 10_000          # examples per split, as the authors
-  c.valid_size = 1_000
-  c.test_size = 1_000
+  c.valid_size = 1_000           # valid examples (selection)
+  c.test_size = 1_000            # test examples (the selected checkpoint's final numbers)
   c.data_seed = 42               # the data sets' seed (the authors' 42); config.seed is the run's
   c.max_length = 0               # pad every example to this many tokens; 0: each split's longest
   c.select_by = "sequence"       # code execution's selection accuracy: sequence | print
-  c.eval_batch_size = 64
+  c.eval_batch_size = 64         # examples per evaluation batch
   c.cache_dir = ""               # generated splits (.npz); default $XDG_CACHE_HOME/fwp/algorithmic
   c.batch_size = 64
   c.optimizer = "adam"
@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.final_norm = False             # ... and no LayerNorm after the last block
   c.model.positional = "none"            # --remove_pos_enc
   c.model.embedding = "plain"            # N(0, 1), no √d_model (PyTorch's nn.Embedding)
-  c.model.embedding_dropout = False
+  c.model.embedding_dropout = False      # no dropout on the embeddings (the LSTM drops them)
   c.model.fast_weight_scale = False      # no 1/√d_head on the fast weight output
   c.model.dtype = "float32"
   c.model.feature_map = "elu_plus_one"
@@ -91,7 +91,10 @@ def apply_name(c: ml_collections.ConfigDict, argument: str) -> ml_collections.Co
     c.model.architecture = "lstm"
     c.model.update_rule, c.model.normalization = "softmax", "none"
     return c
-  c.model.update(names.model_fields(model, names.ALGORITHMIC))
+  try:
+    c.model.update(names.model_fields(model, names.ALGORITHMIC))
+  except ValueError as error:
+    raise ValueError(str(error).replace("valid choices: ", "valid choices: lstm, ")) from None
   if c.model.update_rule in ("softmax", "additive"):
     # The authors' Transformer baseline: torch's post-LN TransformerEncoder (final LayerNorm,
     # sinusoidal positions).

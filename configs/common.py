@@ -92,16 +92,22 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
   return c
 
 
-def field_meanings() -> dict[str, str]:
+def field_meanings(task: str = "") -> dict[str, str]:
   """{field path: meaning}, read from the comments beside the fields in the base configs (this
-  file and configs/associative_recall.py), so that `launch.py --show_config` documents every
-  field from the one place each is declared. A comment line that starts with '#' and a run of
-  spaces continues the comment of the field above it."""
+  file, configs/associative_recall.py and configs/algorithmic.py; `task`'s own file first, so
+  that a field two families declare has its family's meaning), so that `launch.py
+  --show_config` documents every field from the one place each is declared. A comment line that
+  starts with '#' and a run of spaces continues the comment of the field above it."""
   import os
   import re
   here = os.path.dirname(os.path.abspath(__file__))
   meanings, last = {}, None
-  for name in ("common.py", "associative_recall.py"):
+  files = ["common.py", "associative_recall.py", "algorithmic.py"]
+  own = {"associative_recall": "associative_recall.py", "algorithmic": "algorithmic.py"}
+  if task in own:
+    files.remove(own[task])
+    files.insert(0, own[task])
+  for name in files:
     with open(os.path.join(here, name), encoding="utf-8") as f:
       for line in f:
         field = re.match(r"\s*c\.([\w.]+)\s*=[^#]*#\s*(.*)$", line)

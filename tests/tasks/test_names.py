@@ -96,6 +96,15 @@ def test_lm_names_and_what_they_set(name):
   assert row(names.model_fields(name, names.LM)) == LM_SAMPLE[name]
 
 
+def test_algorithmic_names_are_the_lms_but_an_unnormalised_sum_rule():
+  """The algorithmic policy differs from the LM's in one place: the Linear Transformer of the
+  authors' algorithmic code has no normaliser."""
+  for name, expected in LM_SAMPLE.items():
+    if "rule=sum" in expected:
+      expected = expected.replace("norm=attention", "norm=none")
+    assert row(names.model_fields(name, names.ALGORITHMIC)) == expected, name
+
+
 def test_the_config_files_apply_what_the_parser_resolves():
   for name in ("dpfp2-sum", "tanh-fwm", "linear-rdn"):
     config = associative_recall.get_config(name)
