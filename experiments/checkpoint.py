@@ -9,6 +9,7 @@ is a function of (seed, step).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -37,6 +38,13 @@ def manager(directory: str, keep: int, direction: str = "min") -> ocp.Checkpoint
   metrics are written beside each checkpoint (orbax does so when `best_fn` is set), so the best
   one is still known, and kept, after a relaunch."""
   ranking = _ranking(direction)
+  for step in _unreadable_metrics(directory):     # orbax cannot even open a manager over them
+    if distributed.is_main():
+      path = os.path.join(os.path.abspath(directory), str(step))
+      os.replace(path, f"{path}.unreadable-{int(time.time())}")
+      print(f"Warning: checkpoint at step {step} has an unreadable metrics file; set aside.",
+            flush=True)
+    distributed.barrier(f"set-aside-metrics-{step}")
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
       pp.BestN(get_metric_fn=ranking, reverse=False, n=1,
@@ -50,12 +58,38 @@ def manager(directory: str, keep: int, direction: str = "min") -> ocp.Checkpoint
                                item_handlers=ocp.StandardCheckpointHandler())
 
 
+def _unreadable_metrics(directory: str) -> list[int]:
+  """Steps whose selection metrics file (written beside the checkpoint) does not parse: orbax
+  reads them all when it opens a manager, and one bad file would stop it opening at all."""
+  out = []
+  if not os.path.isdir(directory):
+    return out
+  for name in os.listdir(directory):
+    path = os.path.join(directory, name, "metrics", "metrics")
+    if name.isdigit() and os.path.exists(path):
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (OSError, ValueError):
+        out.append(int(name))
+  return sorted(out)
+
+
 def reader(directory: str) -> ocp.CheckpointManager:
   """A manager that only reads: it creates, deletes and cleans up nothing, so it may open a
   run that is still training (generate, --restore_from) without touching its half-written
   checkpoint."""
   if not os.path.isdir(directory):
     raise ValueError(f"{directory!r} holds no checkpoints (no such directory).")
+  damaged = _unreadable_metrics(directory)
+  if damaged:
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+    which = ("None of the checkpoints" if damaged == steps else
+             f"The checkpoints at steps {', '.join(map(str, damaged))} among those")
+    raise ValueError(f"{which} in {os.path.abspath(directory)} (steps "
+                     f"{', '.join(map(str, steps))}) can be restored: they are damaged or "
+                     f"incomplete (an unreadable metrics file). Relaunching the training run "
+                     f"sets them aside.")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                          cleanup_tmp_directories=False,
                                          enable_async_checkpointing=False)
