@@ -39,12 +39,9 @@ def manager(directory: str, keep: int, direction: str = "min") -> ocp.Checkpoint
   one is still known, and kept, after a relaunch."""
   ranking = _ranking(direction)
   for step in _unreadable_metrics(directory):     # orbax cannot even open a manager over them
-    if distributed.is_main():
-      path = os.path.join(os.path.abspath(directory), str(step))
-      os.replace(path, f"{path}.unreadable-{int(time.time())}")
-      print(f"Warning: checkpoint at step {step} has an unreadable metrics file; set aside.",
-            flush=True)
-    distributed.barrier(f"set-aside-metrics-{step}")
+    print(f"Warning: checkpoint at step {step} has an unreadable metrics file; set aside.",
+          flush=True)
+    _set_aside(os.path.abspath(directory), step)
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
       pp.BestN(get_metric_fn=ranking, reverse=False, n=1,
@@ -56,6 +53,15 @@ def manager(directory: str, keep: int, direction: str = "min") -> ocp.Checkpoint
   # The handler named up front lets item_metadata read a checkpoint's tree before restoring it.
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _set_aside(directory: str, step: int) -> None:
+  """Renames the checkpoint of `step` to `<step>.unreadable-<time>` (kept for inspection, out of
+  the manager's way), on the main process, the others waiting for it."""
+  if distributed.is_main():
+    path = os.path.join(directory, str(step))
+    os.replace(path, f"{path}.unreadable-{int(time.time())}")
+  distributed.barrier(f"set-aside-{step}")
 
 
 def _unreadable_metrics(directory: str) -> list[int]:
@@ -142,10 +148,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
       print(f"Warning: checkpoint at step {step} cannot be restored; using an older one.",
             flush=True)
       if set_aside:
-        if distributed.is_main():
-          path = os.path.join(str(mngr.directory), str(step))
-          os.replace(path, f"{path}.unreadable-{int(time.time())}")
-        distributed.barrier(f"set-aside-{step}")
+        _set_aside(str(mngr.directory), step)
         mngr.reload()
   if steps and not set_aside:   # a reader: say that checkpoints exist and none reads
     raise ValueError(f"None of the checkpoints in {mngr.directory} (steps "

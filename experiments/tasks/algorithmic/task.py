@@ -109,11 +109,9 @@ class Algorithmic:
 
   def __init__(self, config, mesh=None):
     self.config, self.mesh = config, mesh
-    self.problem = config.problem
     self.no_output = data.no_output_id(config.problem)
     self.vocab = data.input_vocabulary(config.problem)
     self.outputs = data.output_vocabulary(config.problem)
-    self.splits = {}
     self.train = self._split("train", config.train_size)
     self.valid = self._split("valid", config.valid_size)
     self.summary_fields = dict(model=config.model_name, problem=config.problem,
@@ -145,7 +143,7 @@ class Algorithmic:
 
   def loss(self, model, batch, step):
     """Mean cross-entropy over the batch's scored positions; weight = their count."""
-    redraw = self.config.model.get("redraw_projection", False)
+    redraw = self.config.model.redraw_projection
     log_probs = model(batch["inputs"], dropout_key=self._key(_DROPOUT, step),
                       projection_key=self._key(_PROJECTION, step) if redraw else None)
     counts = _counts(log_probs, batch["targets"], None)
