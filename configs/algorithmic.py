@@ -76,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.redraw_projection = True
   c.model.recurrence = "none"
   c.model.accumulate = "float32"
+  # FAVOR+ is not in the authors' algorithmic code: fwp's defaults (feature_maps.favor_plus).
+  c.model.favor_scaling = "none"         # FAVOR+ estimates exp(q·k); performer: x·d^(-1/4) first
+  c.model.favor_eps = 0.0                # FAVOR+ offset on every feature
+  c.model.favor_stabilize = False        # FAVOR+ query features divided by their largest
+  c.model.sum_query_eps = 0.0            # φ(q) / (Σφ(q) + eps): 0, as their Delta Net layers
   return c
 
 

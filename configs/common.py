@@ -65,13 +65,20 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.nu = 2                         # the authors' dpfp_n_roll default
   c.model.num_features = 16              # the authors' performer_proj_dim default
   c.model.update_rule = "delta"          # sum | delta | fwm | softmax | additive
-  # The authors' LM layers (IDSIA/lmtool-fwp, their default flags): the delta rule sum-normalises
-  # φ(q), φ(k); the sum rule (attn_type 34-36) divides by the attention normaliser z·φ(q).
+  # The authors' LM layers (IDSIA/lmtool-fwp): the delta rule sum-normalises φ(q), φ(k) (their
+  # --skip_attn_normalization variant: under their default flags it also divides by z·φ(q),
+  # docs/departures.md); the sum rule divides by the attention normaliser z·φ(q).
   c.model.normalization = "sum"
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
+  # FAVOR+ as lmtool-fwp's `prime`: an estimate of exp(q·k) (performer: x·d^(-1/4) first),
+  # kernel_eps 1e-4 on every feature, no query stabiliser.
+  c.model.favor_scaling = "none"         # none (the authors') | performer (x·d^(-1/4) first)
+  c.model.favor_eps = 1e-4               # FAVOR+ offset on every feature (lmtool's kernel_eps)
+  c.model.favor_stabilize = False        # FAVOR+ query features divided by their largest
+  c.model.sum_query_eps = 0.0            # sum normalisation: φ(q) / (Σφ(q) + eps)
   # Under dtype=bfloat16, what the fast weights are summed in: float32 (default) | input (pure
   # bfloat16; larger errors on long sequences, see results/precision.md)
   c.model.accumulate = "float32"         # under bfloat16, fast weights sum in: float32 | input

@@ -22,6 +22,7 @@ import time
 import jax
 
 from experiments import distributed, results
+from experiments.tasks import common
 
 # Loop fields that may change between a run and its resumption: they change neither model nor
 # data. Each family adds its own (its module's RESUMABLE).
@@ -146,8 +147,10 @@ def check_resumable(saved: dict, current: dict, family) -> None:
   added = {**ADDED_FIELDS, **getattr(family, "ADDED_FIELDS", {})}
   saved_flat, current_flat = results.flatten(saved), results.flatten(current)
   saved_flat = {**{k: v for k, v in added.items() if k in current_flat}, **saved_flat}
+  inert = common.inert_fields(current_flat)
   changed = sorted(k for k in set(saved_flat) | set(current_flat)
-                   if k not in resumable and saved_flat.get(k) != current_flat.get(k))
+                   if k not in resumable and k not in inert and
+                   saved_flat.get(k) != current_flat.get(k))
   if changed:
     details = ", ".join(f"{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}" for k in changed)
     raise ValueError(f"This workdir holds a run with a different config; these fields change the "

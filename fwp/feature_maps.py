@@ -92,31 +92,57 @@ def orthogonal_projection(key: jax.Array, num_features: int, dim: int,
   return rows * norms[:, None]
 
 
-def favor_plus(x: jax.Array, projection: jax.Array, *, is_query: bool = False) -> jax.Array:
-  """FAVOR+ positive random features with the hyperbolic pairing (d_dot = 2m).
+FAVOR_SCALINGS = ("none", "performer")
 
-  With x scaled by d^{-1/4}, φ(q)·φ(k) is an unbiased estimate of exp(q·k/√d). Stabilisation:
-  a query's features are divided by their own largest (a per-position constant, held out of the
-  gradient), which keeps φ causal and cancels exactly under attention or sum normalisation (up
-  to the normaliser's eps); pass `is_query=True` only where that holds. Key features are left
+
+def favor_plus(x: jax.Array, projection: jax.Array, *, is_query: bool = False,
+               scaling: str = "none", kernel_eps: float = 0.0) -> jax.Array:
+  """FAVOR+ positive random features with the hyperbolic pairing (d_dot = 2m):
+
+      φ(x) = (exp([Wx, −Wx] − ‖x‖²/2) + kernel_eps) / √(2m),   W = `projection` [m, d].
+
+  `scaling="none"` is the authors' `prime` (ischlag/fast-weight-transformers `synthetic/
+  linearAttention.py`, IDSIA/lmtool-fwp `src/utils/performer_helper.py`): φ(q)·φ(k) is an
+  unbiased estimate of exp(q·k). `scaling="performer"` first scales x by d^{-1/4}, so that it
+  estimates exp(q·k/√d), softmax attention's kernel (Choromanski et al. 2021's definition).
+  `kernel_eps` is lmtool-fwp's offset on every feature (1e-4 in their LM layers, none in their
+  synthetic code).
+
+  `is_query=True` stabilises: the features are divided by exp of their own largest exponent (a
+  per-position constant held out of the gradient; the offset is divided too, so the result is
+  exactly proportional to the unstabilised features). It cancels under attention or sum
+  normalisation up to the normaliser's eps; pass it only where that holds. Key features are left
   exact: their exponent w·x − ½‖x‖² never exceeds ½‖w‖² (≈ 55 for m = 512, d = 64), far inside
   float32's range, whereas a data-independent shift by that bound underflows φ(q)·φ(k).
   """
   dim = x.shape[-1]
   if projection.ndim != 2 or projection.shape[-1] != dim:
     raise ValueError(f"favor_plus projection must be [m, {dim}], got {projection.shape}.")
+  check_favor_options(scaling, kernel_eps)
   m = projection.shape[0]
-  x = x * dim ** -0.25
+  if scaling == "performer":
+    x = x * dim ** -0.25
   wx = jnp.einsum("...d,md->...m", x, projection.astype(x.dtype))
   features = jnp.concatenate([wx, -wx], axis=-1) - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
-  if is_query:
-    features = features - jax.lax.stop_gradient(jnp.max(features, axis=-1, keepdims=True))
-  return jnp.exp(features) / math.sqrt(2 * m)
+  if not is_query:
+    return (jnp.exp(features) + kernel_eps) / math.sqrt(2 * m)
+  shift = jax.lax.stop_gradient(jnp.max(features, axis=-1, keepdims=True))
+  offset = kernel_eps * jnp.exp(-shift) if kernel_eps else 0.0
+  return (jnp.exp(features - shift) + offset) / math.sqrt(2 * m)
+
+
+def check_favor_options(scaling: str, kernel_eps: float) -> None:
+  if scaling not in FAVOR_SCALINGS:
+    raise ValueError(f"Unknown FAVOR+ scaling {scaling!r}; valid choices: "
+                     f"{', '.join(FAVOR_SCALINGS)}.")
+  if isinstance(kernel_eps, bool) or not isinstance(kernel_eps, (int, float)) or kernel_eps < 0:
+    raise ValueError(f"FAVOR+ kernel_eps must be a number >= 0, got {kernel_eps!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureMap:
-  """What a φ name means: `fn(x, nu, projection, is_query)`, its output size `dim(d, nu, m)`,
+  """What a φ name means: `fn(x, nu, projection, is_query, **favor_options)`, its output size
+  `dim(d, nu, m)`,
   whether its features are positive (sum normalisation needs that) and whether it takes a
   random projection (FAVOR+: the caller draws and owns it)."""
   name: str
@@ -126,19 +152,19 @@ class FeatureMap:
   needs_projection: bool = False
 
 
-def _favor_fn(x, nu, projection, is_query):
+def _favor_fn(x, nu, projection, is_query, **options):
   del nu
   if projection is None:
     raise ValueError("favor_plus needs a projection; draw one with orthogonal_projection.")
-  return favor_plus(x, projection, is_query=is_query)
+  return favor_plus(x, projection, is_query=is_query, **options)
 
 
 _same = lambda d, nu, m: d
 BY_NAME = {m.name: m for m in (
-    FeatureMap("identity", lambda x, nu, p, q: identity(x), _same, positive=False),
-    FeatureMap("elu_plus_one", lambda x, nu, p, q: elu_plus_one(x), _same, positive=True),
-    FeatureMap("tanh", lambda x, nu, p, q: tanh(x), _same, positive=False),
-    FeatureMap("dpfp", lambda x, nu, p, q: dpfp(x, nu), lambda d, nu, m: 2 * d * nu,
+    FeatureMap("identity", lambda x, nu, p, q, **_: identity(x), _same, positive=False),
+    FeatureMap("elu_plus_one", lambda x, nu, p, q, **_: elu_plus_one(x), _same, positive=True),
+    FeatureMap("tanh", lambda x, nu, p, q, **_: tanh(x), _same, positive=False),
+    FeatureMap("dpfp", lambda x, nu, p, q, **_: dpfp(x, nu), lambda d, nu, m: 2 * d * nu,
                positive=True),
     FeatureMap("favor_plus", _favor_fn, lambda d, nu, m: 2 * m, positive=True,
                needs_projection=True),
@@ -163,6 +189,7 @@ def output_dim(name: str, dim: int, *, nu: int = 1, num_features: int = 0) -> in
 
 
 def apply(name: str, x: jax.Array, *, nu: int = 1, projection: jax.Array | None = None,
-          is_query: bool = False) -> jax.Array:
-  """φ by name; `nu` is for dpfp, `projection` and `is_query` for favor_plus."""
-  return get(name).fn(x, nu, projection, is_query)
+          is_query: bool = False, **favor_options) -> jax.Array:
+  """φ by name; `nu` is for dpfp; `projection`, `is_query` and `favor_options` (scaling,
+  kernel_eps) for favor_plus."""
+  return get(name).fn(x, nu, projection, is_query, **favor_options)

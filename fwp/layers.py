@@ -31,6 +31,21 @@ class FastWeightConfig:
   form: str = "auto"
   chunk_size: int = 64
   eps: float = 1e-6                  # attention normaliser: z·φ(q) + eps
+  # FAVOR+ (feature_maps.favor_plus). The defaults are the authors' `prime`: φ(q)·φ(k) estimates
+  # exp(q·k), no offset, no stabiliser. "performer" scales x by d^{-1/4} first (exp(q·k/√d),
+  # Choromanski et al.'s definition); favor_eps is lmtool-fwp's kernel_eps (their LM: 1e-4);
+  # favor_stabilize divides a query's features by their largest (exact under a normaliser up to
+  # its eps; a guard against underflow the authors do not have).
+  favor_scaling: str = "none"
+  favor_eps: float = 0.0
+  favor_stabilize: bool = False
+  # Sum normalisation of queries: φ(q) / (Σφ(q) + sum_query_eps); keys never have an eps. The
+  # authors' retrieval model: 1e-6; their LM layers: 0.
+  sum_query_eps: float = 0.0
+  # fwm: False leaves the first write from the empty memory unnormalised (the authors' retrieval
+  # code normalises from the second write on); only for a sequence read from W = 0. Other
+  # rules ignore it.
+  fwm_normalize_first: bool = True
   # Recurrent FWPs (fwp.rfwp): "delta_rnn" and "delta_lstm" add recurrent fast weights on top of
   # Delta Nets (which keep `form`); "rdn" makes the slow net recurrent (always a scan).
   recurrence: str = "none"
@@ -57,9 +72,19 @@ class FastWeightConfig:
       raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
     if self.feature_map == "favor_plus" and self.num_features < 1:
       raise ValueError(f"favor_plus needs num_features >= 1, got {self.num_features}.")
+    feature_maps.check_favor_options(self.favor_scaling, self.favor_eps)
+    for name in ("eps", "sum_query_eps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
     if self.normalization == "sum" and not feature_maps.get(self.feature_map).positive:
       raise ValueError(f"Sum normalisation divides by Σφ, so it needs a positive feature map "
                        f"({', '.join(feature_maps.POSITIVE)}), got {self.feature_map!r}.")
+
+  @property
+  def favor_options(self) -> dict:
+    """feature_maps.favor_plus's options (ignored by the other feature maps)."""
+    return {"scaling": self.favor_scaling, "kernel_eps": self.favor_eps}
 
   @property
   def uses_beta(self) -> bool:
@@ -101,7 +126,8 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
   w0 = None if initial_state is None else initial_state.w
   y, w = ops.apply_rule(config.update_rule, q, k, v, beta if config.uses_beta else None,
                         form=config.form, chunk_size=config.chunk_size, initial_state=w0,
-                        accumulate=config.accumulate)
+                        accumulate=config.accumulate,
+                        normalize_first=config.fwm_normalize_first)
   z = None
   if config.normalization == "attention":
     z0 = None if initial_state is None else initial_state.z
@@ -122,9 +148,12 @@ def feature_function(config: FastWeightConfig, projection=None):
   """phi(x, is_query): φ, then sum normalisation when the config asks for it."""
   def phi(x, is_query):
     # A query-side stabiliser is exact only where a normaliser divides it out.
+    stabilize = is_query and config.favor_stabilize and config.normalization != "none"
     x = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
-                           is_query=is_query and config.normalization != "none")
-    return normalization.sum_normalize(x) if config.normalization == "sum" else x
+                           is_query=stabilize, **config.favor_options)
+    if config.normalization != "sum":
+      return x
+    return normalization.sum_normalize(x, config.sum_query_eps if is_query else 0.0)
   return phi
 
 
@@ -164,6 +193,10 @@ class FastWeightAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, config: FastWeightConfig, *,
                rngs: nnx.Rngs, dtype=None):
+    if config.update_rule == "fwm" and not config.fwm_normalize_first:
+      raise ValueError("fwm_normalize_first=False (the authors' retrieval model) depends on "
+                       "where a sequence starts, so a layer that is also run one step at a time "
+                       "from a state would compute another function; it needs True.")
     self.num_heads, self.d_head, self.config = num_heads, d_head, config
     linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     heads = num_heads * config.memories

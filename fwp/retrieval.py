@@ -20,28 +20,47 @@ from flax import nnx
 from fwp import feature_maps, layers, normalization, ops, rfwp
 
 
+BETA_INITS = ("torch", "flax")
+
+
 class RetrievalModel(nnx.Module):
   """`fast_weight=None` is an attention baseline (`scoring`: "dot" softmax attention or
   Bahdanau's "additive"); otherwise a one-head fast weight memory configured by `fast_weight`
-  (feature map, rule, normalisation, form)."""
+  (feature map, rule, normalisation, form).
+
+  The defaults are the authors' model (ischlag/fast-weight-transformers `synthetic/`): W_k and
+  W_q have biases (`qk_bias`; PyTorch's nn.Linear, its init U(±1/√fan_in)), W_β's weight and
+  bias are PyTorch's default U(±1/√fan_in) (`beta_init="torch"`; "flax": lecun normal, zero
+  bias), and the FWM read-out LayerNorm has eps 1e-5 and no scale or bias (`readout_affine`,
+  `readout_eps`)."""
 
   def __init__(self, num_keys: int, fast_weight: layers.FastWeightConfig | None, *,
-               d: int = 64, rngs: nnx.Rngs, scoring: str = "dot"):
+               d: int = 64, rngs: nnx.Rngs, scoring: str = "dot", qk_bias: bool = True,
+               readout_affine: bool = False, readout_eps: float = 1e-5,
+               beta_init: str = "torch"):
     if num_keys < 2:
       raise ValueError(f"num_keys must be >= 2, got {num_keys}.")
+    if beta_init not in BETA_INITS:
+      raise ValueError(f"Unknown beta_init {beta_init!r}; valid choices: "
+                       f"{', '.join(BETA_INITS)}.")
     self.num_keys, self.d, self.fast_weight = num_keys, d, fast_weight
     e = int(2.2 * num_keys)
     self.embed = nnx.Embed(num_keys, e, embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
     # The authors initialise W_k uniform in ±1/√d for fast weight models, Xavier for softmax.
     init = (nnx.initializers.xavier_uniform() if fast_weight is None else
             _uniform_symmetric(1 / math.sqrt(d)))
-    self.k_proj = nnx.Linear(num_keys + e, d, use_bias=False, kernel_init=init, rngs=rngs)
-    self.q_proj = nnx.Linear(e, d, use_bias=False, kernel_init=init, rngs=rngs)
+    self.k_proj = nnx.Linear(num_keys + e, d, use_bias=qk_bias, kernel_init=init,
+                             bias_init=_torch_linear_init(num_keys + e), rngs=rngs)
+    self.q_proj = nnx.Linear(e, d, use_bias=qk_bias, kernel_init=init,
+                             bias_init=_torch_linear_init(e), rngs=rngs)
     uses_beta = fast_weight is not None and fast_weight.uses_beta
-    self.beta_proj = (nnx.Linear(num_keys + e, fast_weight.memories, rngs=rngs) if uses_beta
-                      else None)
+    torch_init = {"kernel_init": _torch_linear_init(num_keys + e),
+                  "bias_init": _torch_linear_init(num_keys + e)} if beta_init == "torch" else {}
+    self.beta_proj = (nnx.Linear(num_keys + e, fast_weight.memories, rngs=rngs, **torch_init)
+                      if uses_beta else None)
     fwm = fast_weight is not None and fast_weight.update_rule == "fwm"
-    self.layer_norm = nnx.LayerNorm(num_keys, rngs=rngs) if fwm else None
+    self.layer_norm = (nnx.LayerNorm(num_keys, epsilon=readout_eps, use_bias=readout_affine,
+                                     use_scale=readout_affine, rngs=rngs) if fwm else None)
     layers.check_scoring(scoring)
     self.score_weight = (nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,)))
                          if fast_weight is None and scoring == "additive" else None)
@@ -89,7 +108,8 @@ class RetrievalModel(nnx.Module):
       y = scatter_by_value(c[:, :, 0], values, self.num_keys)
     else:
       y = ops.read_final(config.update_rule, one_head(phi_q), one_head(phi_k), one_head(v),
-                         beta, form=config.form, chunk_size=config.chunk_size)[:, :, 0]
+                         beta, form=config.form, chunk_size=config.chunk_size,
+                         normalize_first=config.fwm_normalize_first)[:, :, 0]
     if config.normalization == "attention":
       z = jnp.sum(phi_k, axis=1)                                             # Σ_t φ(k_t)
       y = normalization.attention_normalize(y, jnp.einsum("bk,bqk->bq", z, phi_q), config.eps)
@@ -182,6 +202,11 @@ def _softmax_read(q, k, values, num_values, score_weight=None):
     scores = jnp.einsum("bqtd,d->bqt", jnp.tanh(q[:, :, None] + k[:, None]),
                         score_weight[...].astype(q.dtype))
   return scatter_by_value(jax.nn.softmax(scores, axis=-1), values, num_values)
+
+
+def _torch_linear_init(fan_in: int):
+  """PyTorch nn.Linear's default init of its bias (and, here, of its weight): U(±1/√fan_in)."""
+  return _uniform_symmetric(1 / math.sqrt(fan_in))
 
 
 def _uniform_symmetric(scale):

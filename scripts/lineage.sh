@@ -9,18 +9,26 @@
 # the committed rows of results/lineage/associative_recall.csv that these runs do not redo, so a
 # partial rerun adds to the table instead of replacing it. The small files of every finished run
 # are kept in results/runs/lineage/ and restored at the start (see scripts/reproduce.sh).
+# VARIANT=before (the default: the model of the committed results) or authors, as in
+# scripts/reproduce.sh; authors runs go to runs/lineage-authors, results/authors/lineage/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-RUNS=${RUNS:-runs/lineage}
+VARIANT=${VARIANT:-before}
+case $VARIANT in
+  before) SUFFIX=:before; TAG="" ;;
+  authors) SUFFIX=""; TAG=-authors ;;
+  *) echo "VARIANT must be before or authors, got '$VARIANT'" >&2; exit 2 ;;
+esac
+RUNS=${RUNS:-runs/lineage$TAG}
 S1=${S1:-num_keys=20,60,100,200,300,400,600}
 S2=${S2:-num_keys=20,40}
 STEPS=${STEPS:-3000}
-"$PY" -m experiments.records restore results/runs/lineage "$RUNS"
+"$PY" -m experiments.records restore "results/runs/lineage$TAG" "$RUNS"
 RECURRENT="linear-delta_rnn dpfp1-delta_rnn linear-rdn dpfp1-rdn linear-delta_lstm dpfp1-delta_lstm"
 
 run() {  # setting curve sweep
-  "$PY" launch.py --config="configs/associative_recall.py:$2" --config.setting="$1" \
+  "$PY" launch.py --config="configs/associative_recall.py:$2$SUFFIX" --config.setting="$1" \
     --config.max_steps="$STEPS" --sweep="$3" --seeds=1 --workdir="$RUNS/setting$1/$2"
 }
 
@@ -34,9 +42,11 @@ fi
 if [[ $SETTINGS == *2* ]]; then
   for curve in linear-delta dpfp1-delta $RECURRENT; do run 2 "$curve" "$S2"; done
 fi
+OUT=results/lineage
+[[ $VARIANT == authors ]] && OUT=results/authors/lineage
 PREVIOUS=()
-if [[ -f results/lineage/associative_recall.csv ]]; then
-  PREVIOUS=(--previous=results/lineage/associative_recall.csv)
+if [[ -f $OUT/associative_recall.csv ]]; then
+  PREVIOUS=(--previous=$OUT/associative_recall.csv)
 fi
-"$PY" -m experiments.records save "$RUNS" results/runs/lineage
-"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results/lineage
+"$PY" -m experiments.records save "$RUNS" "results/runs/lineage$TAG"
+"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out="$OUT"

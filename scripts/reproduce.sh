@@ -14,10 +14,22 @@
 # many points of one sweep run at once (local processes). The small files of every finished run
 # are kept in results/runs/<name of RUNS>/ (experiments.records) and restored at the start, so a
 # relaunch on a fresh machine (or session) skips what any earlier one finished.
+#
+# VARIANT=before (the default): the model that made the committed results/ (fwp's choices before
+# it took the authors' defaults; configs/associative_recall.py BEFORE, docs/departures.md).
+# VARIANT=authors: fwp's defaults, the authors' model, into <RUNS>-authors, its records in
+# results/runs/<name>-authors/ and its report in results/authors/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-if [[ "${GRID:-budget}" == knee ]]; then RUNS=${RUNS:-runs/knee}; else RUNS=${RUNS:-runs/reproduce}; fi
+VARIANT=${VARIANT:-before}
+case $VARIANT in
+  before) SUFFIX=:before; TAG=""; OUT=results ;;
+  authors) SUFFIX=""; TAG=-authors; OUT=results/authors ;;
+  *) echo "VARIANT must be before or authors, got '$VARIANT'" >&2; exit 2 ;;
+esac
+if [[ "${GRID:-budget}" == knee ]]; then RUNS=${RUNS:-runs/knee$TAG}; else
+  RUNS=${RUNS:-runs/reproduce$TAG}; fi
 PARALLEL=${PARALLEL:-2}
 RECORDS=results/runs/$(basename "$RUNS")
 PREVIOUS=()
@@ -28,7 +40,7 @@ S2_CURVES="dpfp1-sum linear-delta dpfp1-delta dpfp2-delta favor64-delta favor128
 S2_CURVES="$S2_CURVES dpfp1-fwm tanh-fwm"
 
 run() {  # setting curve sweep seeds max_steps
-  "$PY" launch.py --config="configs/associative_recall.py:$2" --config.setting="$1" \
+  "$PY" launch.py --config="configs/associative_recall.py:$2$SUFFIX" --config.setting="$1" \
     --config.max_steps="$5" --sweep="$3" --seeds="$4" \
     --parallel="$PARALLEL" --workdir="$RUNS/setting$1/$2"
 }
@@ -54,7 +66,7 @@ elif [[ "${GRID:-budget}" == knee ]]; then
   grid 2 "dpfp1-delta dpfp2-delta" "num_keys=20:200:20" 1,2,3 "$K"
   grid 2 "dpfp1-fwm tanh-fwm" "num_keys=20,40" 1,2,3 "$K"
   # Points run here replace the committed budget-grid rows for the same (curve, S, seed).
-  PREVIOUS=(--previous=results/associative_recall.csv)
+  [[ -f $OUT/associative_recall.csv ]] && PREVIOUS=(--previous=$OUT/associative_recall.csv)
 elif [[ "${GRID:-budget}" == custom ]]; then
   for setting in ${SETTINGS:-1 2}; do
     if [[ $setting == 1 ]]; then
@@ -84,4 +96,4 @@ else
   grid 2 "favor64-delta favor128-delta" "num_keys=200" 2,3 3000
 fi
 "$PY" -m experiments.records save "$RUNS" "$RECORDS"
-"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out=results
+"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out="$OUT"

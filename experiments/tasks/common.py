@@ -20,17 +20,41 @@ def chunk_size(value) -> int | str:
                    f"{value!r}.")
 
 
+# Model fields added after runs existed, with the value every run before them computed with: a
+# config.json without the field (generate and the reports read those) means that value.
+BEFORE = {"favor_scaling": "performer", "favor_eps": 0.0, "favor_stabilize": True,
+          "sum_query_eps": 0.0, "fwm_normalize_first": True}
+
+
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
   """None for an attention baseline; raises ValueError naming the valid choices otherwise."""
   if model_config.update_rule in ATTENTION_BASELINES:
     return None
+  before = {name: model_config.get(name, value) for name, value in BEFORE.items()}
   return layers.FastWeightConfig(
       feature_map=model_config.feature_map, nu=model_config.nu,
       num_features=model_config.num_features, update_rule=model_config.update_rule,
       normalization=model_config.normalization, form=model_config.form,
       chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence,
       # .get: a retrieval config has no dtype, hence no accumulate field.
-      accumulate=model_config.get("accumulate", "float32"))
+      accumulate=model_config.get("accumulate", "float32"), **before)
+
+
+def inert_fields(flat: dict) -> set[str]:
+  """The model fields of a flattened config that cannot change what its model computes (FAVOR+'s
+  without favor_plus, fwm's without fwm, the query eps without sum normalisation), so that a
+  resume is not refused over a field added later that its model never reads."""
+  get = lambda name: flat.get(f"model.{name}")
+  inert = set()
+  if get("feature_map") != "favor_plus":
+    inert |= {"model.favor_scaling", "model.favor_eps", "model.favor_stabilize"}
+  if get("update_rule") != "fwm":
+    inert |= {"model.fwm_normalize_first", "model.readout_affine", "model.readout_eps"}
+  if get("normalization") != "sum":
+    inert.add("model.sum_query_eps")
+  if get("update_rule") in ("sum",) + tuple(ATTENTION_BASELINES):
+    inert.add("model.beta_init")          # no β
+  return inert
 
 
 def scoring(model_config) -> str:

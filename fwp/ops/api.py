@@ -117,13 +117,20 @@ def fwm_rule_step(w, q, k, v, beta):
 
 
 def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64,
-               initial_state=None, accumulate: str = "float32"):
-  """Runs fast-weight rule `rule` in form `form`; see the module docstring for shapes."""
+               initial_state=None, accumulate: str = "float32", normalize_first: bool = True):
+  """Runs fast-weight rule `rule` in form `form`; see the module docstring for shapes.
+
+  `normalize_first=False` (fwm only; other rules ignore it) leaves the first write from the
+  empty memory unnormalised, W_1 = β_1 v_1 k_1ᵀ, as the authors' retrieval code, which divides
+  by max(1, ‖W‖) from the second write on. With an `initial_state` it changes nothing (the
+  sequence does not start from the empty memory)."""
   validate(rule, form, chunk_size, accumulate)
   record = rules.get(rule)
   if record.uses_beta and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
   check_shapes(q, k, v, beta, initial_state)
+  if rule == "fwm" and not normalize_first and initial_state is None:
+    return _fwm_first_write_plain(q, k, v, beta, form, chunk_size, accumulate)
   form, chunk_size = choose_form(rule, form, k.shape[1]), choose_chunk_size(chunk_size, k.shape[1])
   if not record.uses_beta:
     beta = None
@@ -144,6 +151,22 @@ def apply_rule(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   return (None if y is None else y.astype(dtype)), w
 
 
+def _fwm_first_write_plain(q, k, v, beta, form, chunk_size, accumulate):
+  """fwm with W_1 = β_1 v_1 k_1ᵀ (the delta rule's write from W = 0, not normalised), then the
+  fwm steps from W_1."""
+  first = lambda x: None if x is None else x[:, :1]
+  rest = lambda x: None if x is None else x[:, 1:]
+  y1, w1 = apply_rule("delta", first(q), first(k), first(v), first(beta), form="recurrent",
+                      accumulate=accumulate)
+  if k.shape[1] == 1:
+    return y1, w1
+  y, w = apply_rule("fwm", rest(q), rest(k), rest(v), rest(beta), form=form,
+                    chunk_size=chunk_size, initial_state=w1, accumulate=accumulate)
+  if y is None:
+    return None, w
+  return jnp.concatenate([y1, y], axis=1).astype(y1.dtype), w
+
+
 def sum_rule(q, k, v, *, form: str, chunk_size: int = 64, initial_state=None,
              accumulate: str = "float32"):
   """W_t = W_{t-1} + v_t ⊗ k_t; y_t = W_t q_t. Returns (y, W_T)."""
@@ -161,7 +184,9 @@ def delta_rule(q, k, v, beta, *, form: str, chunk_size: int = 64, initial_state=
 
 
 def fwm_rule(q, k, v, beta, *, form: str = "recurrent", chunk_size: int = 64,
-             initial_state=None, accumulate: str = "float32"):
-  """The delta update followed by W / max(1, ‖W‖_F); recurrent only. Returns (y, W_T)."""
+             initial_state=None, accumulate: str = "float32", normalize_first: bool = True):
+  """The delta update followed by W / max(1, ‖W‖_F); recurrent only. Returns (y, W_T).
+  `normalize_first=False`: the first write from W = 0 is not normalised (see apply_rule)."""
   return apply_rule("fwm", q, k, v, beta, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state, accumulate=accumulate)
+                    initial_state=initial_state, accumulate=accumulate,
+                    normalize_first=normalize_first)

@@ -12,18 +12,19 @@ from fwp.ops.linalg import equal_segments, to_blocks
 
 
 def final_state(rule: str, k, v, beta=None, *, form: str, chunk_size: int = 64,
-                initial_state=None):
+                initial_state=None, normalize_first: bool = True):
   """W_T alone, without the T read-outs: for models that read the memory only at the end.
 
   Same forms and checks as `apply_rule`; the parallel form for the sum rule is then just
   W0 + Vᵀ K, and the delta rule's blocks skip the QKᵀ products.
   """
   _, w = apply_rule(rule, None, k, v, beta, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state)
+                    initial_state=initial_state, normalize_first=normalize_first)
   return w
 
 
-def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64):
+def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64,
+               normalize_first: bool = True):
   """W_T q for queries q [B, Q, H, K] that read the memory after the whole sequence (from a zero
   initial state): y [B, Q, H, V].
 
@@ -32,6 +33,7 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   delta rule's recurrent form with fewer queries than value dimensions carries the queries back
   in time and never forms W either (both: `read_coefficients`). The other cases build W_T with
   `final_state` and read it. `form="auto"` takes the cheapest of these for the shapes.
+  `normalize_first`: fwm's option (apply_rule).
   """
   if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
@@ -45,7 +47,8 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
   if c is not None:
     return jnp.einsum("bqht,bthv->bqhv", c, v)
   w = final_state(rule, k, v, beta, form=_read_form(rule, form, q.shape[1], v.shape[-1],
-                                                    k.shape[1]), chunk_size=chunk_size)
+                                                    k.shape[1]), chunk_size=chunk_size,
+                  normalize_first=normalize_first)
   return jnp.einsum("bhvk,bqhk->bqhv", w, q)
 
 

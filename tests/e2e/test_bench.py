@@ -89,3 +89,16 @@ def test_bench_algorithmic_writes_its_table(tmp_path):
   text = out.read_text()
   assert "| linear-delta | recurrent |" in text and "| lstm | scan |" in text
   assert "| 1.00 |" in text
+
+
+def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path):
+  """The cross-check runs the authors' code (torch, not a requirement): CI checks that a wrong
+  --authors_code is named before anything is computed or written; the comparison itself is
+  tests/fwp/test_authors_retrieval.py, against their loops written out."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.studies.authors_crosscheck",
+       f"--authors_code={tmp_path}", f"--out={tmp_path / 'out'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "is not the authors' synthetic/ directory" in result.stderr
+  assert not (tmp_path / "out").exists()

@@ -61,9 +61,11 @@ def test_orthogonal_projection_rows_are_orthogonal_within_blocks():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _favor_attention_error(m, q, k, key):
-  """Mean absolute error of FAVOR+'s normalised attention weights against softmax(qkᵀ/√d)."""
+  """Mean absolute error of FAVOR+'s normalised attention weights against softmax(qkᵀ/√d): with
+  Performer's scaling, the estimate is of exp(q·k/√d)."""
   w = feature_maps.orthogonal_projection(key, m, q.shape[-1])
-  fq, fk = feature_maps.favor_plus(q, w, is_query=True), feature_maps.favor_plus(k, w)
+  fq = feature_maps.favor_plus(q, w, is_query=True, scaling="performer")
+  fk = feature_maps.favor_plus(k, w, scaling="performer")
   approx = fq @ fk.T
   approx = approx / approx.sum(-1, keepdims=True)
   exact = jax.nn.softmax(q @ k.T / np.sqrt(q.shape[-1]), axis=-1)
@@ -86,6 +88,53 @@ def test_favor_plus_estimates_softmax_kernel_better_with_more_features():
     assert errors[large] < 0.8 * errors[small], errors
   uniform = float(jnp.mean(jnp.abs(1 / 48 - jax.nn.softmax(q @ k.T / 4.0, axis=-1))))
   assert errors[4096] < 0.25 * uniform, (errors, uniform)
+
+
+def _authors_prime(x, projection, kernel_eps=0.0):
+  """The authors' `prime`, written out in NumPy: ischlag/fast-weight-transformers synthetic/
+  linearAttention.py (offset ½‖x‖² + ½ log m + ½ log 2 in log space; no kernel_eps) and
+  IDSIA/lmtool-fwp src/utils/performer_helper.py ((exp(u − ½‖x‖²) + kernel_eps) · (2m)^-½).
+  Their projection matrix is [d, m]: ours transposed."""
+  omega = np.asarray(projection).T
+  m = omega.shape[1]
+  u = x @ omega
+  half_norm = 0.5 * np.sum(x ** 2, axis=-1, keepdims=True)
+  if kernel_eps == 0.0:   # the synthetic code's form
+    offset = half_norm + 0.5 * np.log(m) + 0.5 * np.log(2)
+    return np.concatenate([np.exp(u - offset), np.exp(-u - offset)], axis=-1)
+  out = np.concatenate([np.exp(u - half_norm), np.exp(-u - half_norm)], axis=-1) + kernel_eps
+  return out * (2 * m) ** -0.5
+
+
+@pytest.mark.parametrize("kernel_eps", [0.0, 1e-4])
+def test_favor_plus_default_is_the_authors_prime_float64(kernel_eps):
+  """fwp's default FAVOR+ is the authors' function (no d^(-1/4), offset as lmtool's), to 1e-14;
+  the stabilised query features are exactly proportional to it, offset included."""
+  with helpers.x64():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 7, 16)) * 0.8
+    w = feature_maps.orthogonal_projection(jax.random.key(2), 24, 16, jnp.float64)
+    expected = _authors_prime(x, w, kernel_eps)
+    got = np.asarray(feature_maps.favor_plus(jnp.asarray(x), w, kernel_eps=kernel_eps))
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=0)
+    query = np.asarray(feature_maps.favor_plus(jnp.asarray(x), w, kernel_eps=kernel_eps,
+                                               is_query=True))
+    ratio = query / expected
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[..., :1], ratio.shape), rtol=1e-13)
+    assert not np.allclose(ratio, 1.0)       # it did rescale
+    # Performer's scaling is the same map on x · d^(-1/4).
+    performer = feature_maps.favor_plus(jnp.asarray(x), w, scaling="performer",
+                                        kernel_eps=kernel_eps)
+    np.testing.assert_allclose(performer, _authors_prime(x * 16 ** -0.25, w, kernel_eps),
+                               rtol=1e-14)
+
+
+def test_favor_plus_bad_options():
+  w = feature_maps.orthogonal_projection(jax.random.key(0), 4, 3)
+  with pytest.raises(ValueError, match="'performr'.*none, performer"):
+    feature_maps.favor_plus(jnp.ones((2, 3)), w, scaling="performr")
+  with pytest.raises(ValueError, match="kernel_eps must be a number >= 0, got -1"):
+    feature_maps.favor_plus(jnp.ones((2, 3)), w, kernel_eps=-1)
 
 
 def test_favor_plus_is_finite_and_queries_are_stabilised():

@@ -31,7 +31,8 @@ ARCHITECTURES = ("transformer", "lstm")
 SELECT_BY = ("sequence", "print")        # code execution's selection accuracy
 _DROPOUT, _PROJECTION = 1, 2             # key streams
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "cache_dir")
-ADDED_FIELDS: dict = {}
+ADDED_FIELDS = {f"model.{name}": value for name, value in common.BEFORE.items()
+                if name != "fwm_normalize_first"}
 
 
 def _positive(config, name, minimum=1):

@@ -20,7 +20,10 @@ from fwp import retrieval
 # Fields that may change when a run resumes (the loop adds its own), and fields added after
 # runs existed, with the value those runs used implicitly.
 RESUMABLE = ("model.form", "model.chunk_size")
-ADDED_FIELDS = {"model.recurrence": "none"}
+ADDED_FIELDS = {"model.recurrence": "none", "model.qk_bias": False,
+                "model.readout_affine": True, "model.readout_eps": 1e-6,
+                "model.beta_init": "flax",
+                **{f"model.{name}": value for name, value in common.BEFORE.items()}}
 
 MAX_KEYS = 20_000
 
@@ -48,13 +51,26 @@ def validate(config) -> None:
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  m = config.model
+  for name in ("qk_bias", "readout_affine"):
+    if not isinstance(m.get(name, False), bool):
+      raise ValueError(f"config.model.{name} must be True or False, got {m[name]!r}.")
+  eps = m.get("readout_eps", 1e-6)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+    raise ValueError(f"config.model.readout_eps must be a number > 0, got {eps!r}.")
+  if m.get("beta_init", "flax") not in retrieval.BETA_INITS:
+    raise ValueError(f"Unknown config.model.beta_init {m.beta_init!r}; valid choices: "
+                     f"{', '.join(retrieval.BETA_INITS)}.")
   common.fast_weight_config(config.model)
 
 
 def build_model(config, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
-  return retrieval.RetrievalModel(config.num_keys, common.fast_weight_config(config.model),
-                                  d=config.model.d, rngs=rngs,
-                                  scoring=common.scoring(config.model))
+  m = config.model
+  # .get: a config.json from before these fields (ADDED_FIELDS holds what those runs computed).
+  before = {name: m.get(name, ADDED_FIELDS[f"model.{name}"])
+            for name in ("qk_bias", "readout_affine", "readout_eps", "beta_init")}
+  return retrieval.RetrievalModel(config.num_keys, common.fast_weight_config(m), d=m.d,
+                                  rngs=rngs, scoring=common.scoring(m), **before)
 
 
 def retrieval_loss(predictions, targets, num_keys, mask=None):

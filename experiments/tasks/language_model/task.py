@@ -27,7 +27,9 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 # Fields that may change when a run resumes (the loop adds its own), and fields added after
 # runs existed, with the value those runs used implicitly.
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
-ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": ""}
+ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": "",
+                **{f"model.{name}": value for name, value in common.BEFORE.items()
+                   if name != "fwm_normalize_first"}}
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,0 +1,193 @@
+"""fwp against the authors' own code, in float64: the retrieval model of every paper curve, run
+by both on the same inputs and parameters, outputs and parameter gradients compared.
+
+  python -m experiments.studies.authors_crosscheck --authors_code=/tmp/fwt/synthetic \
+      --authors_python=/tmp/torchenv/bin/python        # writes results/authors_crosscheck.md
+
+--authors_code is a checkout of ischlag/fast-weight-transformers' `synthetic/` directory and
+--authors_python a Python with torch (experiments/studies/authors_synthetic.py says how to get
+both; torch is not a project requirement). fwp's side writes each case (inputs, its parameters
+under the authors' names, the FAVOR+ projection) to a temporary directory; their side,
+experiments/studies/authors_crosscheck_torch.py, imports their models unchanged (only their
+in-forward projection draw is handed fwp's draw), runs forward and backward in float64 and writes
+the results back. A row MATCHes when outputs and every shared parameter gradient agree to 1e-10
+relative. Under fwp's defaults every row must MATCH; each named option that
+departs from the authors (docs/departures.md) is its own row, with the difference it makes.
+(Relative differences: the outputs' to their largest entry, each gradient's to the largest entry
+of the whole gradient.)
+
+The same comparison without torch, against their loops written out in jax.numpy, is the test
+tests/fwp/test_authors_retrieval.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags
+
+_AUTHORS_CODE = flags.DEFINE_string("authors_code", None, "The authors' synthetic/ directory.",
+                                    required=True)
+_AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable,
+                                      "A Python with torch, to run the authors' code.")
+_NUM_KEYS = flags.DEFINE_integer("num_keys", 20, "S (setting 2: sequences of 2S).")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "Sequences per case.")
+_OUT = flags.DEFINE_string("out", "results", "Directory for authors_crosscheck.md.")
+
+MATCH = 1e-10
+# fwp curve -> the authors' (attention_type, update_rule, arg)
+CURVES = {
+    "softmax": ("softmax", "softmax", 0), "linear-sum": ("linear", "sum", 0),
+    "dpfp1-sum": ("dpfp", "sum", 1), "dpfp2-sum": ("dpfp", "sum", 2),
+    "dpfp3-sum": ("dpfp", "sum", 3), "favor64-sum": ("favor", "sum", 64),
+    "favor128-sum": ("favor", "sum", 128), "tanh-sum": ("tanh", "sum", 0),
+    "linear-delta": ("linear", "ours", 0), "dpfp1-delta": ("dpfp", "ours", 1),
+    "dpfp2-delta": ("dpfp", "ours", 2), "favor64-delta": ("favor", "ours", 64),
+    "linear-fwm": ("linear", "fwm", 0), "dpfp1-fwm": ("dpfp", "fwm", 1),
+    "tanh-fwm": ("tanh", "fwm", 0),
+}
+# (curve, config.model overrides, what the row is): fwp's forms, then its named options.
+CASES = ([(curve, {}, "default") for curve in CURVES] +
+         [(curve, {"form": form, "chunk_size": "7"}, f"form={form}")
+          for curve in ("linear-sum", "dpfp2-delta") for form in ("recurrent", "parallel",
+                                                                  "chunked")] +
+         [("tanh-fwm", {"fwm_normalize_first": True}, "option fwm_normalize_first=True"),
+          ("dpfp1-fwm", {"fwm_normalize_first": True}, "option fwm_normalize_first=True"),
+          ("tanh-fwm", {"readout_eps": 1e-6}, "option readout_eps=1e-6 (flax's)"),
+          ("dpfp1-delta", {"sum_query_eps": 0.0}, "option sum_query_eps=0"),
+          ("favor64-sum", {"favor_scaling": "performer"}, "option favor_scaling=performer"),
+          ("favor64-delta", {"favor_scaling": "performer"}, "option favor_scaling=performer"),
+          ("favor64-sum", {"favor_stabilize": True}, "option favor_stabilize=True"),
+          ("favor64-delta", {"favor_stabilize": True}, "option favor_stabilize=True"),
+          ("linear-sum", {"qk_bias": False},
+           "option qk_bias=False (theirs with b_k = b_q = 0)")])
+
+
+def _fwp_case(curve, overrides, num_keys, batch_size):
+  """(what their side needs, fwp's outputs and gradients) for one case, in float64."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from configs import associative_recall
+  from experiments.tasks import associative_recall as task
+  from experiments.tasks.associative_recall import data
+
+  config = associative_recall.get_config(curve)
+  config.num_keys = num_keys
+  config.model.update(overrides)
+  model = task.build_model(config, nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  batch = data.train_batch(1, 0, batch_size=batch_size, num_keys=num_keys, setting=2)
+  targets = jax.nn.one_hot(batch["targets"], num_keys, dtype=jnp.float64)
+
+  def loss(params):
+    y = nnx.merge(graphdef, params, rest)(batch["keys"], batch["values"], batch["queries"])
+    return 0.5 * jnp.sum((y - targets) ** 2), y
+
+  (value, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  theirs = lambda tree: {name: np.asarray(a, np.float64) for name, a in _authors_names(tree)}
+  attention, rule, arg = CURVES[curve]
+  case = dict(theirs(params), attention=attention, rule=rule, arg=arg, num_keys=num_keys,
+              **{name: np.asarray(batch[name]) for name in ("keys", "values", "queries",
+                                                            "targets")})
+  d = case["W_k"].shape[1]
+  case.setdefault("b_k", np.zeros(d))
+  case.setdefault("b_q", np.zeros(d))
+  projection = nnx.state(model).get("projection")
+  if projection is not None:
+    case["omega"] = np.asarray(projection[...], np.float64).T          # their [d, m]
+  return case, dict(theirs(grads), y=np.asarray(y), loss=float(value))
+
+
+def _authors_names(tree):
+  """fwp's retrieval parameters under the authors' names (kernels [in, out], as x @ W)."""
+  pick = {("embed", "embedding"): "E", ("k_proj", "kernel"): "W_k", ("k_proj", "bias"): "b_k",
+          ("q_proj", "kernel"): "W_q", ("q_proj", "bias"): "b_q",
+          ("beta_proj", "kernel"): "W_b", ("beta_proj", "bias"): "b_b"}
+  for (module, field), name in pick.items():
+    if module in tree and field in tree[module]:
+      yield name, tree[module][field][...]
+
+
+def _difference(ours, theirs):
+  """(max abs, max relative) difference over y and the shared gradients: y's relative to y's
+  largest entry, a gradient's relative to the largest entry of the whole gradient (a gradient
+  that is zero in exact arithmetic, as b_k's under softmax, is rounding on both sides)."""
+  import numpy as np
+  shared = sorted(set(ours) & set(theirs) - {"loss", "torch"})
+  grads = [name for name in shared if name != "y"]
+  for name in shared:
+    if np.shape(ours[name]) != np.shape(theirs[name]):
+      raise ValueError(f"{name}: fwp {np.shape(ours[name])} against theirs "
+                       f"{np.shape(theirs[name])}")
+  largest = lambda names: max([float(np.max(np.abs(theirs[n]))) for n in names] + [1e-300])
+  scale = {"y": largest(["y"]), **{name: largest(grads) for name in grads}}
+  abs_, rel = 0.0, 0.0
+  for name in shared:
+    diff = float(np.max(np.abs(np.asarray(ours[name]) - np.asarray(theirs[name]))))
+    abs_, rel = max(abs_, diff), max(rel, diff / scale[name])
+  return abs_, rel
+
+
+def main(argv):
+  del argv
+  import jax
+  import numpy as np
+  jax.config.update("jax_enable_x64", True)
+  if not os.path.isfile(os.path.join(_AUTHORS_CODE.value, "linearAttention.py")):
+    raise app.UsageError(f"--authors_code={_AUTHORS_CODE.value!r} is not the authors' "
+                         f"synthetic/ directory (no linearAttention.py there).")
+  probe = subprocess.run([_AUTHORS_PYTHON.value, "-c", "import torch"], capture_output=True)
+  if probe.returncode:
+    raise app.UsageError(f"--authors_python={_AUTHORS_PYTHON.value!r} cannot import torch; "
+                         f"see experiments/studies/authors_synthetic.py for a CPU-only torch.")
+  s, b = _NUM_KEYS.value, _BATCH.value
+  with tempfile.TemporaryDirectory() as tmp:
+    ours = {}
+    for i, (curve, overrides, what) in enumerate(CASES):
+      case, ours[i] = _fwp_case(curve, overrides, s, b)
+      np.savez(os.path.join(tmp, f"{i:03d}.npz"), **case)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "authors_crosscheck_torch.py")
+    subprocess.run([_AUTHORS_PYTHON.value, script, f"--code={_AUTHORS_CODE.value}",
+                    f"--cases={tmp}"], check=True)
+    theirs = {i: dict(np.load(os.path.join(tmp, f"{i:03d}.out.npz"))) for i in ours}
+  torch_version = str(theirs[0]["torch"])
+  lines = ["# fwp against the authors' retrieval models (float64)", "",
+           f"Made by `python -m experiments.studies.authors_crosscheck` (S = {s}, setting 2, "
+           f"batch {b}, d = 64; torch {torch_version}): outputs and every shared parameter "
+           f"gradient of 0.5·Σ(ŷ − onehot)², fwp against ischlag/fast-weight-transformers "
+           f"`synthetic/` run unchanged (their FAVOR+ projection draw handed fwp's). Relative "
+           f"differences: the outputs' to their largest entry, the gradients' to the whole "
+           f"gradient's largest entry; MATCH: ≤ {MATCH:g}.", "",
+           "| fwp curve | their attention_type / update_rule | fwp config | loss (fwp) "
+           "| max abs diff | max rel diff | |", "|---|---|---|---|---|---|---|"]
+  failures = []
+  for i, (curve, overrides, what) in enumerate(CASES):
+    abs_, rel = _difference(ours[i], theirs[i])
+    verdict = "MATCH" if rel <= MATCH else "differs"
+    if what == "default" or what.startswith("form="):
+      if verdict != "MATCH":
+        failures.append(f"{curve} {what}")
+    attention, rule, arg = CURVES[curve]
+    their = f"{attention}{arg or ''} / {rule}"
+    lines.append(f"| {curve} | {their} | {what} | {ours[i]['loss']:.6g} | {abs_:.1e} "
+                 f"| {rel:.1e} | {verdict} |")
+  os.makedirs(_OUT.value, exist_ok=True)
+  path = os.path.join(_OUT.value, "authors_crosscheck.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  print(f"Wrote {path}")
+  if failures:
+    raise SystemExit(f"fwp's defaults differ from the authors' code: {', '.join(failures)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
