@@ -68,7 +68,8 @@ def lm_config() -> ml_collections.ConfigDict:
   # The authors' LM layers (IDSIA/lmtool-fwp): the delta rule sum-normalises φ(q), φ(k) (their
   # --skip_attn_normalization variant: under their default flags it also divides by z·φ(q),
   # docs/departures.md); the sum rule divides by the attention normaliser z·φ(q).
-  c.model.normalization = "sum"
+  c.model.normalization = "sum"          # none | attention | sum | sum_attention (both)
+  c.model.attention_eps = 1e-6           # attention normaliser: z·φ(q) + eps (theirs: 1e-5)
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step

@@ -64,7 +64,7 @@ class FastWeightConfig:
       raise ValueError(f"Unknown recurrence {self.recurrence!r}; valid choices: "
                        f"{', '.join(RECURRENCES)}.")
     if self.recurrence != "none" and (self.update_rule != "delta"
-                                      or self.normalization == "attention"):
+                                      or self.attention_normalized):
       raise ValueError(f"The {self.recurrence} recurrent FWP is built on the delta rule with sum "
                        f"or no normalisation (as the authors' layers), got update_rule="
                        f"{self.update_rule!r}, normalization={self.normalization!r}.")
@@ -77,9 +77,19 @@ class FastWeightConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-    if self.normalization == "sum" and not feature_maps.get(self.feature_map).positive:
+    if self.sum_normalized and not feature_maps.get(self.feature_map).positive:
       raise ValueError(f"Sum normalisation divides by Σφ, so it needs a positive feature map "
                        f"({', '.join(feature_maps.POSITIVE)}), got {self.feature_map!r}.")
+
+  @property
+  def sum_normalized(self) -> bool:
+    """φ(q), φ(k) divided by their sums ("sum", "sum_attention")."""
+    return self.normalization in ("sum", "sum_attention")
+
+  @property
+  def attention_normalized(self) -> bool:
+    """The output divided by z·φ(q) + eps ("attention", "sum_attention")."""
+    return self.normalization in ("attention", "sum_attention")
 
   @property
   def favor_options(self) -> dict:
@@ -129,7 +139,7 @@ def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection
                         accumulate=config.accumulate,
                         normalize_first=config.fwm_normalize_first)
   z = None
-  if config.normalization == "attention":
+  if config.attention_normalized:
     z0 = None if initial_state is None else initial_state.z
     den, z = normalization.attention_denominator(q, k, form=_linear_form(config), chunk_size=
                                                  config.chunk_size, initial_state=z0,
@@ -151,7 +161,7 @@ def feature_function(config: FastWeightConfig, projection=None):
     stabilize = is_query and config.favor_stabilize and config.normalization != "none"
     x = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
                            is_query=stabilize, **config.favor_options)
-    if config.normalization != "sum":
+    if not config.sum_normalized:
       return x
     return normalization.sum_normalize(x, config.sum_query_eps if is_query else 0.0)
   return phi
@@ -229,7 +239,7 @@ class FastWeightAttention(nnx.Module):
     if c.recurrence == "rdn":
       return FastWeightState(None, None, rfwp.RDNState(zeros(h, v, d_dot), zeros(h, v)))
     w = zeros(h * c.memories, v, d_dot)
-    z = zeros(h, 1, d_dot) if c.normalization == "attention" else None
+    z = zeros(h, 1, d_dot) if c.attention_normalized else None
     rec = {"none": None,
            "delta_rnn": rfwp.DeltaRNNState(zeros(h, v, v), zeros(h, v)),
            "delta_lstm": rfwp.DeltaLSTMState(zeros(h, rfwp.GATES, v, v), zeros(h, v),

@@ -4,6 +4,8 @@ Attention normalisation (Katharopoulos et al. 2020): y_t ← y_t / (z_t·φ(q_t)
 z_t = Σ_{s≤t} φ(k_s). z is itself a sum-rule fast weight whose values are all ones, so the
 denominator is computed by the same rule function and form as the numerator.
 Sum normalisation (Schlag et al. 2021): φ ← φ / Σφ, applied to keys and queries before the rule.
+"sum_attention" does both, in that order: IDSIA/lmtool-fwp's delta-rule LM layers (attn_type
+24-26) under their default flags, whose `--skip_attn_normalization` gives "sum".
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 
 from fwp import ops
 
-NORMALIZATIONS = ("none", "attention", "sum")
+NORMALIZATIONS = ("none", "attention", "sum", "sum_attention")
 
 
 def check_name(name: str) -> None:

@@ -110,7 +110,7 @@ class RetrievalModel(nnx.Module):
       y = ops.read_final(config.update_rule, one_head(phi_q), one_head(phi_k), one_head(v),
                          beta, form=config.form, chunk_size=config.chunk_size,
                          normalize_first=config.fwm_normalize_first)[:, :, 0]
-    if config.normalization == "attention":
+    if config.attention_normalized:
       z = jnp.sum(phi_k, axis=1)                                             # Σ_t φ(k_t)
       y = normalization.attention_normalize(y, jnp.einsum("bk,bqk->bq", z, phi_q), config.eps)
     if self.layer_norm is not None:

@@ -37,7 +37,8 @@ def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
       normalization=model_config.normalization, form=model_config.form,
       chunk_size=chunk_size(model_config.chunk_size), recurrence=model_config.recurrence,
       # .get: a retrieval config has no dtype, hence no accumulate field.
-      accumulate=model_config.get("accumulate", "float32"), **before)
+      accumulate=model_config.get("accumulate", "float32"),
+      eps=model_config.get("attention_eps", 1e-6), **before)
 
 
 def inert_fields(flat: dict) -> set[str]:

@@ -17,6 +17,7 @@ LAYER_CASES = [
     dict(feature_map="dpfp", nu=2, update_rule="delta", normalization="sum"),
     dict(feature_map="favor_plus", num_features=6, update_rule="delta", normalization="sum"),
     dict(feature_map="identity", update_rule="sum", normalization="none"),
+    dict(feature_map="dpfp", nu=1, update_rule="delta", normalization="sum_attention"),
 ]
 FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 3)]
 
@@ -60,6 +61,43 @@ class LayerFormsTest(chex.TestCase):
       for params, out, grads in results[1:]:
         chex.assert_trees_all_equal(params, params0)           # the same parameters
         chex.assert_trees_all_close((out, grads), (out0, grads0), rtol=1e-10, atol=1e-12)
+
+
+def test_sum_attention_is_the_authors_delta_lm_layer_float64():
+  """normalization="sum_attention": lmtool-fwp's delta layers under their default flags, written
+  out per head as a loop: φ̂ = φ/Σφ for q and k, W_t = W + β(v − W φ̂k)φ̂kᵀ, and
+  y_t = W_t φ̂q_t / (Σ_{s≤t} φ̂k_s · φ̂q_t + eps); streamed one step at a time, the same."""
+  with helpers.x64():
+    config = layers.FastWeightConfig(feature_map="dpfp", nu=1, update_rule="delta",
+                                     normalization="sum_attention", eps=1e-5, form="chunked",
+                                     chunk_size=3)
+    layer = layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config, rngs=nnx.Rngs(1))
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+    layer = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), params), rest)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, T, D_MODEL)))
+    out = np.asarray(layer(x))
+    heads = lambda a: np.asarray(a).reshape(2, T, HEADS, -1)
+    q, k, v = (heads(p(x)) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    beta = 1 / (1 + np.exp(-np.asarray(layer.beta_proj(x))))
+    phi = lambda a: (lambda r: r * np.roll(r, 1, -1))(np.concatenate([np.maximum(a, 0),
+                                                                       np.maximum(-a, 0)], -1))
+    hat = lambda a: phi(a) / phi(a).sum(-1, keepdims=True)
+    y = np.zeros((2, T, HEADS, D_HEAD))
+    for b in range(2):
+      for h in range(HEADS):
+        w, z = np.zeros((D_HEAD, 2 * D_HEAD)), np.zeros(2 * D_HEAD)
+        for t in range(T):
+          kt, qt = hat(k[b, t, h]), hat(q[b, t, h])
+          w = w + beta[b, t, h] * np.outer(v[b, t, h] - w @ kt, kt)
+          z = z + kt
+          y[b, t, h] = w @ qt / (z @ qt + 1e-5)
+    expected = np.asarray(layer.out_proj(jnp.asarray(y.reshape(2, T, -1))))
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-13)
+    state, steps = layer.init_state(2, jnp.float64), []
+    for t in range(T):
+      o, state = layer(x[:, t:t + 1], initial_state=state, return_state=True)
+      steps.append(o)
+    np.testing.assert_allclose(np.concatenate(steps, 1), out, rtol=1e-10, atol=1e-13)
 
 
 def test_fwm_layer_runs_recurrently_and_streams():

@@ -28,6 +28,7 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 # runs existed, with the value those runs used implicitly.
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
 ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": "",
+                "model.attention_eps": 1e-6,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
