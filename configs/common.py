@@ -58,6 +58,8 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.d_ff = 512                     # feed-forward hidden size
   c.model.dropout = 0.1                  # dropout rate (residual, feed-forward, embeddings)
   c.model.pre_norm = False               # post-LN, as the authors
+  c.model.pre_norm_residual = "input"    # pre-LN attention residual onto: input | normed (theirs)
+  c.model.layer_norm_eps = 1e-6          # LayerNorm eps (flax's; the authors': torch's 1e-5)
   c.model.positional = "sinusoidal"      # sinusoidal | none
   c.model.adaptive_cutoffs = ()          # the authors' adaptive softmax: (20000, 40000, 200000)
   c.model.dtype = "float32"              # matmul dtype: float32 | bfloat16 (GPU/TPU)

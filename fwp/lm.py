@@ -38,6 +38,7 @@ from fwp import layers
 
 POSITIONALS = ("sinusoidal", "none")
 EMBEDDINGS = ("scaled", "plain")
+PRE_NORM_RESIDUALS = ("input", "normed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,12 @@ class LMConfig:
   embedding_dropout: bool = True    # dropout on the blocks' input
   fast_weight_scale: bool = True    # 1/√d_head on a fast weight layer's output
   final_norm: bool | None = None    # a LayerNorm after the last block; None: when pre_norm
+  # IDSIA/lmtool-fwp's details (docs/departures.md): "normed" adds a pre-LN block's attention
+  # residual to LN(x), as their fast weight layers under --pre_lnorm (h = LN(h); h + attn(h)),
+  # and (final_norm None) has no final LayerNorm, as their models; "input" adds it to x (fwp's,
+  # and Transformer-XL's). Their LayerNorm eps is torch's 1e-5.
+  pre_norm_residual: str = "input"
+  layer_norm_eps: float = 1e-6
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -76,6 +83,12 @@ class LMConfig:
       raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
                        f"{', '.join(POSITIONALS)}.")
     layers.check_scoring(self.scoring)
+    if self.pre_norm_residual not in PRE_NORM_RESIDUALS:
+      raise ValueError(f"Unknown pre_norm_residual {self.pre_norm_residual!r}; valid choices: "
+                       f"{', '.join(PRE_NORM_RESIDUALS)}.")
+    eps = self.layer_norm_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+      raise ValueError(f"LMConfig.layer_norm_eps must be a number > 0, got {eps!r}.")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
     if self.embedding not in EMBEDDINGS:
@@ -136,17 +149,19 @@ class Block(nnx.Module):
                                                   config.d_head, config.fast_weight, rngs=rngs,
                                                   dtype=dtype)
       self.scale = 1.0 / math.sqrt(config.d_head) if config.fast_weight_scale else 1.0
-    self.norm_attention = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.norm_attention = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps,
+                                        rngs=rngs)
     self.ff_in = nnx.Linear(config.d_model, config.d_ff, dtype=dtype, rngs=rngs)
     self.ff_out = nnx.Linear(config.d_ff, config.d_model, dtype=dtype, rngs=rngs)
-    self.norm_ff = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.norm_ff = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, rngs=rngs)
 
   def __call__(self, x, state, dropout_key, projection_key):
     rate, pre = self.config.dropout, self.config.pre_norm
     kwargs = {} if self.config.fast_weight is None else dict(projection_key=projection_key)
     attn_in = self.norm_attention(x) if pre else x
     a, state = self.attention(attn_in, initial_state=state, return_state=True, **kwargs)
-    x = x + dropout(self.scale * a.astype(x.dtype), rate, _site(dropout_key, 0))
+    residual = attn_in if pre and self.config.pre_norm_residual == "normed" else x
+    x = residual + dropout(self.scale * a.astype(x.dtype), rate, _site(dropout_key, 0))
     if not pre:
       x = self.norm_attention(x)
     ff_in = self.norm_ff(x) if pre else x
@@ -167,8 +182,11 @@ class TransformerLM(nnx.Module):
     self.embed = nnx.Embed(config.vocab_size, config.d_model,
                            embedding_init=nnx.initializers.normal(std), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-    final_norm = config.pre_norm if config.final_norm is None else config.final_norm
-    self.final_norm = nnx.LayerNorm(config.d_model, rngs=rngs) if final_norm else None
+    # None: after pre-LN blocks, except the authors' ("normed" residuals: no final LayerNorm).
+    final_norm = ((config.pre_norm and config.pre_norm_residual == "input")
+                  if config.final_norm is None else config.final_norm)
+    self.final_norm = (nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, rngs=rngs)
+                       if final_norm else None)
     self.head = (nnx.Linear(config.d_model, config.output_size, rngs=rngs)
                  if config.output_size else None)
     self.output_bias = (None if config.output_size else

@@ -134,6 +134,30 @@ def test_sequence_model_options_compute_what_they_say():
   assert tied.head is None and tied.final_norm is not None      # the LM's defaults
 
 
+def test_lmtool_block_options_compute_what_they_say():
+  """pre_norm_residual='normed': h = LN(x); h + attn(h)/√d_head, then the feed-forward's
+  residual onto its own input, as lmtool-fwp's fast weight layer and PositionwiseFF under
+  --pre_lnorm; layer_norm_eps reaches every LayerNorm."""
+  config = lm.LMConfig(vocab_size=9, num_layers=1, d_model=8, num_heads=2, d_head=4, d_ff=16,
+                       dropout=0.0, fast_weight=FW, pre_norm=True, positional="none",
+                       final_norm=False, pre_norm_residual="normed", layer_norm_eps=1e-5)
+  with x64():
+    model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
+    block = model.blocks[0]
+    assert block.norm_attention.epsilon == block.norm_ff.epsilon == 1e-5
+    tokens = jnp.asarray([[1, 4, 2, 7, 3]])
+    x = model.embed_tokens(tokens)
+    h = block.norm_attention(x)
+    h = h + block.attention(h) / 2.0                # 1/√d_head, d_head = 4
+    h = h + block.ff_out(jax.nn.relu(block.ff_in(block.norm_ff(h))))
+    expected = jax.nn.log_softmax(h @ model.embed.embedding[...].T + model.output_bias[...], -1)
+    np.testing.assert_allclose(np.asarray(model(tokens)), np.asarray(expected), atol=1e-12)
+  with pytest.raises(ValueError, match="'norm'; valid choices: input, normed"):
+    lm.LMConfig(vocab_size=9, pre_norm_residual="norm")
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(embedding="learned"), "Unknown embedding 'learned'; valid choices: scaled, plain"),
     (dict(output_size=-1), "output_size must be an integer >= 0"),

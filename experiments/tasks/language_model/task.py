@@ -28,7 +28,8 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 # runs existed, with the value those runs used implicitly.
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
 ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": "",
-                "model.attention_eps": 1e-6,
+                "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
+                "model.layer_norm_eps": 1e-6,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -55,7 +56,10 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
       num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff, dropout=m.dropout,
       fast_weight=common.fast_weight_config(m), pre_norm=m.pre_norm,
       positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype,
-      scoring=common.scoring(m))
+      scoring=common.scoring(m),
+      # .get: a config.json from before these fields (ADDED_FIELDS holds their old values).
+      pre_norm_residual=m.get("pre_norm_residual", "input"),
+      layer_norm_eps=m.get("layer_norm_eps", 1e-6))
 
 
 def validate(config) -> None:
