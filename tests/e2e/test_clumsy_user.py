@@ -147,7 +147,7 @@ def test_a_sweep_over_seed_is_a_seed_sweep_and_nested_fields_sweep():
   assert (point.model.chunk_size, point.learning_rate, point.model.form) == ("32", 1.0,
                                                                              "recurrent")
   with pytest.raises(ValueError, match="'model.dd', which is not a config field; fields of "
-                                       "model: chunk_size, d,"):
+                                       "model: beta_init, chunk_size, d,"):
     sweep.point_config(config, {"model.dd": 3})
   with pytest.raises(ValueError, match="value 'big' for num_keys is not a int"):
     sweep.point_config(config, {"num_keys": "big"})

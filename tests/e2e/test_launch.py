@@ -236,7 +236,7 @@ def test_an_unknown_config_field_is_named_with_the_valid_ones(tmp_path):
   result = launch(f"--config={CONFIG}:linear-sum", "--config.model.dd=3", f"--workdir={tmp_path}",
                   timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  assert "no field model.dd; valid fields of model: chunk_size, d," in result.stderr
+  assert "no field model.dd; valid fields of model: beta_init, chunk_size, d," in result.stderr
 
 
 def test_a_finished_run_goes_on_when_its_stopping_rule_is_relaxed(tmp_path):
