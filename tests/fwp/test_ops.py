@@ -369,3 +369,24 @@ def test_unit_lower_inverse(n):
     a = np.eye(n) + np.tril(rng.normal(size=(3, n, n)), -1)
     chex.assert_trees_all_close(ops.unit_lower_inverse(jnp.asarray(a)), np.linalg.inv(a),
                                 rtol=F64_RTOL, atol=F64_ATOL)
+
+
+def test_fwm_first_write_unnormalised_matches_plain_loop_float64():
+  """normalize_first=False: the first step is the delta write from W = 0 (not normalised), the
+  rest fwm steps; outputs, final state and gradients against the plain loop so written, with
+  values large enough that the first write's norm exceeds 1 (so the option changes something)."""
+  with helpers.x64():
+    q, k, v, beta, _ = helpers.random_inputs(7)
+    v = 3.0 * v
+    def loop(q, k, v, beta):
+      first = reference.rule("delta", q[:, :1], k[:, :1], v[:, :1], beta[:, :1])
+      rest = reference.rule("fwm", q[:, 1:], k[:, 1:], v[:, 1:], beta[:, 1:], first[1])
+      return jnp.concatenate([first[0], rest[0]], axis=1), rest[1]
+    def fwp(q, k, v, beta):
+      return ops.fwm_rule(q, k, v, beta, normalize_first=False)
+    loss = lambda fn: lambda *a: jnp.sum(fn(*a)[0] ** 2) + jnp.sum(fn(*a)[1])
+    chex.assert_trees_all_close(fwp(q, k, v, beta), loop(q, k, v, beta), rtol=F64_RTOL,
+                                atol=F64_ATOL)
+    grads = [jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, beta) for fn in (fwp, loop)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=F64_RTOL, atol=F64_ATOL)
+    assert not np.allclose(fwp(q, k, v, beta)[1], ops.fwm_rule(q, k, v, beta)[1])
