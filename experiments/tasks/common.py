@@ -51,7 +51,7 @@ def inert_fields(flat: dict) -> set[str]:
     inert |= {"model.favor_scaling", "model.favor_eps", "model.favor_stabilize"}
   if get("update_rule") != "fwm":
     inert |= {"model.fwm_normalize_first", "model.readout_affine", "model.readout_eps"}
-  if get("normalization") != "sum":
+  if get("normalization") not in ("sum", "sum_attention"):   # the sum-normalised queries
     inert.add("model.sum_query_eps")
   if get("update_rule") in ("sum",) + tuple(ATTENTION_BASELINES):
     inert.add("model.beta_init")          # no β

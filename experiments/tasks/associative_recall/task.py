@@ -51,26 +51,30 @@ def validate(config) -> None:
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
-  m = config.model
+  options = _model_options(config.model)
   for name in ("qk_bias", "readout_affine"):
-    if not isinstance(m.get(name, False), bool):
-      raise ValueError(f"config.model.{name} must be True or False, got {m[name]!r}.")
-  eps = m.get("readout_eps", 1e-6)
+    if not isinstance(options[name], bool):
+      raise ValueError(f"config.model.{name} must be True or False, got {options[name]!r}.")
+  eps = options["readout_eps"]
   if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
     raise ValueError(f"config.model.readout_eps must be a number > 0, got {eps!r}.")
-  if m.get("beta_init", "flax") not in retrieval.BETA_INITS:
-    raise ValueError(f"Unknown config.model.beta_init {m.beta_init!r}; valid choices: "
+  if options["beta_init"] not in retrieval.BETA_INITS:
+    raise ValueError(f"Unknown config.model.beta_init {options['beta_init']!r}; valid choices: "
                      f"{', '.join(retrieval.BETA_INITS)}.")
   common.fast_weight_config(config.model)
 
 
 def build_model(config, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
   m = config.model
-  # .get: a config.json from before these fields (ADDED_FIELDS holds what those runs computed).
-  before = {name: m.get(name, ADDED_FIELDS[f"model.{name}"])
-            for name in ("qk_bias", "readout_affine", "readout_eps", "beta_init")}
   return retrieval.RetrievalModel(config.num_keys, common.fast_weight_config(m), d=m.d,
-                                  rngs=rngs, scoring=common.scoring(m), **before)
+                                  rngs=rngs, scoring=common.scoring(m), **_model_options(m))
+
+
+def _model_options(m) -> dict:
+  """The retrieval model's own options; .get: a config.json from before these fields means the
+  values ADDED_FIELDS holds (what those runs computed)."""
+  return {name: m.get(name, ADDED_FIELDS[f"model.{name}"])
+          for name in ("qk_bias", "readout_affine", "readout_eps", "beta_init")}
 
 
 def retrieval_loss(predictions, targets, num_keys, mask=None):
