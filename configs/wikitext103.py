@@ -57,4 +57,10 @@ def get_config(name: str = "small-linear-delta"):
   # docs/departures.md).
   c.model.layer_norm_eps = 1e-5
   c.model.attention_eps = 1e-5
+  # Their layer for each name (experiments/studies/authors_crosscheck_lm.py LM_NAMES): DPFP with
+  # the sum rule exists only as attn_type 6, whose 1/√d_head sits inside the normalised scores.
+  if c.model.feature_map == "dpfp" and c.model.update_rule == "sum":
+    c.model.sum_scale = "scores"
+  c.model.final_dropout = True           # their self.drop(core_out) after the last layer
+  c.model.init = "authors"               # their weights_init: N(0, 0.02), LayerNorm N(1, 0.02)
   return c

@@ -39,6 +39,7 @@ from fwp import layers
 POSITIONALS = ("sinusoidal", "none")
 EMBEDDINGS = ("scaled", "plain")
 PRE_NORM_RESIDUALS = ("input", "normed")
+INITS = ("flax", "authors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,13 @@ class LMConfig:
   # and Transformer-XL's). Their LayerNorm eps is torch's 1e-5.
   pre_norm_residual: str = "input"
   layer_norm_eps: float = 1e-6
+  # Dropout on the last hidden state, before the output layer (the authors' `self.drop(core_out)`
+  # after their last layer; fwp's models before 2026-12 had none).
+  final_dropout: bool = False
+  # "authors": their train.py's weights_init (--init normal, --init_std 0.02): every Linear
+  # kernel N(0, 0.02) and bias 0, every LayerNorm scale N(1, 0.02) and bias 0 (the embedding is
+  # N(0, 0.02) under either). "flax": flax's defaults (lecun-normal kernels, scale 1).
+  init: str = "flax"
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -89,6 +97,8 @@ class LMConfig:
     eps = self.layer_norm_eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
       raise ValueError(f"LMConfig.layer_norm_eps must be a number > 0, got {eps!r}.")
+    if self.init not in INITS:
+      raise ValueError(f"Unknown init {self.init!r}; valid choices: {', '.join(INITS)}.")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"LMConfig.dtype must be float32 or bfloat16, got {self.dtype!r}.")
     if self.embedding not in EMBEDDINGS:
@@ -172,6 +182,25 @@ class Block(nnx.Module):
     return x, state
 
 
+def authors_init(model: nnx.Module, rngs: nnx.Rngs, std: float = 0.02) -> None:
+  """Re-initialises `model` in place as lmtool-fwp's train.py `weights_init` does: every Linear
+  kernel N(0, std) and bias 0; every LayerNorm scale N(1, std) and bias 0. Embeddings and other
+  parameters (a recurrent FWP's R matrices) keep their own initialisers."""
+  for _, module in sorted(nnx.iter_modules(model), key=lambda item: str(item[0])):
+    if isinstance(module, nnx.Linear):
+      kernel = module.kernel[...]
+      module.kernel[...] = std * jax.random.normal(rngs.params(), kernel.shape, kernel.dtype)
+      if module.bias is not None:
+        module.bias[...] = jnp.zeros_like(module.bias[...])
+    elif isinstance(module, nnx.LayerNorm):
+      if module.scale is not None:
+        scale = module.scale[...]
+        module.scale[...] = 1.0 + std * jax.random.normal(rngs.params(), scale.shape,
+                                                          scale.dtype)
+      if module.bias is not None:
+        module.bias[...] = jnp.zeros_like(module.bias[...])
+
+
 class TransformerLM(nnx.Module):
   """Call on tokens [B, T] for log-probabilities [B, T, V]; `state` continues from a carried
   LMState (an RNN over segments), `return_state` gives the state after the last token."""
@@ -194,6 +223,8 @@ class TransformerLM(nnx.Module):
     num_clusters = len(config.cutoffs)
     self.cluster_proj = (nnx.Linear(config.d_model, num_clusters, rngs=rngs)
                          if num_clusters else None)
+    if config.init == "authors":
+      authors_init(self, rngs, std=0.02)
 
   def init_state(self, batch_size: int, *, cache_capacity: int = 0,
                  dtype=jnp.float32) -> LMState:
@@ -240,6 +271,8 @@ class TransformerLM(nnx.Module):
       new_states.append(layer_state)
     if self.final_norm is not None:
       x = self.final_norm(x)
+    if self.config.final_dropout:
+      x = dropout(x, self.config.dropout, _site(dropout_key, len(self.blocks) + 1))
     out = self.log_probs(x)
     if return_state:
       return out, LMState(start + x.shape[1], tuple(new_states))

@@ -1,12 +1,18 @@
-"""fwp against the authors' own code, in float64: the retrieval model of every paper curve, run
-by both on the same inputs and parameters, outputs and parameter gradients compared.
+"""fwp against the authors' own code, in float64: the retrieval model of every paper curve and
+the language-model layers of every paper row, run by both on the same inputs and parameters,
+outputs and gradients compared.
 
   python -m experiments.studies.authors_crosscheck --authors_code=/tmp/fwt/synthetic \
+      --lmtool_code=/tmp/lmtool/src \
       --authors_python=/tmp/torchenv/bin/python        # writes results/authors_crosscheck.md
 
---authors_code is a checkout of ischlag/fast-weight-transformers' `synthetic/` directory and
---authors_python a Python with torch (experiments/studies/authors_synthetic.py says how to get
-both; torch is not a project requirement). fwp's side writes each case (inputs, its parameters
+--authors_code is a checkout of ischlag/fast-weight-transformers' `synthetic/` directory,
+--lmtool_code IDSIA/lmtool-fwp's `src/` directory (either may be left out; the file then holds the
+other's rows only) and --authors_python a Python with torch
+(experiments/studies/authors_synthetic.py says how to get it and their code; torch is not a
+project requirement). The LM rows: experiments/studies/authors_crosscheck_lm.py (fwp's side,
+the cases) and authors_crosscheck_lm_torch.py (theirs: their CUDA kernels replaced by per-step
+loops, said there). fwp's side writes each case (inputs, its parameters
 under the authors' names, the FAVOR+ projection) to a temporary directory; their side,
 experiments/studies/authors_crosscheck_torch.py, imports their models unchanged (only their
 in-forward projection draw is handed fwp's draw), runs forward and backward in float64 and writes
@@ -29,8 +35,9 @@ import tempfile
 
 from absl import app, flags
 
-_AUTHORS_CODE = flags.DEFINE_string("authors_code", None, "The authors' synthetic/ directory.",
-                                    required=True)
+_AUTHORS_CODE = flags.DEFINE_string("authors_code", None,
+                                    "ischlag/fast-weight-transformers' synthetic/ directory.")
+_LMTOOL_CODE = flags.DEFINE_string("lmtool_code", None, "IDSIA/lmtool-fwp's src/ directory.")
 _AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable,
                                       "A Python with torch, to run the authors' code.")
 _NUM_KEYS = flags.DEFINE_integer("num_keys", 20, "S (setting 2: sequences of 2S).")
@@ -121,13 +128,14 @@ def _difference(ours, theirs):
   that is zero in exact arithmetic, as b_k's under softmax, is rounding on both sides)."""
   import numpy as np
   shared = sorted(set(ours) & set(theirs) - {"loss", "torch"})
-  grads = [name for name in shared if name != "y"]
+  grads = [name for name in shared if name not in ("y", "x")]
   for name in shared:
     if np.shape(ours[name]) != np.shape(theirs[name]):
       raise ValueError(f"{name}: fwp {np.shape(ours[name])} against theirs "
                        f"{np.shape(theirs[name])}")
   largest = lambda names: max([float(np.max(np.abs(theirs[n]))) for n in names] + [1e-300])
-  scale = {"y": largest(["y"]), **{name: largest(grads) for name in grads}}
+  scale = {name: largest([name]) for name in ("y", "x") if name in shared}
+  scale.update({name: largest(grads) for name in grads})
   abs_, rel = 0.0, 0.0
   for name in shared:
     diff = float(np.max(np.abs(np.asarray(ours[name]) - np.asarray(theirs[name]))))
@@ -135,54 +143,111 @@ def _difference(ours, theirs):
   return abs_, rel
 
 
-def main(argv):
-  del argv
-  import jax
+def _run_theirs(script, code, cases):
+  """Writes each case, runs their side on the directory, returns {i: their outputs}."""
   import numpy as np
-  jax.config.update("jax_enable_x64", True)
-  if not os.path.isfile(os.path.join(_AUTHORS_CODE.value, "linearAttention.py")):
-    raise app.UsageError(f"--authors_code={_AUTHORS_CODE.value!r} is not the authors' "
-                         f"synthetic/ directory (no linearAttention.py there).")
-  probe = subprocess.run([_AUTHORS_PYTHON.value, "-c", "import torch"], capture_output=True)
-  if probe.returncode:
-    raise app.UsageError(f"--authors_python={_AUTHORS_PYTHON.value!r} cannot import torch; "
-                         f"see experiments/studies/authors_synthetic.py for a CPU-only torch.")
-  s, b = _NUM_KEYS.value, _BATCH.value
   with tempfile.TemporaryDirectory() as tmp:
-    ours = {}
-    for i, (curve, overrides, what) in enumerate(CASES):
-      case, ours[i] = _fwp_case(curve, overrides, s, b)
+    for i, case in cases.items():
       np.savez(os.path.join(tmp, f"{i:03d}.npz"), **case)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "authors_crosscheck_torch.py")
-    subprocess.run([_AUTHORS_PYTHON.value, script, f"--code={_AUTHORS_CODE.value}",
-                    f"--cases={tmp}"], check=True)
-    theirs = {i: dict(np.load(os.path.join(tmp, f"{i:03d}.out.npz"))) for i in ours}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    subprocess.run([_AUTHORS_PYTHON.value, script, f"--code={code}", f"--cases={tmp}"],
+                   check=True)
+    return {i: dict(np.load(os.path.join(tmp, f"{i:03d}.out.npz"))) for i in cases}
+
+
+def _retrieval_section(failures):
+  s, b = _NUM_KEYS.value, _BATCH.value
+  cases, ours = {}, {}
+  for i, (curve, overrides, what) in enumerate(CASES):
+    cases[i], ours[i] = _fwp_case(curve, overrides, s, b)
+  theirs = _run_theirs("authors_crosscheck_torch.py", _AUTHORS_CODE.value, cases)
   torch_version = str(theirs[0]["torch"])
-  lines = ["# fwp against the authors' retrieval models (float64)", "",
-           f"Made by `python -m experiments.studies.authors_crosscheck` (S = {s}, setting 2, "
-           f"batch {b}, d = 64; torch {torch_version}): outputs and every shared parameter "
-           f"gradient of 0.5·Σ(ŷ − onehot)², fwp against ischlag/fast-weight-transformers "
-           f"`synthetic/` run unchanged (their FAVOR+ projection draw handed fwp's). Relative "
-           f"differences: the outputs' to their largest entry, the gradients' to the whole "
-           f"gradient's largest entry; MATCH: ≤ {MATCH:g}.", "",
+  lines = ["## The retrieval models (ischlag/fast-weight-transformers `synthetic/`)", "",
+           f"S = {s}, setting 2, batch {b}, d = 64; torch {torch_version}: outputs and every "
+           f"shared parameter gradient of 0.5·Σ(ŷ − onehot)², fwp against their code run "
+           f"unchanged (their FAVOR+ projection draw handed fwp's).", "",
            "| fwp curve | their attention_type / update_rule | fwp config | loss (fwp) "
            "| max abs diff | max rel diff | |", "|---|---|---|---|---|---|---|"]
-  failures = []
   for i, (curve, overrides, what) in enumerate(CASES):
     abs_, rel = _difference(ours[i], theirs[i])
     verdict = "MATCH" if rel <= MATCH else "differs"
-    if what == "default" or what.startswith("form="):
-      if verdict != "MATCH":
-        failures.append(f"{curve} {what}")
+    if (what == "default" or what.startswith("form=")) and verdict != "MATCH":
+      failures.append(f"{curve} {what}")
     attention, rule, arg = CURVES[curve]
     their = f"{attention}{arg or ''} / {rule}"
     lines.append(f"| {curve} | {their} | {what} | {ours[i]['loss']:.6g} | {abs_:.1e} "
                  f"| {rel:.1e} | {verdict} |")
+  return lines
+
+
+def _lm_section(failures):
+  from experiments.studies import authors_crosscheck_lm as lm_cases
+  cases, ours = {}, {}
+  for i, row in enumerate(lm_cases.CASES):
+    cases[i], ours[i] = lm_cases.fwp_case(row)
+  theirs = _run_theirs("authors_crosscheck_lm_torch.py", _LMTOOL_CODE.value, cases)
+  sizes = lm_cases.SIZES
+  lines = ["## The language-model layers (IDSIA/lmtool-fwp `src/model_main.py`)", "",
+           f"fwp's configs/wikitext103.py:small-<name> at d_model {sizes['d_model']}, "
+           f"{sizes['num_heads']} heads × {sizes['d_head']}, feed-forward {sizes['d_ff']}, "
+           f"dropout 0, T = {lm_cases.TIME}, batch {lm_cases.BATCH}; torch "
+           f"{theirs[0]['torch']}. A block: its output, the gradient of Σ g ⊙ block(x) with "
+           f"respect to x and every parameter; the 2-layer LM (vocabulary "
+           f"{lm_cases.VOCAB}): per-token losses and every parameter's gradient of their mean. "
+           f"Their `DecoderLayer` / `PerformerDecoderLayer` / `MemTransformerLM` run unchanged "
+           f"with every parameter loaded from fwp's (strictly); their CUDA kernels replaced by "
+           f"per-step loops written from the kernels; fwp's β bias (theirs has none) is 0.", "",
+           "Which of their layers each fwp name is: " + "; ".join(
+               f"`{name}` = attn_type {t} ({what})"
+               for name, (t, what) in lm_cases.LM_NAMES.items()) + ".", "",
+           "| fwp name | their attn_type, flags | fwp config | loss (fwp) | max abs diff "
+           "| max rel diff | |", "|---|---|---|---|---|---|---|"]
+  for i, row in enumerate(lm_cases.CASES):
+    abs_, rel = _difference(ours[i], theirs[i])
+    verdict = "MATCH" if rel <= MATCH else "differs"
+    if row.must_match and verdict != "MATCH":
+      failures.append(f"{row.name} {row.what}")
+    flags = [f"--{flag}" for flag, on in row.flags.items() if on]
+    their = f"{row.attn_type}" + (f" {' '.join(flags)}" if flags else "")
+    lines.append(f"| {row.name} | {their} | {row.what} | {ours[i]['loss']:.6g} | {abs_:.1e} "
+                 f"| {rel:.1e} | {verdict} |")
+  return lines
+
+
+def main(argv):
+  del argv
+  import jax
+  jax.config.update("jax_enable_x64", True)
+  if not (_AUTHORS_CODE.value or _LMTOOL_CODE.value):
+    raise app.UsageError("Give --authors_code (the retrieval rows), --lmtool_code (the LM "
+                         "rows) or both.")
+  if _AUTHORS_CODE.value and not os.path.isfile(os.path.join(_AUTHORS_CODE.value,
+                                                              "linearAttention.py")):
+    raise app.UsageError(f"--authors_code={_AUTHORS_CODE.value!r} is not the authors' "
+                         f"synthetic/ directory (no linearAttention.py there).")
+  if _LMTOOL_CODE.value and not os.path.isfile(os.path.join(_LMTOOL_CODE.value,
+                                                             "model_main.py")):
+    raise app.UsageError(f"--lmtool_code={_LMTOOL_CODE.value!r} is not lmtool-fwp's src/ "
+                         f"directory (no model_main.py there).")
+  probe = subprocess.run([_AUTHORS_PYTHON.value, "-c", "import torch"], capture_output=True)
+  if probe.returncode:
+    raise app.UsageError(f"--authors_python={_AUTHORS_PYTHON.value!r} cannot import torch; "
+                         f"see experiments/studies/authors_synthetic.py for a CPU-only torch.")
+  failures = []
+  lines = ["# fwp against the authors' code (float64)", "",
+           "Made by `python -m experiments.studies.authors_crosscheck` (its docstring has the "
+           "command). Relative differences: an output's (and x's gradient's) to its largest "
+           "entry, the parameter gradients' to the whole gradient's largest entry; MATCH: "
+           f"≤ {MATCH:g}. Rows named by a fwp option are fwp's other behaviours, each against "
+           "the authors' code it departs from (docs/departures.md).", ""]
+  if _AUTHORS_CODE.value:
+    lines += _retrieval_section(failures) + [""]
+  if _LMTOOL_CODE.value:
+    lines += _lm_section(failures) + [""]
   os.makedirs(_OUT.value, exist_ok=True)
   path = os.path.join(_OUT.value, "authors_crosscheck.md")
   with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines).rstrip("\n") + "\n")
   print("\n".join(lines))
   print(f"Wrote {path}")
   if failures:

@@ -158,6 +158,100 @@ def test_lmtool_block_options_compute_what_they_say():
     lm.LMConfig(vocab_size=9, pre_norm_residual="norm")
 
 
+def _float64(model):
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
+
+
+def _lm_task_config(**model_fields):
+  from configs import language_model
+  c = language_model.get_config("linear-sum")
+  c.model.update(num_layers=1, d_model=8, num_heads=2, d_head=4, d_ff=16, dropout=0.0,
+                 positional="none", **model_fields)
+  return c
+
+
+def test_sum_scale_scores_is_lmtool_attn_type_4():
+  """model.sum_scale='scores': lmtool-fwp's LinearMultiHeadAttn (attn_type 4), written out: per
+  head a_ts = (φq_t·φk_s)/√d_head for s <= t, y_t = Σ_s a_ts v_s / (Σ_s a_ts + 1e-5), then
+  o_net and the post-LN block."""
+  from experiments.tasks.language_model import task
+  with x64():
+    config = task.lm_config(_lm_task_config(sum_scale="scores", attention_eps=1e-5), 9)
+    model = _float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+    tokens = jnp.asarray([[1, 4, 2, 7, 3, 3]])
+    x = np.asarray(model.embed_tokens(tokens))[0]                   # [T, D]
+    att = model.blocks[0].attention
+    proj = lambda m: (x @ np.asarray(m.kernel[...])).reshape(len(x), 2, 4)
+    q, k, v = proj(att.q_proj), proj(att.k_proj), proj(att.v_proj)
+    phi = lambda a: np.where(a > 0, a + 1.0, np.exp(a))             # ELU + 1
+    y = np.zeros_like(q)
+    for t in range(len(x)):
+      for h in range(2):
+        a = np.array([phi(q[t, h]) @ phi(k[s, h]) / 2.0 for s in range(t + 1)])
+        y[t, h] = (a[:, None] * v[:t + 1, h]).sum(0) / (a.sum() + 1e-5)
+    block = model.blocks[0]
+    hidden = block.norm_attention(x + att.out_proj(jnp.asarray(y.reshape(len(x), -1))))
+    hidden = block.norm_ff(hidden + block.ff_out(jax.nn.relu(block.ff_in(hidden))))
+    expected = jax.nn.log_softmax(hidden @ model.embed.embedding[...].T
+                                  + model.output_bias[...], -1)
+    np.testing.assert_allclose(np.asarray(model(tokens))[0], np.asarray(expected), atol=1e-12)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(sum_scale="inside"), "Unknown model.sum_scale 'inside'; valid choices: output, scores"),
+    (dict(sum_scale="scores", update_rule="delta", normalization="sum"),
+     "needs normalization='attention', got 'sum'"),
+    (dict(init="xavier"), "Unknown init 'xavier'; valid choices: flax, authors")])
+def test_lm_option_errors_name_the_choices(fields, message):
+  from experiments.tasks.language_model import task
+  with pytest.raises(ValueError, match=message):
+    task.lm_config(_lm_task_config(**fields), 9)
+
+
+def test_final_dropout_drops_the_last_hidden_state():
+  """final_dropout=True: the authors' self.drop(core_out) after the last block, with its own
+  key site; off without a key."""
+  config = lm.LMConfig(vocab_size=9, num_layers=1, d_model=8, num_heads=2, d_head=4, d_ff=16,
+                       dropout=0.5, fast_weight=FW, positional="none", final_dropout=True)
+  with x64():
+    model = _float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+    tokens, key = jnp.asarray([[1, 4, 2, 7, 3]]), jax.random.key(5)
+    x = lm.dropout(model.embed_tokens(tokens), 0.5, jax.random.fold_in(key, 0))
+    x, _ = model.blocks[0](x, None, jax.random.fold_in(key, 1), None)
+    x = lm.dropout(x, 0.5, jax.random.fold_in(key, 2))
+    np.testing.assert_allclose(np.asarray(model(tokens, dropout_key=key)),
+                               np.asarray(model.log_probs(x)), atol=1e-12)
+    plain = _float64(lm.TransformerLM(dataclasses.replace(config, final_dropout=False),
+                                      rngs=nnx.Rngs(0)))
+    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(plain(tokens)))
+
+
+def test_authors_init_is_lmtool_weights_init():
+  """init='authors': every Linear kernel N(0, 0.02), biases 0, LayerNorm scales N(1, 0.02) and
+  biases 0 (lmtool-fwp train.py weights_init); the embedding N(0, 0.02) either way."""
+  config = lm.LMConfig(vocab_size=500, num_layers=2, d_model=64, num_heads=4, d_head=16,
+                       d_ff=256, fast_weight=FW, init="authors")
+  model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
+  kernels, biases, scales = [], [], []
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, nnx.Linear):
+      kernels.append(np.asarray(module.kernel[...]).ravel())
+      if module.bias is not None:
+        biases.append(np.asarray(module.bias[...]).ravel())
+    elif isinstance(module, nnx.LayerNorm):
+      scales.append(np.asarray(module.scale[...]).ravel())
+      biases.append(np.asarray(module.bias[...]).ravel())
+  kernels, scales = np.concatenate(kernels), np.concatenate(scales)
+  assert kernels.size > 90_000 and abs(kernels.std() - 0.02) < 0.0005
+  assert abs(kernels.mean()) < 0.0005
+  assert abs(scales.mean() - 1.0) < 0.01 and abs(scales.std() - 0.02) < 0.005
+  assert not np.any(np.concatenate(biases))
+  assert abs(np.asarray(model.embed.embedding[...]).std() - 0.02) < 0.001
+  flax_init = lm.TransformerLM(dataclasses.replace(config, init="flax"), rngs=nnx.Rngs(0))
+  assert np.asarray(flax_init.blocks[0].ff_in.kernel[...]).std() > 0.1     # lecun: 1/√64
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(embedding="learned"), "Unknown embedding 'learned'; valid choices: scaled, plain"),
     (dict(output_size=-1), "output_size must be an integer >= 0"),

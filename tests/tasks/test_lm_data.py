@@ -103,6 +103,14 @@ def test_wikitext_configs_are_the_papers_settings():
     assert (c.model.update_rule, c.model.normalization) == (rule, norm)
   c = wikitext103.get_config("small-favor16-delta")
   assert (c.model.feature_map, c.model.num_features) == ("favor_plus", 16)
+  # The authors' layer per name (authors_crosscheck_lm.LM_NAMES): DPFP's sum layer is their
+  # attn_type 6, with the scale inside the scores; every model has their init and final dropout.
+  for model, scale in {"dpfp2-sum": "scores", "linear-sum": "output", "favor16-sum": "output",
+                       "dpfp2-delta": "output", "transformer": "output"}.items():
+    c = wikitext103.get_config(f"small-{model}")
+    assert (c.model.sum_scale, c.model.final_dropout, c.model.init,
+            c.model.layer_norm_eps, c.model.attention_eps) == (scale, True, "authors", 1e-5,
+                                                               1e-5)
 
 
 def test_every_token_is_in_exactly_one_training_segment_per_epoch():

@@ -9,6 +9,7 @@ stride 1, every token predicted with a full window of context), as perplexity an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -29,7 +30,8 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
 ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": "",
                 "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
-                "model.layer_norm_eps": 1e-6,
+                "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",
+                "model.final_dropout": False, "model.init": "flax",
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -49,17 +51,36 @@ def data_identity(config) -> dict:
   return text_data.identity(load_corpus(config))
 
 
+SUM_SCALES = ("output", "scores")
+
+
 def lm_config(config, vocab_size: int) -> lm.LMConfig:
   m = config.model
+  fast_weight = common.fast_weight_config(m)
+  # .get: a config.json from before these fields (ADDED_FIELDS holds their old values).
+  sum_scale = m.get("sum_scale", "output")
+  if sum_scale not in SUM_SCALES:
+    raise ValueError(f"Unknown model.sum_scale {sum_scale!r}; valid choices: "
+                     f"{', '.join(SUM_SCALES)}.")
+  if sum_scale == "scores":
+    # The authors' attn_type 4/5/6: 1/√d_head multiplies the scores inside the attention
+    # normaliser, s·Σ(φq·φk)v / (s·Σφq·φk + eps) = Σ(φq·φk)v / (Σφq·φk + eps/s): no output
+    # scale, the normaliser's eps divided by s.
+    if fast_weight is None or fast_weight.normalization != "attention":
+      raise ValueError(f"model.sum_scale='scores' puts 1/√d_head inside the attention "
+                       f"normaliser (the authors' sum-rule layers 4/5/6); it needs "
+                       f"normalization='attention', got "
+                       f"{'softmax attention' if fast_weight is None else fast_weight.normalization!r}.")
+    fast_weight = dataclasses.replace(fast_weight, eps=fast_weight.eps * math.sqrt(m.d_head))
   return lm.LMConfig(
       vocab_size=vocab_size, num_layers=m.num_layers, d_model=m.d_model,
       num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff, dropout=m.dropout,
-      fast_weight=common.fast_weight_config(m), pre_norm=m.pre_norm,
+      fast_weight=fast_weight, pre_norm=m.pre_norm,
       positional=m.positional, adaptive_cutoffs=tuple(m.adaptive_cutoffs), dtype=m.dtype,
-      scoring=common.scoring(m),
-      # .get: a config.json from before these fields (ADDED_FIELDS holds their old values).
+      scoring=common.scoring(m), fast_weight_scale=sum_scale == "output",
       pre_norm_residual=m.get("pre_norm_residual", "input"),
-      layer_norm_eps=m.get("layer_norm_eps", 1e-6))
+      layer_norm_eps=m.get("layer_norm_eps", 1e-6),
+      final_dropout=m.get("final_dropout", False), init=m.get("init", "flax"))
 
 
 def validate(config) -> None:
