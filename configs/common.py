@@ -87,6 +87,7 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.favor_scaling = "none"         # none (the authors') | performer (x·d^(-1/4) first)
   c.model.favor_eps = 1e-4               # FAVOR+ offset on every feature (lmtool's kernel_eps)
   c.model.favor_stabilize = False        # FAVOR+ query features divided by their largest
+  c.model.favor_projection = "orthogonal"  # FAVOR+ draw: orthogonal (N(0, I) rows) | lmtool
   c.model.sum_query_eps = 0.0            # sum normalisation: φ(q) / (Σφ(q) + eps)
   # Under dtype=bfloat16, what the fast weights are summed in: float32 (default) | input (pure
   # bfloat16; larger errors on long sequences, see results/precision.md)

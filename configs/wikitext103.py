@@ -61,6 +61,7 @@ def get_config(name: str = "small-linear-delta"):
   # the sum rule exists only as attn_type 6, whose 1/√d_head sits inside the normalised scores.
   if c.model.feature_map == "dpfp" and c.model.update_rule == "sum":
     c.model.sum_scale = "scores"
+  c.model.favor_projection = "lmtool"    # their draw_orthogonal_random_matrix(d_head, m)
   c.model.final_dropout = True           # their self.drop(core_out) after the last layer
   c.model.init = "authors"               # their weights_init: N(0, 0.02), LayerNorm N(1, 0.02)
   return c

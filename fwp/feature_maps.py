@@ -92,6 +92,32 @@ def orthogonal_projection(key: jax.Array, num_features: int, dim: int,
   return rows * norms[:, None]
 
 
+def lmtool_projection(key: jax.Array, num_features: int, dim: int,
+                      dtype=jnp.float32) -> jax.Array:
+  """The projection [num_features, dim] as IDSIA/lmtool-fwp's LM layers draw it:
+  `draw_orthogonal_random_matrix(d_head, proj_dim)` (src/utils/performer_helper.py), whose
+  arguments are in the opposite order to the helper it copies. So the [dim, m] matrix it returns
+  stacks ⌈dim/m⌉ orthogonal m×m blocks (rows of Qᵀ, QR of a Gaussian, no sign fix) and scales
+  each of its `dim` rows by the norm of an m-dim Gaussian; a feature is a column of it, not a
+  block-orthogonal N(0, I) row. `lmtool_projection_from` is the construction given the draws."""
+  if num_features < 1 or dim < 1:
+    raise ValueError(f"num_features and dim must be >= 1, got {num_features}, {dim}.")
+  block_key, norm_key = jax.random.split(key)
+  blocks = jax.random.normal(block_key, (math.ceil(dim / num_features), num_features,
+                                         num_features), dtype)
+  return lmtool_projection_from(blocks, jax.random.normal(norm_key, (dim, num_features), dtype))
+
+
+def lmtool_projection_from(blocks: jax.Array, norm_gaussian: jax.Array) -> jax.Array:
+  """blocks [⌈d/m⌉, m, m] and norm_gaussian [d, m] (their torch.randn calls, in order) ->
+  [m, d]: diag(‖norm_gaussian‖) · stack(Qᵀ of each block)[:d], transposed to fwp's layout."""
+  d, m = norm_gaussian.shape
+  q, _ = jnp.linalg.qr(blocks)
+  rows = jnp.swapaxes(q, -1, -2).reshape(-1, m)[:d]                     # [d, m]
+  return (rows * jnp.linalg.norm(norm_gaussian, axis=-1)[:, None]).T
+
+
+PROJECTIONS = {"orthogonal": orthogonal_projection, "lmtool": lmtool_projection}
 FAVOR_SCALINGS = ("none", "performer")
 
 

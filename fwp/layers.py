@@ -39,6 +39,10 @@ class FastWeightConfig:
   favor_scaling: str = "none"
   favor_eps: float = 0.0
   favor_stabilize: bool = False
+  # How the projection is drawn (feature_maps.PROJECTIONS): "orthogonal", rows orthogonal in
+  # blocks and each N(0, I) (Choromanski et al.; the synthetic code's law), or "lmtool", the
+  # authors' LM layers' draw (its arguments swapped: columns of a row-scaled orthogonal stack).
+  favor_projection: str = "orthogonal"
   # Sum normalisation of queries: φ(q) / (Σφ(q) + sum_query_eps); keys never have an eps. The
   # authors' retrieval model: 1e-6; their LM layers: 0.
   sum_query_eps: float = 0.0
@@ -73,6 +77,9 @@ class FastWeightConfig:
     if self.feature_map == "favor_plus" and self.num_features < 1:
       raise ValueError(f"favor_plus needs num_features >= 1, got {self.num_features}.")
     feature_maps.check_favor_options(self.favor_scaling, self.favor_eps)
+    if self.favor_projection not in feature_maps.PROJECTIONS:
+      raise ValueError(f"Unknown favor_projection {self.favor_projection!r}; valid choices: "
+                       f"{', '.join(feature_maps.PROJECTIONS)}.")
     for name in ("eps", "sum_query_eps"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -177,7 +184,8 @@ class FeatureProjection(nnx.Variable):
 
 
 def draw_projection(key, config: FastWeightConfig, d_head: int, dtype=jnp.float32):
-  return feature_maps.orthogonal_projection(key, config.num_features, d_head, dtype)
+  return feature_maps.PROJECTIONS[config.favor_projection](key, config.num_features, d_head,
+                                                           dtype)
 
 
 def call_projection(stored: FeatureProjection | None, key, config: FastWeightConfig,

@@ -16,9 +16,12 @@ cluster, then a softmax inside each cluster); it is computed in full, so `__call
 log-probabilities over the whole vocabulary either way, which is all a loss or a sampler needs.
 
 Departures from the authors, named: positions count forward from the segment's start (theirs
-count back from its end, which only differs once positions outlive one segment, as in decoding);
-β has a bias. Dropout keys are explicit arguments, so a step is a pure function of (params,
-batch, key) and resume is exact.
+count back from its end: another function, which cannot continue into decoding; `positional=
+"none"` is their --no_pos); β has a bias. Their other details are options (docs/departures.md):
+`final_dropout` (theirs: on), `init="authors"` (their N(0, 0.02) weights_init), `layer_norm_eps`
+(theirs: 1e-5), `pre_norm_residual="normed"`; configs/wikitext103.py sets them as theirs.
+Dropout keys are explicit arguments, so a step is a pure function of (params, batch, key) and
+resume is exact.
 
 Shapes: tokens [B, T] int; logits [B, T, V]; state = LMState(position [], layers (per layer a
 FastWeightState or KVCache)).

@@ -196,7 +196,10 @@ def _lm_section(failures):
            f"{lm_cases.VOCAB}): per-token losses and every parameter's gradient of their mean. "
            f"Their `DecoderLayer` / `PerformerDecoderLayer` / `MemTransformerLM` run unchanged "
            f"with every parameter loaded from fwp's (strictly); their CUDA kernels replaced by "
-           f"per-step loops written from the kernels; fwp's β bias (theirs has none) is 0.", "",
+           f"per-step loops written from the kernels; fwp's β bias (theirs has none) is 0; "
+           f"parameters drawn with flax's initialisers, then loaded into both. The projection "
+           f"row: their draw_orthogonal_random_matrix(d_head, m) with its torch.randn calls "
+           f"returning the Gaussians fwp's lmtool_projection_from is given.", "",
            "Which of their layers each fwp name is: " + "; ".join(
                f"`{name}` = attn_type {t} ({what})"
                for name, (t, what) in lm_cases.LM_NAMES.items()) + ".", "",
@@ -207,9 +210,10 @@ def _lm_section(failures):
     verdict = "MATCH" if rel <= MATCH else "differs"
     if row.must_match and verdict != "MATCH":
       failures.append(f"{row.name} {row.what}")
-    flags = [f"--{flag}" for flag, on in row.flags.items() if on]
+    flags = [f"--{flag}" for flag, on in row.flags.items() if on is True]
     their = f"{row.attn_type}" + (f" {' '.join(flags)}" if flags else "")
-    lines.append(f"| {row.name} | {their} | {row.what} | {ours[i]['loss']:.6g} | {abs_:.1e} "
+    loss = "—" if row.kind == "projection" else f"{ours[i]['loss']:.6g}"
+    lines.append(f"| {row.name} | {their} | {row.what} | {loss} | {abs_:.1e} "
                  f"| {rel:.1e} | {verdict} |")
   return lines
 

@@ -29,6 +29,8 @@ LM_NAMES = {
     "linear-delta": (24, "CudaFastWeightLinearTransformerLayer: ELU+1, delta rule"),
     "favor16-delta": (25, "CudaFastWeightPerformerLayer: FAVOR+, delta rule"),
     "dpfp2-delta": (26, "CudaFastWeightDPFPTransformerLayer: DPFP, delta rule"),
+    "linear-delta_rnn": (134, "CudaFastRNNv2Layer: the Delta RNN (IDSIA/recurrent-fwp)"),
+    "linear-delta_lstm": (254, "CudaFastLSTMv4Layer: the Delta LSTM (IDSIA/recurrent-fwp)"),
 }
 SIZES = dict(d_model=16, num_heads=2, d_head=8, d_ff=24)
 VOCAB, TIME, BATCH = 23, 9, 3
@@ -58,10 +60,16 @@ CASES = (
           "--pre_lnorm", True),
      Case("block", "linear-sum", 34, dict(_POST, pre_lnorm=True), {"pre_norm": True},
           "pre_norm=True: their --pre_lnorm", True),
+     *[Case("block", name, LM_NAMES[name][0], dict(_PRE, kernel_softmax_eps=0.0), {},
+            "default, against their kernel with an exact softmax (their Python test loop's)",
+            True) for name in ("linear-delta_rnn", "linear-delta_lstm")],
      Case("block", "linear-sum", 4, _POST, {"sum_scale": "scores"},
           "sum_scale=scores: their attn_type 4", True),
      Case("block", "favor16-sum", 5, _POST, {"sum_scale": "scores"},
           "sum_scale=scores: their attn_type 5", True),
+     Case("projection", "favor16-delta", 25, {}, {},
+          "FAVOR+ projection: favor_projection=lmtool, their draw from the same Gaussians",
+          True),
      Case("lm", "linear-delta", 24, dict(_SKIP, no_pos=True), {"positional": "none"},
           "2-layer LM, positional=none: their --no_pos", True),
      Case("lm", "dpfp2-sum", 6, dict(_POST, no_pos=True), {"positional": "none"},
@@ -78,6 +86,9 @@ CASES = (
      Case("block", "linear-delta", 24, _PRE, {"pre_norm": True, "pre_norm_residual": "input"},
           "option pre_norm_residual=input", False),
      Case("block", "favor16-delta", 25, _SKIP, {"favor_eps": 0.0}, "option favor_eps=0", False),
+     *[Case("block", name, LM_NAMES[name][0], _PRE, {}, "default against their kernel as "
+            "written (departure: its softmax divides by Σexp + 1e-6)", False)
+       for name in ("linear-delta_rnn", "linear-delta_lstm")],
      Case("lm", "linear-delta", 24, dict(_SKIP, no_pos=False), {},
           "2-layer LM, sinusoidal positions (departure: fwp counts forward, theirs back from "
           "the segment's end)", False)])
@@ -85,10 +96,13 @@ CASES = (
 
 def config_for(name: str, overrides: dict, num_layers: int = 1):
   """configs/wikitext103.py:small-<name> at the cross-check's size, dropout 0, no adaptive
-  softmax, then `overrides` on config.model."""
+  softmax, then `overrides` on config.model. The parameters are drawn with flax's initialisers
+  (both sides then load them): their N(0, 0.02) would make the attention's share of a block's
+  output and gradient too small for a difference there to show against the whole."""
   from configs import wikitext103
   config = wikitext103.get_config(f"small-{name}")
-  config.model.update(num_layers=num_layers, dropout=0.0, adaptive_cutoffs=(), **SIZES)
+  config.model.update(num_layers=num_layers, dropout=0.0, adaptive_cutoffs=(), init="flax",
+                      **SIZES)
   config.model.update(overrides)
   return config
 
@@ -109,7 +123,25 @@ def block_names(tree, attn_type: int, heads: int, prefix: str = "") -> dict:
   else:                                      # per head [q, k, v(, β)] in one projection
     parts = [_heads(get(m), heads) for m in ("q_proj", "k_proj", "v_proj")]
     name = "qkv_net"
-    if "beta_proj" in a:
+    if "rec_proj" in a and attn_type == 254:
+      # The Delta LSTM: per head, per gate g in (i, u, o) [q_g, k_g, v_g, k_r_g, v_r_g], then
+      # [β_i, β_r_i, β_u, β_r_u, β_o, β_r_o]; fwp's heads are (head, gate) pairs, gate inner.
+      d = get("q_proj").shape[1] // (heads * 3)
+      gate = lambda m: get(m).reshape(get(m).shape[0], heads, 3, -1)
+      q, k, v, rec, beta = (gate(m) for m in ("q_proj", "k_proj", "v_proj", "rec_proj",
+                                               "beta_proj"))
+      parts = []
+      for g in range(3):
+        parts += [q[:, :, g], k[:, :, g], v[:, :, g], rec[:, :, g, :d], rec[:, :, g, d:2 * d]]
+      for g in range(3):
+        parts += [beta[:, :, g], rec[:, :, g, 2 * d:]]
+      name = "qkv_net"
+    elif "rec_proj" in a:                    # the Delta RNN: [q, k, v, k_r, v_r, β, β_r]
+      rec, v = _heads(get("rec_proj"), heads), parts[0].shape[-1]
+      parts += [rec[..., :v], rec[..., v:2 * v], _heads(get("beta_proj"), heads),
+                rec[..., 2 * v:]]
+      name = "qkvb_net"
+    elif "beta_proj" in a:
       parts.append(_heads(get("beta_proj"), heads))
       name = "qkvb_net"
     fused = np.concatenate(parts, axis=-1)
@@ -145,9 +177,35 @@ def _zero_beta_bias(params):
       beta["bias"][...] = jnp.zeros_like(beta["bias"][...])
 
 
+def _projection_case(row: Case, seed: int):
+  """FAVOR+'s projection as configs/wikitext103.py draws it (favor_projection), built from
+  Gaussians that their side feeds to their draw_orthogonal_random_matrix(d_head, m) in place
+  of its torch.randn calls."""
+  import jax.numpy as jnp
+
+  from fwp import feature_maps
+  from tests.helpers import x64
+  config = config_for(row.name, row.overrides)
+  d, m = SIZES["d_head"], config.model.num_features
+  if config.model.favor_projection != "lmtool":
+    raise ValueError(f"{row.name}: the projection row needs favor_projection='lmtool', got "
+                     f"{config.model.favor_projection!r}")
+  rng = np.random.default_rng(seed)
+  blocks = rng.standard_normal((-(-d // m), m, m))
+  norms = rng.standard_normal((d, m))
+  with x64():
+    ours = np.asarray(feature_maps.lmtool_projection_from(jnp.asarray(blocks),
+                                                          jnp.asarray(norms)))
+  randn = {f"randn:{i:02d}": a for i, a in enumerate(list(blocks) + [norms])}
+  case = dict(kind="projection", attn_type=row.attn_type, d_head=d, proj_dim=m, **randn)
+  return case, {"y": ours.T, "loss": 0.0}
+
+
 def fwp_case(row: Case, seed: int = 0):
   """(what their side needs, fwp's outputs and gradients under their names), float64."""
   kind, name, attn_type, flags, overrides = row[:5]
+  if kind == "projection":
+    return _projection_case(row, seed)
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -168,7 +226,8 @@ def fwp_case(row: Case, seed: int = 0):
               d_head=SIZES["d_head"], d_inner=SIZES["d_ff"], proj_dim=config.model.num_features,
               n_roll=config.model.nu, n_layer=2, vocab_size=VOCAB,
               pre_lnorm=flags["pre_lnorm"], skip_attn_normalization=flags["skip_attn_normalization"],
-              no_pos=flags.get("no_pos", False))
+              no_pos=flags.get("no_pos", False),
+              kernel_softmax_eps=flags.get("kernel_softmax_eps", 1e-6))
   projection = getattr(model.blocks[0].attention, "projection", None)
   if projection is not None:
     if kind != "block":

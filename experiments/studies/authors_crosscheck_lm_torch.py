@@ -5,13 +5,18 @@ parameters that fwp's side wrote, and writes their outputs and gradients back.
 
 Not part of fwp and not imported by it; it needs a Python with torch (not a project requirement;
 experiments/studies/authors_synthetic.py says how to get a CPU-only one). What is replaced, and
-only that: their CUDA extensions. `utils.fast_fast_weight.fast_weight_delta` and
-`utils.fast_transformers.fast_weight_sum` are JIT-compiled CUDA kernels loaded at import; here
-they are per-step loops written from the kernels' sources (fast_weight_cuda.cu: per step
-v_old = Wᵀk, W += k (β(v − v_old))ᵀ, out = Wᵀq with the updated W; causal_product_cuda.cu:
-out_t = Σ_{s≤t} (q_t·k_s) v_s), differentiated by torch's autograd instead of their hand-written
-backward kernels. The recurrent FWPs' kernels (fast_weight_rnn*, fast_lstm*, rec_update_fwm_tanh)
-are stubbed with functions that refuse to run: no row here uses them. Their FAVOR+ layers keep the
+only that: their CUDA extensions, JIT-compiled kernels loaded at import. Four become per-step
+loops written from the kernels' sources, differentiated by torch's autograd instead of their
+hand-written backward kernels:
+  utils.fast_fast_weight.fast_weight_delta (fast_weight_cuda.cu): per step v_old = Wᵀk,
+      W += k (β(v − v_old))ᵀ, out = Wᵀq with the updated W;
+  utils.fast_transformers.fast_weight_sum (causal_product_cuda.cu): out_t = Σ_{s≤t} (q_t·k_s) v_s;
+  utils.fast_weight_rnn_v2.fast_rnn_v2 (the Delta RNN) and utils.fast_lstm_v4.fast_lstm_v4 (the
+      Delta LSTM): `_rnn_v2_loop`, `_lstm_v4_loop`, with the kernels' softmax denominator
+      Σexp + 1e-6, or 0 where a case asks for their Python test loops' exact softmax.
+The other recurrent kernels (fast_weight_rnn, fast_lstm v1-v3, and rec_update_fwm_tanh: the
+RDN, whose q and k go through a softmax where fwp's go through the configured φ, a departure)
+are stubbed with functions that refuse to run: no row uses them. Their FAVOR+ layers keep the
 projection as a plain attribute (`proj_matrix`); it is set to fwp's draw and `redraw=False`.
 On a CPU-only torch, `torch.version.cuda` (read at import by their adaptive softmax, used by no
 line run here) is set to "11.0".
@@ -51,6 +56,53 @@ def _sum_loop(torch):
   return fast_weight_sum
 
 
+KERNEL = {"softmax_eps": 1e-6}     # fast_rnn_cuda.cu's `esp`; a case may set 0 (their test loop)
+
+
+def _rnn_v2_loop(torch):
+  def fast_rnn_v2(z, k, v, r, beta, h0):
+    """fast_weight_rnn_v2/fast_rnn_cuda.cu per step: v_old = Rᵀk; R += k (β(v − v_old))ᵀ;
+    p = exp(s − max s) / (Σ exp(s − max s) + esp) of the last output s (h0 first);
+    y = Rᵀp + z (the updated R); s = y. z, k, v [N, H, L, M], r [N, H, M, M], beta
+    [N, H, L, 1], h0 [N, H, 1, M]."""
+    s, outs = h0[:, :, 0], []
+    for t in range(z.shape[2]):
+      v_old = torch.einsum("nhe,nhem->nhm", k[:, :, t], r)
+      r = r + torch.einsum("nhe,nhm->nhem", k[:, :, t], beta[:, :, t] * (v[:, :, t] - v_old))
+      e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+      p = e / (e.sum(dim=-1, keepdim=True) + KERNEL["softmax_eps"])
+      s = torch.einsum("nhe,nhem->nhm", p, r) + z[:, :, t]
+      outs.append(s)
+    return torch.stack(outs, dim=2)
+  return fast_rnn_v2
+
+
+def _lstm_v4_loop(torch):
+  def fast_lstm_v4(zi, ki, vi, bi, ri, zu, ku, vu, bu, ru, zo, ko, vo, bo, ro, h0, c0):
+    """fast_lstm_v4/fast_lstm_v4_cuda.cu per step: p = the kernel's softmax of the last output
+    s (as fast_rnn_v2); per gate g: v_old = R_gᵀk_g, R_g += k_g (β_g(v_g − v_old))ᵀ,
+    a_g = R_gᵀp + z_g (the updated R_g); i = σ(a_i), u = a_u, o = σ(a_o);
+    c = i u + (1 − i) c; y = o c; s = y. Returns (y, c) over time."""
+    s, c, rs, ys, cs = h0[:, :, 0], c0[:, :, 0], [ri, ru, ro], [], []
+    gates = ((zi, ki, vi, bi), (zu, ku, vu, bu), (zo, ko, vo, bo))
+    for t in range(zi.shape[2]):
+      e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+      p = e / (e.sum(dim=-1, keepdim=True) + KERNEL["softmax_eps"])
+      a = []
+      for g, (z, k, v, beta) in enumerate(gates):
+        v_old = torch.einsum("nhe,nhem->nhm", k[:, :, t], rs[g])
+        rs[g] = rs[g] + torch.einsum("nhe,nhm->nhem", k[:, :, t],
+                                     beta[:, :, t] * (v[:, :, t] - v_old))
+        a.append(torch.einsum("nhe,nhem->nhm", p, rs[g]) + z[:, :, t])
+      i, u, o = torch.sigmoid(a[0]), a[1], torch.sigmoid(a[2])
+      c = i * u + (1.0 - i) * c
+      s = o * c
+      ys.append(s)
+      cs.append(c)
+    return torch.stack(ys, dim=2), torch.stack(cs, dim=2)
+  return fast_lstm_v4
+
+
 def _refuse(name):
   def kernel(*args, **kwargs):
     raise NotImplementedError(f"{name}: a CUDA kernel of the authors' that this cross-check "
@@ -61,10 +113,12 @@ def _refuse(name):
 def _install_kernels(torch):
   """Their `utils.<extension>` modules, which load CUDA code at import, as plain modules."""
   replaced = {"fast_fast_weight": {"fast_weight_delta": _delta_loop(torch)},
-              "fast_transformers": {"fast_weight_sum": _sum_loop(torch)}}
-  refused = {"fast_weight_rnn": "fast_rnn", "fast_weight_rnn_v2": "fast_rnn_v2",
+              "fast_transformers": {"fast_weight_sum": _sum_loop(torch)},
+              "fast_weight_rnn_v2": {"fast_rnn_v2": _rnn_v2_loop(torch)},
+              "fast_lstm_v4": {"fast_lstm_v4": _lstm_v4_loop(torch)}}
+  refused = {"fast_weight_rnn": "fast_rnn",
              "fast_lstm": "fast_lstm", "fast_lstm_v2": "fast_lstm_v2",
-             "fast_lstm_v3": "fast_lstm_v3", "fast_lstm_v4": "fast_lstm_v4",
+             "fast_lstm_v3": "fast_lstm_v3",
              "rec_update_fwm_tanh": "rec_update_fwm_tanh"}
   for name, function in refused.items():
     replaced[name] = {function: _refuse(function)}
@@ -89,8 +143,27 @@ def _load(model, params, torch):
       target.copy_(torch.from_numpy(value))
 
 
+def _projection(case, torch):
+  """Their draw_orthogonal_random_matrix(d_head, proj_dim), as their LM layers call it, with
+  torch.randn returning the Gaussians fwp's side drew (in the order the function asks)."""
+  from utils import performer_helper
+  draws = iter([torch.from_numpy(case[name]) for name in sorted(case)
+                if name.startswith("randn:")])
+  randn = torch.randn
+  torch.randn = lambda *shape, **kwargs: next(draws)
+  try:
+    matrix = performer_helper.draw_orthogonal_random_matrix(
+        int(case["d_head"]), int(case["proj_dim"]), device="cpu")
+  finally:
+    torch.randn = randn
+  return {"y": matrix.numpy(), "loss": 0.0}
+
+
 def _run_case(case, torch, model_main):
   kind, attn_type = str(case["kind"]), int(case["attn_type"])
+  if kind == "projection":
+    return _projection(case, torch)
+  KERNEL["softmax_eps"] = float(case["kernel_softmax_eps"])
   params = {name[2:]: case[name] for name in case if name.startswith("p:")}
   sizes = dict(n_head=int(case["n_head"]), d_model=int(case["d_model"]),
                d_head=int(case["d_head"]))

@@ -23,7 +23,7 @@ def chunk_size(value) -> int | str:
 # Model fields added after runs existed, with the value every run before them computed with: a
 # config.json without the field (generate and the reports read those) means that value.
 BEFORE = {"favor_scaling": "performer", "favor_eps": 0.0, "favor_stabilize": True,
-          "sum_query_eps": 0.0, "fwm_normalize_first": True}
+          "sum_query_eps": 0.0, "fwm_normalize_first": True, "favor_projection": "orthogonal"}
 
 
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
@@ -48,7 +48,8 @@ def inert_fields(flat: dict) -> set[str]:
   get = lambda name: flat.get(f"model.{name}")
   inert = set()
   if get("feature_map") != "favor_plus":
-    inert |= {"model.favor_scaling", "model.favor_eps", "model.favor_stabilize"}
+    inert |= {"model.favor_scaling", "model.favor_eps", "model.favor_stabilize",
+              "model.favor_projection"}
   if get("update_rule") != "fwm":
     inert |= {"model.fwm_normalize_first", "model.readout_affine", "model.readout_eps"}
   if get("normalization") not in ("sum", "sum_attention"):   # the sum-normalised queries

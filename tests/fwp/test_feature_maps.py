@@ -59,6 +59,41 @@ def test_orthogonal_projection_rows_are_orthogonal_within_blocks():
     np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-5)
 
 
+def numpy_lmtool_draw(randn_calls):
+  """IDSIA/lmtool-fwp src/utils/performer_helper.py `draw_orthogonal_random_matrix(nb_rows,
+  nb_columns)` in NumPy, called as their LM layers call it, (d_head, proj_dim), with its
+  torch.randn results handed in order: one [m, m] per block, then the [d, m] of the norms."""
+  randn = iter(randn_calls)
+  norm_shape = randn_calls[-1].shape
+  nb_rows, nb_columns = norm_shape
+  chunk = lambda: np.linalg.qr(next(randn))[0].T            # orthogonal_matrix_chunk: q.t()
+  block_list = [chunk() for _ in range(nb_rows // nb_columns)]
+  remaining_rows = nb_rows - (nb_rows // nb_columns) * nb_columns
+  if remaining_rows > 0:
+    block_list.append(chunk()[:remaining_rows])
+  final_matrix = np.concatenate(block_list)
+  multiplier = np.linalg.norm(next(randn), axis=1)         # scaling == 0
+  return np.diag(multiplier) @ final_matrix                # [d_head, proj_dim]
+
+
+@pytest.mark.parametrize("d,m", [(16, 16), (32, 16), (16, 64), (20, 8)])
+def test_lmtool_projection_is_their_draw(d, m):
+  """favor_projection='lmtool' builds their matrix from the same Gaussians (float64), in fwp's
+  [m, d] layout; its rows are not orthogonal (the law differs from orthogonal_projection's)."""
+  rng = np.random.default_rng(d + m)
+  blocks = rng.standard_normal((-(-d // m), m, m))
+  norms = rng.standard_normal((d, m))
+  with helpers.x64():
+    ours = np.asarray(feature_maps.lmtool_projection_from(jnp.asarray(blocks),
+                                                          jnp.asarray(norms)))
+  theirs = numpy_lmtool_draw(list(blocks) + [norms])
+  np.testing.assert_allclose(ours, theirs.T, rtol=1e-12, atol=1e-12)
+  w = np.asarray(feature_maps.lmtool_projection(jax.random.key(0), m, d))
+  assert w.shape == (m, d)
+  gram = w[:min(m, d)] @ w[:min(m, d)].T
+  assert np.max(np.abs(gram - np.diag(np.diag(gram)))) > 1e-2
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _favor_attention_error(m, q, k, key):
   """Mean absolute error of FAVOR+'s normalised attention weights against softmax(qkᵀ/√d): with
