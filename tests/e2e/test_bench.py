@@ -91,14 +91,20 @@ def test_bench_algorithmic_writes_its_table(tmp_path):
   assert "| 1.00 |" in text
 
 
-def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path):
+@pytest.mark.parametrize("flag,message", [
+    ("--authors_code", "is not the authors' synthetic/ directory"),
+    ("--lmtool_code", "is not lmtool-fwp's src/ directory"),
+    (None, "Give --authors_code (the retrieval rows), --lmtool_code (the LM rows) or both")])
+def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path, flag, message):
   """The cross-check runs the authors' code (torch, not a requirement): CI checks that a wrong
-  --authors_code is named before anything is computed or written; the comparison itself is
-  tests/fwp/test_authors_retrieval.py, against their loops written out."""
+  checkout, or none, is named before anything is computed or written; the comparisons
+  themselves are tests/fwp/test_authors_retrieval.py (their retrieval loops written out) and
+  tests/fwp/test_lstm.py (their LM blocks written out)."""
+  args = [f"{flag}={tmp_path}"] if flag else []
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.studies.authors_crosscheck",
-       f"--authors_code={tmp_path}", f"--out={tmp_path / 'out'}"],
+      [sys.executable, "-m", "experiments.studies.authors_crosscheck", *args,
+       f"--out={tmp_path / 'out'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode != 0
-  assert "is not the authors' synthetic/ directory" in result.stderr
+  assert message in result.stderr
   assert not (tmp_path / "out").exists()
