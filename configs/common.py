@@ -81,6 +81,9 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
+  # FAVOR+ in evaluation: init (the draw made at initialisation) | last_draw (the last training
+  # step's, as the authors' layers keep it)
+  c.model.eval_projection = "init"
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   # FAVOR+ as lmtool-fwp's `prime`: an estimate of exp(q·k) (performer: x·d^(-1/4) first),
   # kernel_eps 1e-4 on every feature, no query stabiliser.

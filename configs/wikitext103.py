@@ -62,6 +62,7 @@ def get_config(name: str = "small-linear-delta"):
   if c.model.feature_map == "dpfp" and c.model.update_rule == "sum":
     c.model.sum_scale = "scores"
   c.model.favor_projection = "lmtool"    # their draw_orthogonal_random_matrix(d_head, m)
+  c.model.eval_projection = "last_draw"  # their proj_matrix: the last training draw
   c.model.final_dropout = True           # their self.drop(core_out) after the last layer
   c.model.init = "authors"               # their weights_init: N(0, 0.02), LayerNorm N(1, 0.02)
   return c

@@ -78,7 +78,10 @@ def load_run(workdir: str, form: str | None = None):
   if restored is None:
     raise ValueError(f"{workdir!r} has no finished checkpoint yet (the first is written at step "
                      f"{config.checkpoint_every}); wait for it or train longer.")
-  return config, nnx.merge(graphdef, restored["params"], restored["rest"]), step
+  model = nnx.merge(graphdef, restored["params"], restored["rest"])
+  # FAVOR+ under model.eval_projection='last_draw': the draw the run's evaluation used.
+  language_model.use_last_draw(model, config, step)
+  return config, model, step
 
 
 def sample(log_probs, key, temperature: float, top_k: int):

@@ -351,7 +351,8 @@ class _Loop:
     final, from_step = {}, progress.step
     if stop_reason != "non_finite":
       from_step, params, rest = self._final_parameters()
-      final = {k: float(v) for k, v in self.task.final(self.graphdef, params, rest).items()}
+      final = {k: float(v) for k, v in
+               self.task.final(self.graphdef, params, rest, from_step).items()}
       if final:
         _say("Final" + (f" (the best checkpoint, step {from_step})"
                         if from_step != progress.step else "") + ": " +

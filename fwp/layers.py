@@ -236,7 +236,9 @@ class FastWeightAttention(nnx.Module):
     if self.projection is None:
       raise ValueError(f"Only favor_plus has a projection to redraw, this layer uses "
                        f"{self.config.feature_map!r}.")
-    self.projection[...] = draw_projection(key, self.config, self.d_head)
+    # In the stored projection's dtype, as a call with a projection key draws in its inputs'.
+    self.projection[...] = draw_projection(key, self.config, self.d_head,
+                                           self.projection[...].dtype)
 
   def init_state(self, batch_size: int, dtype=jnp.float32) -> FastWeightState:
     """The empty memory: W = 0 (and z = 0 under attention normalisation; a recurrent FWP's R,

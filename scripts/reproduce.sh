@@ -96,4 +96,12 @@ else
   grid 2 "favor64-delta favor128-delta" "num_keys=200" 2,3 3000
 fi
 "$PY" -m experiments.records save "$RUNS" "$RECORDS"
-"$PY" -m experiments.report "$RUNS" "${PREVIOUS[@]}" --out="$OUT"
+REPORT=("$RUNS")
+if [[ $VARIANT == authors ]]; then
+  # results/authors/ holds every authors-model run: the budget grid's and the knee grid's.
+  for other in runs/reproduce-authors runs/knee-authors; do
+    [[ -d $other && $other != "$RUNS" ]] && REPORT+=("$other")
+  done
+  PREVIOUS=()
+fi
+"$PY" -m experiments.report "${REPORT[@]}" "${PREVIOUS[@]}" --out="$OUT"

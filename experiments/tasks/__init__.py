@@ -29,8 +29,9 @@ and its Task object says what one run of that family computes:
   evaluate(graphdef, params, rest, step) -> dict of numbers (a line in metrics.jsonl); holds
                               the selection metric, and "eval_loss" where the family has one
                               (config.stop_loss reads it)
-  final(graphdef, params, rest) -> dict of numbers for summary.json, computed once when a run
-                              ends (e.g. test perplexity)
+  final(graphdef, params, rest, step) -> dict of numbers for summary.json, computed once when
+                              a run ends (e.g. test perplexity); `step`: how many training steps
+                              made `params` (the last or the best checkpoint's)
   final_checkpoint            (optional) "last" (default): final() reads the run's last
                               parameters; "best": those of the kept checkpoint best by the
                               selection metric (every eval is checkpointed when checkpoint_every
@@ -56,7 +57,7 @@ class Task(Protocol):
   def host_batch(self, step: int) -> dict | None: ...
   def loss(self, model, batch, step) -> tuple[Any, dict]: ...
   def evaluate(self, graphdef, params, rest, step: int) -> dict: ...
-  def final(self, graphdef, params, rest) -> dict: ...
+  def final(self, graphdef, params, rest, step: int) -> dict: ...
 
 
 DIRECTIONS = ("min", "max")

@@ -259,3 +259,33 @@ def test_authors_init_is_lmtool_weights_init():
 def test_sequence_model_option_errors(changes, message):
   with pytest.raises(ValueError, match=message):
     lm.LMConfig(vocab_size=9, **changes)
+
+
+def test_last_draw_evaluation_reads_the_last_training_projection():
+  """model.eval_projection='last_draw': evaluating the parameters after `step` steps uses the
+  FAVOR+ projection training step step-1 drew (the authors' proj_matrix keeps the last draw);
+  use_last_draw stores it for a reader that calls the model without keys; 'init' and step 0
+  use the stored (initial) projection."""
+  from experiments.tasks.language_model import task
+  c = _lm_task_config(feature_map="favor_plus", num_features=4, update_rule="delta",
+                      normalization="sum", eval_projection="last_draw")
+  with x64():
+    model = _float64(lm.TransformerLM(task.lm_config(c, 9), rngs=nnx.Rngs(0)))
+    batch = {"inputs": jnp.asarray([[1, 4, 2, 7, 3]]), "targets": jnp.asarray([[4, 2, 7, 3, 1]])}
+    trained_loss, _ = task.lm_loss(c, model, batch, 6)              # training step 6 (dropout 0)
+    key = task.eval_projection_key(c, 7)                            # after 7 steps
+    eval_loss = lm.cross_entropy(model(batch["inputs"], projection_key=key), batch["targets"])
+    np.testing.assert_allclose(float(eval_loss), float(trained_loss), rtol=1e-12)
+    initial = model(batch["inputs"])
+    assert not np.allclose(np.asarray(initial), np.asarray(model(batch["inputs"],
+                                                                 projection_key=key)))
+    task.use_last_draw(model, c, 7)
+    np.testing.assert_allclose(np.asarray(model(batch["inputs"])),
+                               np.asarray(model(batch["inputs"], projection_key=key)), atol=1e-12)
+  assert task.eval_projection_key(c, 0) is None
+  c.model.eval_projection = "init"
+  assert task.eval_projection_key(c, 7) is None
+  c.model.eval_projection = "last"
+  with pytest.raises(ValueError, match="Unknown model.eval_projection 'last'; valid choices: "
+                                       "init, last_draw"):
+    task.validate(c)

@@ -74,7 +74,7 @@ class ToyTask:
       accuracy = script[step // self.config.eval_every - 1]
     return dict(eval_loss=loss, accuracy=accuracy)
 
-  def final(self, graphdef, params, rest):
+  def final(self, graphdef, params, rest, step):
     x, y = self._examples(2, 0, self.config.eval_examples)
     return dict(test_accuracy=self._eval(graphdef, params, rest, x, y)[1])
 

@@ -178,6 +178,7 @@ class Algorithmic:
     out = self.metrics(graphdef, params, rest, self.valid, "valid")
     return dict(eval_loss=out.pop("valid_loss"), **out)
 
-  def final(self, graphdef, params, rest):
+  def final(self, graphdef, params, rest, step):
+    del step
     return {**self.metrics(graphdef, params, rest, self.valid, "valid"),
             **self.metrics(graphdef, params, rest, self.test, "test")}

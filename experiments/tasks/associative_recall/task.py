@@ -137,5 +137,6 @@ class AssociativeRecall:
   def evaluate(self, graphdef, params, rest, step):
     return dict(eval_loss=self._eval(graphdef, params, rest, step))
 
-  def final(self, graphdef, params, rest):
+  def final(self, graphdef, params, rest, step):
+    del step
     return {}

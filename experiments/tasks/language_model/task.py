@@ -32,6 +32,7 @@ ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cach
                 "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
                 "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",
                 "model.final_dropout": False, "model.init": "flax",
+                "model.eval_projection": "init",
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -94,6 +95,10 @@ def validate(config) -> None:
       config.context):
     raise ValueError(f"config.sliding_stride must be an integer in 0..context ({config.context}; "
                      f"0 skips the sliding-window evaluation), got {stride!r}.")
+  eval_projection = config.model.get("eval_projection", "init")
+  if eval_projection not in EVAL_PROJECTIONS:
+    raise ValueError(f"Unknown model.eval_projection {eval_projection!r}; valid choices: "
+                     f"{', '.join(EVAL_PROJECTIONS)}.")
   lm_config(config, vocab_size=2)    # every model field, before any data is read
 
 
@@ -101,13 +106,41 @@ def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
   return lm.TransformerLM(lm_config(config, load_corpus(config).vocab.size), rngs=rngs)
 
 
+EVAL_PROJECTIONS = ("init", "last_draw")
+
+
+def _step_key(config, stream, step):
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stream), step)
+
+
 def lm_loss(config, model, batch, step):
   """Cross-entropy of {inputs, targets} with this step's dropout (and FAVOR+) keys."""
-  key = lambda stream: jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(config.seed), stream), step)
+  key = lambda stream: _step_key(config, stream, step)
   log_probs = model(batch["inputs"], dropout_key=key(_DROPOUT),
                     projection_key=key(_PROJECTION) if config.model.redraw_projection else None)
   return lm.cross_entropy(log_probs, batch["targets"]), {"weight": jnp.float32(1)}
+
+
+def eval_projection_key(config, step: int):
+  """The FAVOR+ key an evaluation of the parameters after `step` training steps uses: None (the
+  projection drawn at initialisation, fwp's) or, under model.eval_projection='last_draw', the
+  last training step's (the authors': their layers keep the last draw in `proj_matrix`, which is
+  saved with the model). None where nothing is redrawn or no step was taken."""
+  m = config.model
+  if (m.get("eval_projection", "init") != "last_draw" or m.feature_map != "favor_plus"
+      or not m.redraw_projection or step < 1):
+    return None
+  return _step_key(config, _PROJECTION, step - 1)
+
+
+def use_last_draw(model: lm.TransformerLM, config, step: int) -> None:
+  """Stores the projections `eval_projection_key` names in `model` (for a reader that calls the
+  model without keys, as generate does); a no-op when that key is None."""
+  key = eval_projection_key(config, step)
+  if key is None:
+    return
+  for i, block in enumerate(model.blocks):      # the per-layer keys lm.TransformerLM folds in
+    block.attention.redraw_projection(jax.random.fold_in(key, i))
 
 
 def make(config, mesh=None) -> "LanguageModelling":
@@ -166,15 +199,17 @@ class LanguageModelling:
   def loss(self, model, batch, step):
     return lm_loss(self.config, model, batch, step)
 
-  def _nll_sum(self, graphdef, params, rest, batch):
+  def _nll_sum(self, graphdef, params, rest, batch, projection_key):
     model = nnx.merge(graphdef, params, rest)
-    log_probs = model(batch["inputs"])
+    log_probs = model(batch["inputs"], projection_key=projection_key)
     nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
     return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
 
-  def mean_nll(self, graphdef, params, rest, batches, name="", num_batches=0) -> float:
+  def mean_nll(self, graphdef, params, rest, batches, name="", num_batches=0,
+               projection_key=None) -> float:
     """Nats per unit over the scored positions of `batches`; a long evaluation says how far it
-    is (every ~10 s) when given its `name` and `num_batches`."""
+    is (every ~10 s) when given its `name` and `num_batches`. `projection_key`: FAVOR+'s draw
+    (None: the stored projection)."""
     total, count = 0.0, 0.0
     meter = Progress(f"{name}: batch", num_batches) if name else None
     for i, batch in enumerate(batches):
@@ -182,7 +217,7 @@ class LanguageModelling:
         meter.update(i)
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
-      s, n = self._nll(graphdef, params, rest, batch)
+      s, n = self._nll(graphdef, params, rest, batch, projection_key)
       total += float(distributed.fetch(s))
       count += float(distributed.fetch(n))
     return total / count
@@ -192,11 +227,12 @@ class LanguageModelling:
             f"{prefix}_bits_per_{self.corpus.unit}": nll / math.log(2)}
 
   def evaluate(self, graphdef, params, rest, step):
-    nll = self.mean_nll(graphdef, params, rest, self._valid_batches)
+    nll = self.mean_nll(graphdef, params, rest, self._valid_batches,
+                        projection_key=eval_projection_key(self.config, step))
     return dict(eval_loss=nll, **self._metrics("valid", nll))
 
-  def final(self, graphdef, params, rest):
-    c = self.config
+  def final(self, graphdef, params, rest, step):
+    c, key = self.config, eval_projection_key(self.config, step)
     out = {}
     strides = [("", c.context)] + ([("_sliding", c.sliding_stride)] if c.sliding_stride else [])
     for split in ("valid", "test"):
@@ -205,7 +241,7 @@ class LanguageModelling:
         windows = batches.eval_windows(stream, c.context, stride, c.eval_batch_size)
         count = len(batches.window_ends(len(stream), c.context, stride))
         nll = self.mean_nll(graphdef, params, rest, windows, name=f"final {split}{suffix}",
-                            num_batches=-(-count // c.eval_batch_size))
+                            num_batches=-(-count // c.eval_batch_size), projection_key=key)
         out.update(self._metrics(split + suffix, nll))
     return out
 
