@@ -72,18 +72,20 @@ def lm_config() -> ml_collections.ConfigDict:
   # docs/departures.md); the sum rule divides by the attention normaliser z·φ(q).
   c.model.normalization = "sum"          # none | attention | sum | sum_attention (both)
   c.model.attention_eps = 1e-6           # attention normaliser: z·φ(q) + eps (theirs: 1e-5)
-  # Where a sum-rule layer's 1/√d_head goes: output (s·y / (z·φq + eps), their attn_type 34/35
-  # and every delta layer) | scores (inside the normalised scores, where it cancels but for the
-  # eps: their attn_type 4/5/6, the only DPFP sum layer they have)
-  c.model.sum_scale = "output"
+  c.model.sum_scale = "output"           # sum rule's 1/√d_head: output | scores.
+  #                                        output: s·y / (z·φq + eps), their attn_type 34/35 and
+  #                                        every delta layer; scores: inside the normalised
+  #                                        scores, where it cancels but for the eps (their
+  #                                        attn_type 4/5/6, the only DPFP sum layer they have)
   c.model.final_dropout = False          # dropout on the last hidden state (theirs: yes)
   c.model.init = "flax"                  # flax | authors (N(0, 0.02) kernels, LN scale N(1, 0.02))
   c.model.form = "auto"                  # auto | recurrent | parallel | chunked
   c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every training step
-  # FAVOR+ in evaluation: init (the draw made at initialisation) | last_draw (the last training
-  # step's, as the authors' layers keep it)
-  c.model.eval_projection = "init"
+  c.model.eval_projection = "init"       # FAVOR+ in evaluation: init | last_draw.
+  #                                        init: the draw made at initialisation; last_draw:
+  #                                        the last training step's, as the authors' layers
+  #                                        keep it
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
   # FAVOR+ as lmtool-fwp's `prime`: an estimate of exp(q·k) (performer: x·d^(-1/4) first),
   # kernel_eps 1e-4 on every feature, no query stabiliser.
