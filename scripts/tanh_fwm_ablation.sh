@@ -16,7 +16,7 @@ RECORDS=results/runs/$(basename "$RUNS")
 SEEDS=${SEEDS:-1}
 # field=value: fwp's earlier value of each field the authors' tanh-FWM reads (configs/
 # associative_recall.py BEFORE).
-CHANGES=${CHANGES:-"model.readout_eps=1e-6 model.readout_affine=True model.fwm_normalize_first=True model.qk_bias=False"}
+CHANGES=${CHANGES:-"model.readout_eps=1e-6 model.readout_affine=True model.fwm_normalize_first=True model.qk_bias=False model.beta_init=flax"}
 "$PY" -m experiments.records restore "$RECORDS" "$RUNS"
 for change in $CHANGES; do
   "$PY" launch.py --config=configs/associative_recall.py:tanh-fwm --config.setting=2 \
