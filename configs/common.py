@@ -100,6 +100,24 @@ def lm_config() -> ml_collections.ConfigDict:
   return c
 
 
+def apply_authors_lm_details(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The authors' LM layers (IDSIA/lmtool-fwp) in the details where fwp's CPU configs keep
+  fwp's own values (docs/departures.md, the LM table): configs/wikitext103.py takes them all,
+  configs/language_model.py with `:authors`. Call after the model fields are set."""
+  c.model.pre_norm_residual = "normed"   # under --pre_lnorm: residual onto LN(x), no final LN
+  c.model.layer_norm_eps = 1e-5          # torch's LayerNorm eps
+  c.model.attention_eps = 1e-5           # their layers' normaliser eps
+  # Their layer for each name (docs/departures.md): DPFP with the sum rule exists only as
+  # attn_type 6, whose 1/√d_head sits inside the normalised scores.
+  if c.model.feature_map == "dpfp" and c.model.update_rule == "sum":
+    c.model.sum_scale = "scores"
+  c.model.favor_projection = "lmtool"    # their draw_orthogonal_random_matrix(d_head, m)
+  c.model.eval_projection = "last_draw"  # their proj_matrix: the last training draw
+  c.model.final_dropout = True           # their self.drop(core_out) after the last layer
+  c.model.init = "authors"               # their weights_init: N(0, 0.02), LayerNorm N(1, 0.02)
+  return c
+
+
 def lm_model_names_help() -> str:
   return (names.describe(names.LM) +
           " (e.g. linear-delta, dpfp2-sum, favor16-delta, linear-delta_rnn)")

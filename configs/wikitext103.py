@@ -50,19 +50,8 @@ def get_config(name: str = "small-linear-delta"):
   c.model.adaptive_cutoffs = (20000, 40000, 200000)
   c = common.apply_lm_model(c, model)
   c.model.pre_norm = c.model.recurrence != "none"     # the RFWP paper's script: --pre_lnorm
-  # ... whose fast weight layers add the residual to LN(x), with no final LayerNorm.
-  c.model.pre_norm_residual = "normed"
-  # torch's LayerNorm eps and their layers' normaliser eps (nothing committed was run with
-  # these configs, so they take the authors' values; the CPU configs keep fwp's, see
-  # docs/departures.md).
-  c.model.layer_norm_eps = 1e-5
-  c.model.attention_eps = 1e-5
-  # Their layer for each name (experiments/studies/authors_crosscheck_lm.py LM_NAMES): DPFP with
-  # the sum rule exists only as attn_type 6, whose 1/√d_head sits inside the normalised scores.
-  if c.model.feature_map == "dpfp" and c.model.update_rule == "sum":
-    c.model.sum_scale = "scores"
-  c.model.favor_projection = "lmtool"    # their draw_orthogonal_random_matrix(d_head, m)
-  c.model.eval_projection = "last_draw"  # their proj_matrix: the last training draw
-  c.model.final_dropout = True           # their self.drop(core_out) after the last layer
-  c.model.init = "authors"               # their weights_init: N(0, 0.02), LayerNorm N(1, 0.02)
+  # ... whose fast weight layers add the residual to LN(x), with no final LayerNorm; and every
+  # other detail of their layers (nothing committed was run with these configs, so they take
+  # the authors' values; the CPU configs keep fwp's unless asked, see docs/departures.md).
+  common.apply_authors_lm_details(c)
   return c
