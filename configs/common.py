@@ -42,7 +42,10 @@ def lm_config() -> ml_collections.ConfigDict:
   c.data_dir = ""                # wikitext103: the directory with wiki.{train,valid,test}.tokens
   c.cache_dir = ""               # wikitext103 token cache (default: data_dir/fwp-cache, else
   #                                $XDG_CACHE_HOME/fwp or ~/.cache/fwp)
-  c.context = 128                # training and evaluation context (tgt_len; no memory)
+  c.context = 128                # training and evaluation context (tgt_len)
+  c.carry_state = False          # fast weights carried from segment to segment of each stream,
+  #                                in training and evaluation: no context window (the paper's
+  #                                Table 4; needs model.positional=none)
   c.eval_batch_size = 16         # windows per evaluation batch
   c.sliding_stride = 1           # final sliding-window evaluation stride (1 = the authors'; 0 off)
   c.learning_rate = 2.5e-4
@@ -118,17 +121,57 @@ def apply_authors_lm_details(c: ml_collections.ConfigDict) -> ml_collections.Con
   return c
 
 
+# Suffixes of an LM name for the rows of the paper's Tables 3 and 4 (e.g. linear-delta-nopos,
+# linear-delta-attn-nopos, linear-delta-carry), applied in this order after the model's fields.
+LM_OPTIONS = {
+    "attn": "the delta rule's sum-normalised φ also divided by the attention normaliser "
+            "(normalization=sum_attention; Table 3's 'attention normalisation: yes')",
+    "nopos": "no positional encoding (model.positional=none, the authors' --no_pos)",
+    "carry": "fast weights carried across segments in training and evaluation, no context "
+             "window (carry_state=True; implies nopos; Table 4)",
+}
+
+
 def lm_model_names_help() -> str:
   return (names.describe(names.LM) +
-          " (e.g. linear-delta, dpfp2-sum, favor16-delta, linear-delta_rnn)")
+          " (e.g. linear-delta, dpfp2-sum, favor16-delta, linear-delta_rnn), then any of "
+          + ", ".join(f"-{o}" for o in LM_OPTIONS) + " (e.g. linear-delta-carry)")
 
 
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Sets the attention fields for a model name of the paper's LM tables (configs.names, the
-  LM policy)."""
-  fields = names.model_fields(name, names.LM)
+  LM policy), then those of its LM_OPTIONS suffixes."""
+  parts = name.split("-")
+  options = []
+  while parts and parts[-1] in LM_OPTIONS:
+    options.insert(0, parts.pop())
+  model = "-".join(parts)
+  try:
+    fields = names.model_fields(model, names.LM)
+  except ValueError:
+    raise ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.") from None
+  if len(set(options)) < len(options):
+    raise ValueError(f"Model {name!r} repeats an option; each of "
+                     f"{', '.join(LM_OPTIONS)} at most once.")
   c.model_name = name
   c.model.update(fields)
+  for option in options:
+    if option == "attn":
+      if c.model.normalization != "sum":
+        raise ValueError(f"Model {name!r}: -attn adds the attention normaliser to the delta "
+                         f"rule's sum normalisation; {model!r} has normalization "
+                         f"{c.model.normalization!r} (the sum rule is attention-normalised "
+                         f"already).")
+      c.model.normalization = "sum_attention"
+    elif option == "nopos":
+      c.model.positional = "none"
+    elif option == "carry":
+      if c.model.update_rule in ("softmax", "additive"):
+        raise ValueError(f"Model {name!r}: -carry carries a fast weight memory across "
+                         f"segments; {model!r} has none (its key/value cache grows with the "
+                         f"text).")
+      c.carry_state = True
+      c.model.positional = "none"
   return c
 
 

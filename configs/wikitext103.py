@@ -14,6 +14,15 @@ and softmax (cutoffs 20000, 40000, 200000, div_val 1, tied); perplexity from the
 evaluation (stride 1). Expected (the paper's Table 2): for each φ the delta rule's perplexity
 is below the sum rule's, and softmax attention stays ahead of every linear model.
 
+The paper's Tables 3 and 4 (medium Delta Net, sum normalisation in every row) are suffixes of a
+name: `-nopos` (no positional encoding), `-attn` (the attention normaliser besides the sum
+normalisation), `-carry` (fast weights carried across segments in training and evaluation, no
+context window; implies -nopos):
+  Table 3: medium-linear-delta-attn (pos yes, attn yes), medium-linear-delta-attn-nopos,
+           medium-linear-delta (pos yes, attn no), medium-linear-delta-nopos
+  Table 4: medium-linear-delta-carry, medium-linear-sum-carry (the carried Linear Transformer)
+Transformer-XL, Table 4's baseline with a state, is not in fwp yet (docs/language_modelling.md).
+
 The recurrent FWPs of Irie et al. 2021 are models here too: <phi>-delta_rnn, <phi>-rdn,
 <phi>-delta_lstm (e.g. small-linear-delta_rnn); as in that paper's script
 (IDSIA/recurrent-fwp, language_modeling/README.md: --pre_lnorm) they use pre-LN blocks.

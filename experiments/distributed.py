@@ -47,6 +47,16 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def place_state(arrays: dict, mesh: Mesh) -> dict:
+  """The training state on the mesh: everything replicated but a task's carried state
+  (`arrays["carry"]`, one row per sequence of the batch), which is split over the data axis as
+  the batch is, so each device holds the state of its own rows."""
+  placed = replicate({k: v for k, v in arrays.items() if k != "carry"}, mesh)
+  if "carry" in arrays:
+    placed["carry"] = jax.device_put(arrays["carry"], NamedSharding(mesh, P(DATA)))
+  return placed
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Constrains every [B, ...] array of `batch` to be split over the data axis (inside jit)."""
   return {k: jax.lax.with_sharding_constraint(v, NamedSharding(mesh, P(DATA)))

@@ -4,12 +4,16 @@
   python -m experiments.generate --workdir=runs/lm --temperature=0      # greedy
   python -m experiments.generate --workdir=runs/lm --top_k=10 --prompt_form=chunked
   python -m experiments.generate --workdir=runs/lm --num_tokens=100000 > sample.txt   # streams
+  python -m experiments.generate --workdir=runs/lm --prompt_file=book.txt --prompt_segment=128
 
 The prompt goes through the model once, in its parallel or chunked form, which returns every
 layer's fast weights (W, and z under attention normalisation); then each new token is one
 `model.step(state, token)`: constant time and memory per token for a fast weight model, a growing
 key/value cache for softmax attention. Tokens are printed as they are made (nothing but the
-model's state is kept). Reads config.json and the latest checkpoint of --workdir, and writes
+model's state is kept). A fast weight model has no context window: `--prompt_segment=N` reads
+a prompt of any length N tokens at a time, each piece starting from the state the last one left
+(as a carry_state run trains; a fast weight model's memory is bounded by N, not by the prompt;
+softmax attention's cache still holds the whole prompt). Reads config.json and the latest checkpoint of --workdir, and writes
 nothing there: a run that is still training may be read.
 """
 
@@ -40,6 +44,11 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest tokens (0: all).",
                               lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "Read the prompt from this file "
+                                   "(instead of --prompt).")
+_PROMPT_SEGMENT = flags.DEFINE_integer(
+    "prompt_segment", 0, "Read the prompt this many tokens at a time, carrying the state from "
+    "piece to piece (fast weight models; 0: in one pass).", lower_bound=0)
 _PROMPT_FORM = flags.DEFINE_enum("prompt_form", None, ["parallel", "chunked", "recurrent"],
                                  "Form for the prompt (default: the run's own).")
 
@@ -94,7 +103,11 @@ def sample(log_probs, key, temperature: float, top_k: int):
   return jax.random.categorical(key, logits, axis=-1)
 
 
-def check_request(prompt_ids: np.ndarray, num_tokens: int, top_k: int, vocab_size: int) -> None:
+def check_request(prompt_ids: np.ndarray, num_tokens: int, top_k: int, vocab_size: int,
+                  prompt_segment: int = 0) -> None:
+  if prompt_segment < 0:
+    raise ValueError(f"--prompt_segment must be >= 0 (0: the prompt in one pass), got "
+                     f"{prompt_segment}.")
   if len(prompt_ids) == 0:
     raise ValueError("The prompt holds no token of this run's vocabulary (a word-level run "
                      "splits on whitespace): give some text, or no --prompt to start a line.")
@@ -106,12 +119,16 @@ def check_request(prompt_ids: np.ndarray, num_tokens: int, top_k: int, vocab_siz
 
 
 def stream(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: float = 0.8,
-           top_k: int = 0, seed: int = 0) -> Iterator[int]:
-  """The prompt in one pass, then `num_tokens` RNN steps, yielding each id as it is made: only
-  the model's state is kept (constant for a fast weight model, a cache for softmax)."""
-  check_request(prompt_ids, num_tokens, top_k, model.config.vocab_size)
+           top_k: int = 0, seed: int = 0, prompt_segment: int = 0,
+           state=None) -> Iterator[int]:
+  """The prompt in one pass (or `prompt_segment` tokens at a time, the state carried from piece
+  to piece), then `num_tokens` RNN steps, yielding each id as it is made: only the model's state
+  is kept (constant for a fast weight model, a cache for softmax). `state`: a state to start
+  from (e.g. after reading earlier text), the empty one when None."""
+  check_request(prompt_ids, num_tokens, top_k, model.config.vocab_size, prompt_segment)
   prompt = jnp.asarray(prompt_ids, jnp.int32)[None]
-  state = model.init_state(1, cache_capacity=prompt.shape[1] + num_tokens)
+  if state is None:
+    state = model.init_state(1, cache_capacity=prompt.shape[1] + num_tokens)
   graphdef, weights = nnx.split(model)
 
   @jax.jit
@@ -123,7 +140,9 @@ def stream(model, prompt_ids: np.ndarray, num_tokens: int, *, temperature: float
     log_probs, state = nnx.merge(graphdef, weights).step(state, token)
     return sample(log_probs, key, temperature, top_k), state
 
-  log_probs, state = prefill(weights, state, prompt)
+  piece = prompt_segment or prompt.shape[1]
+  for start in range(0, prompt.shape[1], piece):
+    log_probs, state = prefill(weights, state, prompt[:, start:start + piece])
   key = jax.random.key(seed)
   token = sample(log_probs[:, -1], jax.random.fold_in(key, 0), temperature, top_k)
   for i in range(1, num_tokens):   # the next step is dispatched before this token is read
@@ -157,15 +176,25 @@ def _generate():
   config, model, step = load_run(_WORKDIR.value, _PROMPT_FORM.value)
   corpus = language_model.load_corpus(config)
   prompt = _PROMPT.value
+  if _PROMPT_FILE.value:
+    if prompt:
+      raise ValueError("Give --prompt or --prompt_file, not both.")
+    try:
+      with open(_PROMPT_FILE.value, encoding="utf-8") as f:
+        prompt = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+      raise ValueError(f"--prompt_file={_PROMPT_FILE.value!r} cannot be read ({error}).") from None
   ids = corpus.vocab.encode(prompt) if prompt else corpus.vocab.encode("\n")
-  check_request(ids, _NUM_TOKENS.value, _TOP_K.value, corpus.vocab.size)   # before any output
+  check_request(ids, _NUM_TOKENS.value, _TOP_K.value, corpus.vocab.size,    # before any output
+                _PROMPT_SEGMENT.value)
   print(f"[{config.model_name}, step {step}, {len(ids)} prompt + {_NUM_TOKENS.value} generated "
         f"{corpus.unit}s]", flush=True)
   decoder = corpus.vocab.decoder(continues=prompt)
   sys.stdout.write(prompt)
   start, last_flush = time.time(), time.time()
   for token in stream(model, ids, _NUM_TOKENS.value, temperature=_TEMPERATURE.value,
-                      top_k=_TOP_K.value, seed=_SEED.value):
+                      top_k=_TOP_K.value, seed=_SEED.value,
+                      prompt_segment=_PROMPT_SEGMENT.value):
     sys.stdout.write(decoder([token]))
     if time.time() - last_flush > 0.2:
       sys.stdout.flush()

@@ -57,9 +57,10 @@ class Progress:
 @dataclasses.dataclass
 class TrainState:
   """Everything a checkpoint holds. `arrays` is the device pytree the jitted step maps to
-  itself: params, rest (the model's other variables, e.g. FAVOR+ projections), opt_state and
+  itself: params, rest (the model's other variables, e.g. FAVOR+ projections), opt_state,
   `sums` (the train loss and the task's aux numbers, weighted, since the last eval, with their
-  weight). `progress` is the loop's counters."""
+  weight) and, for a task that carries a state from step to step, `carry` (batch-major arrays,
+  sharded like the batch). `progress` is the loop's counters."""
   arrays: dict
   progress: Progress
 
@@ -77,35 +78,54 @@ def create_state(task, tx: optax.GradientTransformation, seed: int):
   """(graphdef, the TrainState at step 0) of `task`'s model initialised from `seed`: the one
   constructor for the loop, tests and studies."""
   model = task.build_model(nnx.Rngs(seed))
+  carry = tasks.initial_carry(task, model)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   batch = task.host_batch(0)
-  aux = jax.eval_shape(lambda p: task.loss(nnx.merge(graphdef, p, rest), batch, 0)[1], params)
+  aux = jax.eval_shape(
+      lambda p: _task_loss(task, nnx.merge(graphdef, p, rest), batch, 0, carry)[1], params)
   sums = {"loss": jnp.zeros((), jnp.float32),
           **{k: jnp.zeros((), jnp.float32) for k in aux}}
   sums.setdefault("weight", jnp.zeros((), jnp.float32))
   best = math.inf if tasks.selection(task)[1] == "min" else -math.inf
-  return graphdef, TrainState(dict(params=params, rest=rest, opt_state=tx.init(params),
-                                    sums=sums), Progress(0, best, 0, 0.0))
+  arrays = dict(params=params, rest=rest, opt_state=tx.init(params), sums=sums)
+  if carry is not None:
+    arrays["carry"] = carry
+  return graphdef, TrainState(arrays, Progress(0, best, 0, 0.0))
+
+
+def _task_loss(task, model, batch, step, carry):
+  """(loss, aux, next carry): the task's loss, with the carried state when it keeps one (the
+  carry enters as a constant: no gradient flows into the steps before)."""
+  if carry is None:
+    loss, aux = task.loss(model, batch, step)
+    return loss, aux, None
+  return task.loss(model, batch, step, jax.lax.stop_gradient(carry))
 
 
 def compile_step(graphdef, tx: optax.GradientTransformation, task):
   """The jitted pure train step: (arrays, step, batch) -> arrays, one optimizer update with the
-  loss (and aux) added to `sums` at the batch's weight. `batch` is the task's host batch (None
-  when the task makes its batch inside the step)."""
+  loss (and aux) added to `sums` at the batch's weight, and a task's carried state (arrays
+  ["carry"], when it keeps one) replaced by the one its loss returns. `batch` is the task's host
+  batch (None when the task makes its batch inside the step)."""
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(arrays, step, batch):
     def loss_fn(params):
-      return task.loss(nnx.merge(graphdef, params, arrays["rest"]), batch, step)
+      model = nnx.merge(graphdef, params, arrays["rest"])
+      loss, aux, carry = _task_loss(task, model, batch, step, arrays.get("carry"))
+      return loss, (aux, carry)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(arrays["params"])
+    (loss, (aux, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(arrays["params"])
     updates, opt_state = tx.update(grads, arrays["opt_state"], arrays["params"])
     weight = jnp.asarray(aux.get("weight", 1.0), jnp.float32)
     added = {"loss": loss * weight, "weight": weight,
              **{k: v * weight for k, v in aux.items() if k != "weight"}}
     sums = {k: s + added[k].astype(s.dtype) for k, s in arrays["sums"].items()}
-    return dict(arrays, params=optax.apply_updates(arrays["params"], updates),
-                opt_state=opt_state, sums=sums)
+    out = dict(arrays, params=optax.apply_updates(arrays["params"], updates),
+               opt_state=opt_state, sums=sums)
+    if carry is not None:
+      out["carry"] = jax.lax.stop_gradient(carry)
+    return out
 
   return train_step
 
@@ -175,7 +195,7 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   task = family.make(config, mesh)
   tx = tasks.optimizer(task, config)
   graphdef, state = create_state(task, tx, config.seed)
-  state.arrays = distributed.replicate(state.arrays, mesh)
+  state.arrays = distributed.place_state(state.arrays, mesh)
   early = stopping.EarlyStopping.of(task, config)
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                             early.direction)

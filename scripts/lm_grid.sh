@@ -8,17 +8,21 @@
 #                                                 # dropout, DPFP sum scaling): configs/
 #                                                 # language_model.py:<model>:authors, into
 #                                                 # runs/lm_grid-authors, report in results/authors
+#   RUNS=runs/lm_context OUT=results/context MODELS="linear-delta-nopos linear-delta-carry" \
+#     bash scripts/lm_grid.sh                    # without a context window (docs/language_
+#                                                # modelling.md: names take -nopos, -attn, -carry)
 # Relaunching resumes: finished runs are skipped, interrupted ones continue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 VARIANT=${VARIANT:-fwp}
 case $VARIANT in
-  fwp) SUFFIX=""; OUT=results; DEFAULT_RUNS=runs/lm_grid ;;
-  authors) SUFFIX=":authors"; OUT=results/authors; DEFAULT_RUNS=runs/lm_grid-authors ;;
+  fwp) SUFFIX=""; DEFAULT_OUT=results; DEFAULT_RUNS=runs/lm_grid ;;
+  authors) SUFFIX=":authors"; DEFAULT_OUT=results/authors; DEFAULT_RUNS=runs/lm_grid-authors ;;
   *) echo "VARIANT must be fwp or authors, got '$VARIANT'" >&2; exit 2 ;;
 esac
 RUNS=${RUNS:-$DEFAULT_RUNS}
+OUT=${OUT:-$DEFAULT_OUT}
 PARALLEL=${PARALLEL:-2}
 MODELS=${MODELS:-"transformer linear-sum linear-delta dpfp2-sum dpfp2-delta"}
 SEEDS=${SEEDS:-1}

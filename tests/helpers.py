@@ -134,7 +134,8 @@ def final_params(workdir):
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), 2)
   state = mngr.restore(mngr.latest_step())
   mngr.close()
-  return jax.tree.leaves(state["params"]) + jax.tree.leaves(state["opt_state"])
+  return (jax.tree.leaves(state["params"]) + jax.tree.leaves(state["opt_state"]) +
+          jax.tree.leaves(state.get("carry")))
 
 
 def strip_timing(metrics):

@@ -21,6 +21,13 @@ and its Task object says what one run of that family computes:
                               from the config's fields
   host_batch(step)            this step's batch as NumPy arrays, or None when the batch is made
                               inside the jitted step (both are pure functions of (seed, step))
+  initial_carry(model)        (optional) a state the task carries from one step to the next
+                              (e.g. a language model's fast weights, stream by stream): a
+                              pytree of batch-major arrays, or None for none. The loop keeps
+                              it in the training state (checkpointed, split over the mesh as
+                              the batch is) and calls loss(model, batch, step, carry) ->
+                              (loss, aux, next carry); no gradient crosses from one step into
+                              the carry of the next
   loss(model, batch, step) -> (loss, aux)
                               traced inside the jitted step; aux["weight"] is this batch's weight
                               in the running train loss (e.g. its token count; 1 for a plain
@@ -95,6 +102,12 @@ def optimizer(task: Task, config) -> optax.GradientTransformation:
   """The task's own optimizer, or the one the config's fields describe."""
   from experiments import optim
   return task.optimizer() if hasattr(task, "optimizer") else optim.optimizer(config)
+
+
+def initial_carry(task: Task, model: nnx.Module):
+  """The state `task` carries from step to step, built for `model`; None when it keeps none."""
+  make_carry = getattr(task, "initial_carry", None)
+  return None if make_carry is None else make_carry(model)
 
 
 def selection(task: Task) -> tuple[str, str]:

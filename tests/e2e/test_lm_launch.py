@@ -48,8 +48,14 @@ def test_a_small_lm_learns_and_generates(tmp_path):
   assert "| linear-delta | 1 | 80 |" in open(written[1]).read()
 
 
+# Both with each stream's fast weights carried from step to step (config.carry_state): the
+# carried state is part of what must resume bitwise and split over the mesh like the batch.
+CARRY = ["--config.carry_state=True", "--config.model.positional=none"]
+
+
 def test_sigkilled_lm_run_resumes_bitwise(tmp_path):
-  args = [f"--config={CONFIG}:dpfp1-sum", *TINY, "--config.max_steps=40",
+  """Parameters, optimizer and the carried fast weights (helpers.final_params reads all three)."""
+  args = [f"--config={CONFIG}:dpfp1-sum", *TINY, *CARRY, "--config.max_steps=40",
           "--config.eval_every=10", "--config.checkpoint_every=10", "--config.sliding_stride=0"]
   sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=2)
 
@@ -68,8 +74,9 @@ def test_bad_lm_flags_fail_at_parsing(args, message):
 
 
 def test_lm_on_four_simulated_devices_trains_like_one(tmp_path):
-  """The host batch is split over a 4-device data mesh; losses match one device."""
-  args = [f"--config={CONFIG}:linear-delta", *TINY, "--config.max_steps=20",
+  """The host batch and the carried fast weights are split over a 4-device data mesh; losses
+  match one device."""
+  args = [f"--config={CONFIG}:linear-delta", *TINY, *CARRY, "--config.max_steps=20",
           "--config.eval_every=10", "--config.sliding_stride=0"]
   metrics = {}
   for devices in (4, 1):

@@ -84,6 +84,9 @@ CONFIG_CASES = [
     (_lm(**{"model.accumulate": "half"}), "Unknown accumulate 'half'"),
     (_lm(**{"model.recurrence": "rdn", "model.accumulate": "input"}),
      "recurrent FWPs (fwp.rfwp) always accumulate in float32"),
+    (_lm(carry_state=True), "model.positional='sinusoidal' cannot continue"),
+    (_lm(carry_state=True, **{"model.update_rule": "softmax", "model.positional": "none"}),
+     "'softmax' attention has none"),
 ]
 
 

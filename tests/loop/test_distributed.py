@@ -152,7 +152,8 @@ def test_many_simulated_devices_on_two_cores_train_like_one_device(tmp_path, cur
     assert [m["step"] for m in metrics[devices]] == [100, 200, 300]
     # The all-reduce sums gradients in another order than one device: float32 rounding, which
     # training then amplifies (measured: equal to 5 digits at step 100, ~1e-3 apart by 300 for
-    # the delta rule, whose loss falls 30-fold in between).
-    for a, b, rel in zip(metrics[devices], metrics[1], (1e-4, 1e-2, 1e-2)):
+    # the delta rule, whose loss falls 30-fold in between; 1.3e-2 at step 300 under the
+    # authors' retrieval model, whose eval loss is 0.006 there, on this project's CPU).
+    for a, b, rel in zip(metrics[devices], metrics[1], (1e-4, 3e-2, 3e-2)):
       assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
       assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=rel)

@@ -28,3 +28,38 @@ def test_unknown_variant_names_the_choices():
 def test_authors_details_leave_the_model_name():
   c = common.apply_authors_lm_details(language_model.get_config("linear-sum"))
   assert c.model_name == "linear-sum" and c.model.update_rule == "sum"
+
+
+# The paper's Tables 3 and 4 (medium Delta Net; sum normalisation in every row) as names.
+TABLE_ROWS = {
+    # name: (positional, normalization, carry_state)
+    "medium-linear-delta-attn": ("sinusoidal", "sum_attention", False),
+    "medium-linear-delta-attn-nopos": ("none", "sum_attention", False),
+    "medium-linear-delta": ("sinusoidal", "sum", False),
+    "medium-linear-delta-nopos": ("none", "sum", False),
+    "medium-linear-delta-carry": ("none", "sum", True),
+    "medium-linear-sum-carry": ("none", "attention", True),
+}
+
+
+@pytest.mark.parametrize("name", TABLE_ROWS)
+def test_table_3_and_4_rows_are_names(name, tmp_path):
+  from experiments import train
+  from tests.helpers import write_wikitext
+  c = wikitext103.get_config(name)
+  assert (c.model.positional, c.model.normalization, c.carry_state) == TABLE_ROWS[name]
+  assert (c.model.d_model, c.model.num_heads, c.model.d_head) == (256, 8, 32)
+  assert c.model_name == name.partition("-")[2]
+  c.data_dir = write_wikitext(tmp_path)
+  train.validate(c)         # every field, as launch.py checks it at parsing
+
+
+@pytest.mark.parametrize("name,message", [
+    ("linear-sum-attn", "attention-normalised already"),
+    ("transformer-carry", "'transformer' has none"),
+    ("linear-delta-nopos-nopos", "repeats an option"),
+    ("linear-hebb-carry", "then any of -attn, -nopos, -carry"),
+])
+def test_bad_name_options_name_the_problem(name, message):
+  with pytest.raises(ValueError, match=message):
+    language_model.get_config(name)

@@ -62,3 +62,32 @@ def eval_windows(stream: np.ndarray, context: int, stride: int, batch_size: int)
     if pad:
       inputs, targets, mask = (np.pad(a, ((0, pad), (0, 0))) for a in (inputs, targets, mask))
     yield dict(inputs=inputs, targets=targets, mask=mask.astype(np.float32))
+
+
+def stream_bounds(length: int, num_streams: int) -> np.ndarray:
+  """a_0 = 0 < a_1 < ... < a_S = length − 1: stream b reads inputs a_b..a_{b+1} − 1 and predicts
+  targets a_b + 1..a_{b+1}, so every target 1..N−1 is scored exactly once (lengths differ by at
+  most one)."""
+  if not 1 <= num_streams <= length - 1:
+    raise ValueError(f"{num_streams} streams over a split of {length} tokens: need 1..{length - 1}.")
+  return np.round(np.linspace(0, length - 1, num_streams + 1)).astype(np.int64)
+
+
+def carried_segments(stream: np.ndarray, num_streams: int, context: int) -> list[dict]:
+  """The split as `num_streams` contiguous streams (stream_bounds), cut into consecutive
+  segments of `context`: a list of {inputs, targets, mask [num_streams, context]}, to be read in
+  order with each stream's state carried from one segment to the next. A stream shorter than the
+  longest is padded at its end (masked; nothing is read after it), so any context works."""
+  if len(stream) < 2:
+    raise ValueError(f"An evaluation split needs at least 2 tokens, got {len(stream)}.")
+  bounds = stream_bounds(len(stream), num_streams)
+  starts, lengths = bounds[:-1], np.diff(bounds)
+  out = []
+  for offset in range(0, int(lengths.max()), context):
+    positions = starts[:, None] + offset + np.arange(context)
+    valid = offset + np.arange(context) < lengths[:, None]
+    inputs = np.where(valid, stream[np.minimum(positions, len(stream) - 1)], 0)
+    targets = np.where(valid, stream[np.minimum(positions + 1, len(stream) - 1)], 0)
+    out.append(dict(inputs=inputs.astype(np.int32), targets=targets.astype(np.int32),
+                    mask=valid.astype(np.float32)))
+  return out

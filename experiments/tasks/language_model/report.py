@@ -127,16 +127,23 @@ def _bits_key(record: dict, prefix: str) -> str:
 
 
 def write_csv(runs, path):
+  """One row per eval. valid_loss is the run's selection loss (the carried one for a
+  carry_state run); the bits are the plain (windowed) valid evaluation's, and the carried
+  evaluation's in a column of their own when a run has one."""
   unit = _bits_key(runs[0]["metrics"][0], "valid")
+  carried = unit.replace("valid_", "valid_carried_", 1)
+  has_carried = any(carried in m for r in runs for m in r["metrics"])
   extra = runs[0]["columns"]
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["model", *extra, "seed", "step", "train_loss", "valid_loss", unit])
+    writer.writerow(["model", *extra, "seed", "step", "train_loss", "valid_loss", unit]
+                    + [carried] * has_carried)
     for run in runs:
       s = run["summary"]
       for m in run["metrics"]:
         writer.writerow([s["model"], *run["group"][1:], s["seed"], m["step"],
-                         f"{m['train_loss']:.5f}", f"{m['eval_loss']:.5f}", f"{m[unit]:.4f}"])
+                         f"{m['train_loss']:.5f}", f"{m['eval_loss']:.5f}", f"{m[unit]:.4f}"]
+                        + ([f"{m[carried]:.4f}" if carried in m else ""] * has_carried))
 
 
 def markdown(runs) -> str:
@@ -147,6 +154,12 @@ def markdown(runs) -> str:
                                                    f"valid_sliding_bits_per_{unit}"),
              ("test", f"test_bits_per_{unit}"), ("test, sliding", f"test_sliding_bits_per_{unit}"),
              ("test ppl, sliding", "test_sliding_ppl")]
+  # The carried evaluation (no window: each split read as contiguous streams, the state carried),
+  # where a run has one (every fast weight run since carry_state existed).
+  carried = [("valid, carried", f"valid_carried_bits_per_{unit}"),
+             ("test, carried", f"test_carried_bits_per_{unit}")]
+  if any(key in run["summary"] for run in runs for _, key in carried):
+    columns += carried
   groups = collections.defaultdict(list)
   for run in runs:
     groups[run["group"]].append(run["summary"])
@@ -189,7 +202,13 @@ def plot(runs, path):
   for model, seeds in sorted(curves.items()):
     steps = [m["step"] for m in seeds[0]]
     values = np.mean([[m[unit_key] for m in metrics[:len(steps)]] for metrics in seeds], axis=0)
-    ax.plot(steps, values, "o-", ms=3, label=f"{model} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    line, = ax.plot(steps, values, "o-", ms=3,
+                    label=f"{model} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    carried_key = unit_key.replace("valid_", "valid_carried_", 1)
+    if all(carried_key in m for metrics in seeds for m in metrics[:len(steps)]):
+      values = np.mean([[m[carried_key] for m in metrics[:len(steps)]] for metrics in seeds],
+                       axis=0)
+      ax.plot(steps, values, "--", color=line.get_color(), label=f"{model}, carried eval")
   s0 = runs[0]["summary"]
   ax.set_xlabel("training step")
   ax.set_ylabel(unit_key.replace("_", " "))

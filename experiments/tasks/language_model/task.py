@@ -4,7 +4,15 @@ Training batches are host arrays (segments of the corpus's contiguous streams, a
 step); the dropout and FAVOR+ keys are functions of (seed, step), so resume is exact. Evaluation
 during training is the plain non-overlapping one on the valid split (early stopping reads it);
 when a run ends, `final` adds valid and test, plain and sliding-window (the authors' protocol:
-stride 1, every token predicted with a full window of context), as perplexity and bits per unit.
+stride 1, every token predicted with a full window of context), as perplexity and bits per unit,
+and, for a model with a fast weight state, the carried evaluation: the split read as
+eval_batch_size contiguous streams, the state carried through each, no window at all.
+
+`config.carry_state` trains without a context window (the paper's Table 4, the authors'
+--carry_over_fast_weight): segment s of each training stream starts from the fast weights that
+segment s − 1 of the same stream ended with (the loop's carried state, checkpointed with the
+run; no gradient crosses the boundary), and from the empty memory when the stream starts over.
+Its evaluation during training is then the carried one too.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cach
                 "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
                 "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",
                 "model.final_dropout": False, "model.init": "flax",
-                "model.eval_projection": "init",
+                "model.eval_projection": "init", "carry_state": False,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -99,7 +107,20 @@ def validate(config) -> None:
   if eval_projection not in EVAL_PROJECTIONS:
     raise ValueError(f"Unknown model.eval_projection {eval_projection!r}; valid choices: "
                      f"{', '.join(EVAL_PROJECTIONS)}.")
-  lm_config(config, vocab_size=2)    # every model field, before any data is read
+  model = lm_config(config, vocab_size=2)    # every model field, before any data is read
+  if config.get("carry_state", False):
+    if model.fast_weight is None:
+      raise ValueError(
+          f"config.carry_state carries a fast weight memory from segment to segment; "
+          f"{config.model.update_rule!r} attention has none (its state, a key/value cache, "
+          f"grows with the text). Use a fast weight model (e.g. linear-delta), or carry_state="
+          f"False.")
+    if model.positional != "none":
+      raise ValueError(
+          f"config.carry_state reads each stream without a window, so positions would count "
+          f"past anything seen in training; model.positional={model.positional!r} cannot "
+          f"continue into an unbounded stream. Set --config.model.positional=none (the "
+          f"authors' --no_pos, as the paper's carried models).")
 
 
 def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
@@ -113,12 +134,14 @@ def _step_key(config, stream, step):
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stream), step)
 
 
-def lm_loss(config, model, batch, step):
-  """Cross-entropy of {inputs, targets} with this step's dropout (and FAVOR+) keys."""
+def lm_loss(config, model, batch, step, state: lm.LMState | None = None):
+  """Cross-entropy of {inputs, targets} with this step's dropout (and FAVOR+) keys, and the
+  model's state after the batch (from `state`, or the empty memory when None)."""
   key = lambda stream: _step_key(config, stream, step)
-  log_probs = model(batch["inputs"], dropout_key=key(_DROPOUT),
-                    projection_key=key(_PROJECTION) if config.model.redraw_projection else None)
-  return lm.cross_entropy(log_probs, batch["targets"]), {"weight": jnp.float32(1)}
+  log_probs, state = model(
+      batch["inputs"], state=state, return_state=True, dropout_key=key(_DROPOUT),
+      projection_key=key(_PROJECTION) if config.model.redraw_projection else None)
+  return lm.cross_entropy(log_probs, batch["targets"]), {"weight": jnp.float32(1)}, state
 
 
 def eval_projection_key(config, step: int):
@@ -196,14 +219,69 @@ class LanguageModelling:
     c = self.config
     return batches.train_batch(self.corpus.splits["train"], step, c.batch_size, c.context)
 
-  def loss(self, model, batch, step):
-    return lm_loss(self.config, model, batch, step)
+  @property
+  def carries_state(self) -> bool:
+    return bool(self.config.get("carry_state", False))
 
-  def _nll_sum(self, graphdef, params, rest, batch, projection_key):
+  def initial_carry(self, model: lm.TransformerLM):
+    """Under carry_state, each training stream's fast weights (every layer's state, batch-major,
+    float32 or the parameters' wider dtype): the empty memory. None otherwise."""
+    if not self.carries_state:
+      return None
+    return model.init_state(self.config.batch_size, dtype=_state_dtype()).layers
+
+  def loss(self, model, batch, step, carry=None):
+    if carry is None:
+      loss, aux, _ = lm_loss(self.config, model, batch, step)
+      return loss, aux
+    # A stream that starts over (segment 0: the first step of every epoch) starts from the
+    # empty memory; every other segment from the state its stream's previous segment left.
+    c = self.config
+    segments = batches.num_segments(len(self.corpus.splits["train"]), c.batch_size, c.context)
+    empty = model.init_state(c.batch_size, dtype=_state_dtype()).layers
+    layers = jax.tree.map(lambda e, w: jnp.where(step % segments == 0, e, w), empty, carry)
+    loss, aux, state = lm_loss(c, model, batch, step, lm.LMState(jnp.zeros((), jnp.int32), layers))
+    return loss, aux, state.layers
+
+  def _nll_sum(self, graphdef, params, rest, batch, projection_key, state=None):
     model = nnx.merge(graphdef, params, rest)
-    log_probs = model(batch["inputs"], projection_key=projection_key)
+    if state is None:
+      log_probs = model(batch["inputs"], projection_key=projection_key)
+    else:
+      log_probs, state = model(batch["inputs"], state=state, return_state=True,
+                               projection_key=projection_key)
     nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"])
+    return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"]), state
+
+  @property
+  def has_fast_weight_state(self) -> bool:
+    return self.config.model.update_rule not in common.ATTENTION_BASELINES
+
+  def carried_nll(self, graphdef, params, rest, split: str, name="",
+                  projection_key=None) -> float:
+    """Nats per unit over every target of `split`, read as eval_batch_size contiguous streams
+    (batches.carried_segments) segment by segment, each stream's state carried from one segment
+    to the next from the empty memory: no window, every token sees its stream's whole past. With
+    one stream, one recurrent pass over the split."""
+    c = self.config
+    stream = self.corpus.splits[split]
+    num_streams = min(c.eval_batch_size, len(stream) - 1)
+    model = nnx.merge(graphdef, params, rest)
+    state = model.init_state(num_streams, dtype=_state_dtype())
+    if self.mesh is not None:
+      state = distributed.replicate(state, self.mesh)
+    total, count = 0.0, 0.0
+    segments = batches.carried_segments(stream, num_streams, c.context)
+    meter = Progress(f"{name}: segment", len(segments)) if name else None
+    for i, batch in enumerate(segments):
+      if meter:
+        meter.update(i)
+      if self.mesh is not None:
+        batch = distributed.replicate(batch, self.mesh)
+      s, n, state = self._nll(graphdef, params, rest, batch, projection_key, state)
+      total += float(distributed.fetch(s))
+      count += float(distributed.fetch(n))
+    return total / count
 
   def mean_nll(self, graphdef, params, rest, batches, name="", num_batches=0,
                projection_key=None) -> float:
@@ -217,7 +295,7 @@ class LanguageModelling:
         meter.update(i)
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
-      s, n = self._nll(graphdef, params, rest, batch, projection_key)
+      s, n, _ = self._nll(graphdef, params, rest, batch, projection_key)
       total += float(distributed.fetch(s))
       count += float(distributed.fetch(n))
     return total / count
@@ -227,9 +305,14 @@ class LanguageModelling:
             f"{prefix}_bits_per_{self.corpus.unit}": nll / math.log(2)}
 
   def evaluate(self, graphdef, params, rest, step):
-    nll = self.mean_nll(graphdef, params, rest, self._valid_batches,
-                        projection_key=eval_projection_key(self.config, step))
-    return dict(eval_loss=nll, **self._metrics("valid", nll))
+    key = eval_projection_key(self.config, step)
+    nll = self.mean_nll(graphdef, params, rest, self._valid_batches, projection_key=key)
+    if not self.carries_state:
+      return dict(eval_loss=nll, **self._metrics("valid", nll))
+    # Trained without a window, selected without one: eval_loss is the carried valid loss.
+    carried = self.carried_nll(graphdef, params, rest, "valid", projection_key=key)
+    return dict(eval_loss=carried, **self._metrics("valid_carried", carried),
+                **self._metrics("valid", nll))
 
   def final(self, graphdef, params, rest, step):
     c, key = self.config, eval_projection_key(self.config, step)
@@ -243,7 +326,16 @@ class LanguageModelling:
         nll = self.mean_nll(graphdef, params, rest, windows, name=f"final {split}{suffix}",
                             num_batches=-(-count // c.eval_batch_size), projection_key=key)
         out.update(self._metrics(split + suffix, nll))
+      if self.has_fast_weight_state:
+        nll = self.carried_nll(graphdef, params, rest, split, name=f"final {split}_carried",
+                               projection_key=key)
+        out.update(self._metrics(split + "_carried", nll))
     return out
+
+
+def _state_dtype():
+  """The carried fast weights' dtype: float32, float64 where JAX computes in it (the tests)."""
+  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def encode(config, text: str) -> np.ndarray:

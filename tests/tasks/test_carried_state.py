@@ -1,0 +1,202 @@
+"""Language models without a context window (config.carry_state, the paper's Table 4): the
+carried state computes what one recurrent pass over the whole text computes (float64, 1e-10).
+
+- Training, segment by segment with each stream's fast weights carried: the per-segment losses
+  equal one pass over the concatenated segments, and each segment's gradient equals a plain
+  token-by-token loop (the model as an RNN) whose state is cut from the graph (stop_gradient) at
+  the segment boundaries: truncated backpropagation, as the authors.
+- A stream that starts over starts from the empty memory.
+- Carried evaluation: with one stream, one recurrent pass over the whole split; with several,
+  one pass per stream (batches.stream_bounds), every target scored once.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import tasks
+from experiments.tasks.language_model import batches
+from fwp import lm
+from tests.helpers import tiny_lm_config, write_wikitext, x64
+
+CONTEXT, BATCH = 4, 2
+# A fast weight model of each kind whose state is carried: the delta rule (chunked form), the
+# sum rule with its attention normaliser (z carried too; parallel form), a Delta RNN (its RNN
+# state carried), an RDN (a scan whose fast weights are its recurrent state).
+MODELS = [("linear-delta", "chunked"), ("linear-sum", "parallel"),
+          ("linear-delta_rnn", "chunked"), ("linear-rdn", "recurrent")]
+
+
+def _task(tmp_path, model="linear-delta", form="chunked", **overrides):
+  config = tiny_lm_config(model, corpus="wikitext103", level="word",
+                          data_dir=write_wikitext(tmp_path / "wt"), cache_dir=str(tmp_path / "c"),
+                          context=CONTEXT, batch_size=BATCH, carry_state=True,
+                          model__positional="none", model__dropout=0.0, model__form=form,
+                          model__chunk_size="3", **overrides)
+  tasks.get("language_model").validate(config)
+  return tasks.get("language_model").make(config)
+
+
+def _float64(model):
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                       else a, state)
+  return nnx.merge(graphdef, state)
+
+
+def _token_loop(model, inputs, cuts=()):
+  """log p [B, T, V] from model.step, token by token (a scan per piece between `cuts`, where the
+  state leaves the graph)."""
+  state, out = model.init_state(inputs.shape[0], dtype=jnp.float64), []
+  bounds = (0,) + tuple(cuts) + (inputs.shape[1],)
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    if a:
+      state = jax.lax.stop_gradient(state)
+    state, log_probs = jax.lax.scan(lambda st, tok: model.step(st, tok)[::-1], state,
+                                    inputs[:, a:b].T)
+    out.append(jnp.moveaxis(log_probs, 0, 1))
+  return jnp.concatenate(out, axis=1)
+
+
+def _nll(log_probs, targets):
+  return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("name,form", MODELS)
+def test_carried_training_is_one_pass_truncated_at_the_boundaries_float64(tmp_path, name, form):
+  with x64():
+    task = _task(tmp_path, name, form)
+    model = _float64(task.build_model(nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    steps = 3
+    assert batches.num_segments(len(task.corpus.splits["train"]), BATCH, CONTEXT) > steps
+    stream = task.corpus.splits["train"]
+    rows = stream[:len(stream) // BATCH * BATCH].reshape(BATCH, -1)
+    inputs = jnp.asarray(rows[:, :steps * CONTEXT])
+    targets = jnp.asarray(rows[:, 1:steps * CONTEXT + 1])
+    cuts = tuple(range(CONTEXT, steps * CONTEXT, CONTEXT))
+    whole = _nll(model(inputs), targets)         # the layer's form, in one call
+
+    # The reference: one plain token loop over all segments, cut at the boundaries; the
+    # gradient of each segment's mean loss (one row of the Jacobian each).
+    def looped(p, cut=True):
+      log_probs = _token_loop(nnx.merge(graphdef, p, rest), inputs, cuts if cut else ())
+      nll = _nll(log_probs, targets)
+      return jnp.stack([jnp.mean(nll[:, s * CONTEXT:(s + 1) * CONTEXT]) for s in range(steps)])
+
+    loop_losses = jax.jit(looped)(params)
+    loop_grads = jax.jit(jax.jacrev(looped))(params)
+
+    @jax.jit
+    def carried(p, batch, step, carry):
+      return task.loss(nnx.merge(graphdef, p, rest), batch, step, carry)
+
+    carried_grad = jax.jit(jax.grad(lambda *a: carried(*a)[0]))
+    carry = task.initial_carry(model)
+    for step in range(steps):
+      batch = task.host_batch(step)
+      span = slice(step * CONTEXT, (step + 1) * CONTEXT)
+      np.testing.assert_array_equal(batch["inputs"], inputs[:, span])
+      loss, _, new_carry = carried(params, batch, step, carry)
+      grads = carried_grad(params, batch, step, carry)
+      chex.assert_trees_all_close(loss, jnp.mean(whole[:, span]), rtol=1e-10)
+      chex.assert_trees_all_close(loss, loop_losses[step], rtol=1e-10)
+      chex.assert_tree_all_finite(grads)
+      chex.assert_trees_all_close(grads, jax.tree.map(lambda g: g[step], loop_grads),
+                                  rtol=1e-10, atol=1e-12)
+      carry = new_carry
+    # The gradient really is truncated: without the cuts, the last segment's differs.
+    untruncated = jax.jit(jax.jacrev(lambda p: looped(p, cut=False)))(params)
+    gap = max(float(jnp.max(jnp.abs(a[-1] - b[-1]))) for a, b in
+              zip(jax.tree.leaves(loop_grads), jax.tree.leaves(untruncated)))
+    assert gap > 1e-8
+
+
+def test_a_stream_that_starts_over_starts_from_the_empty_memory(tmp_path):
+  with x64():
+    task = _task(tmp_path)
+    model = _float64(task.build_model(nnx.Rngs(0)))
+    graphdef, weights = nnx.split(model)
+    loss = jax.jit(lambda w, batch, step, carry: task.loss(nnx.merge(graphdef, w), batch, step,
+                                                           carry))
+    n = batches.num_segments(len(task.corpus.splits["train"]), BATCH, CONTEXT)
+    carry = task.initial_carry(model)
+    for step in range(n):
+      _, _, carry = loss(weights, task.host_batch(step), step, carry)
+    assert float(jnp.max(jnp.abs(carry[0].w))) > 0     # a memory was written
+    wrapped, _, _ = loss(weights, task.host_batch(n), n, carry)
+    first, _, _ = loss(weights, task.host_batch(0), 0, task.initial_carry(model))
+    np.testing.assert_array_equal(task.host_batch(n)["inputs"], task.host_batch(0)["inputs"])
+    assert float(wrapped) == float(first)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("linear-sum", "parallel")])
+def test_carried_evaluation_is_one_recurrent_pass_per_stream_float64(tmp_path, streams, name,
+                                                                     form):
+  with x64():
+    task = _task(tmp_path, name, form, eval_batch_size=streams)
+    model = _float64(task.build_model(nnx.Rngs(1)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    split = task.corpus.splits["valid"]
+    assert len(split) - 1 > CONTEXT * 2 and (len(split) - 1) % CONTEXT    # several, ragged
+    carried = task.carried_nll(graphdef, params, rest, "valid")
+    bounds = batches.stream_bounds(len(split), streams)
+    total = 0.0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      piece = jnp.asarray(split[a:b + 1])[None]
+      log_probs = _token_loop(model, piece[:, :-1])            # a plain loop, token by token
+      total += float(jnp.sum(_nll(log_probs, piece[:, 1:])))
+    chex.assert_trees_all_close(carried, total / (len(split) - 1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("length,streams,context", [(2, 1, 4), (10, 3, 4), (23, 4, 3),
+                                                    (9, 8, 5)])
+def test_carried_segments_score_every_target_once_in_order(length, streams, context):
+  stream = np.arange(length) * 7 % 101
+  segments = batches.carried_segments(stream, streams, context)
+  inputs = np.concatenate([s["inputs"] for s in segments], axis=1)
+  targets = np.concatenate([s["targets"] for s in segments], axis=1)
+  mask = np.concatenate([s["mask"] for s in segments], axis=1).astype(bool)
+  bounds = batches.stream_bounds(length, streams)
+  for b in range(streams):
+    a, e = bounds[b], bounds[b + 1]
+    np.testing.assert_array_equal(inputs[b][mask[b]], stream[a:e])
+    np.testing.assert_array_equal(targets[b][mask[b]], stream[a + 1:e + 1])
+    assert mask[b][:e - a].all() and not mask[b][e - a:].any()     # padding only at the end
+  assert int(mask.sum()) == length - 1
+
+
+@pytest.mark.parametrize("name", ["linear-delta", "transformer"])
+def test_a_prompt_read_in_segments_continues_as_one_pass_float64(tmp_path, name):
+  """experiments.generate --prompt_segment: a prompt of 21 tokens, read CONTEXT = 4 tokens
+  at a time with the state carried, gives one pass's continuation (greedy) and log-probs."""
+  from experiments import generate
+  with x64():
+    positional = {} if name == "transformer" else {"model__positional": "none"}
+    config = tiny_lm_config(name, **positional)
+    model = _float64(tasks.get("language_model").make(config).build_model(nnx.Rngs(2)))
+    prompt = np.asarray(np.random.default_rng(0).integers(0, 256, 5 * CONTEXT + 1), np.int32)
+    one = list(generate.stream(model, prompt, 12, temperature=0))
+    pieces = list(generate.stream(model, prompt, 12, temperature=0, prompt_segment=CONTEXT))
+    assert one == pieces
+    state = model.init_state(1, cache_capacity=len(prompt), dtype=jnp.float64)
+    whole = model(jnp.asarray(prompt)[None])
+    parts = []
+    for start in range(0, len(prompt), CONTEXT):
+      out, state = model(jnp.asarray(prompt[start:start + CONTEXT])[None], state=state,
+                         return_state=True)
+      parts.append(out)
+    chex.assert_trees_all_close(jnp.concatenate(parts, axis=1), whole, rtol=1e-10, atol=1e-12)
+
+
+def test_a_resume_that_flips_carry_state_is_refused_by_name(tmp_path):
+  from experiments import train
+  config = tiny_lm_config(max_steps=2, eval_every=2, model__positional="none")
+  train.train(config, str(tmp_path / "run"))
+  config.carry_state, config.max_steps = True, 4
+  with pytest.raises(ValueError, match="carry_state: False -> True"):
+    train.train(config, str(tmp_path / "run"))
