@@ -63,7 +63,8 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.pre_norm = False               # post-LN, as the authors
   c.model.pre_norm_residual = "input"    # pre-LN attention residual onto: input | normed (theirs)
   c.model.layer_norm_eps = 1e-6          # LayerNorm eps (flax's; the authors': torch's 1e-5)
-  c.model.positional = "sinusoidal"      # sinusoidal | none
+  c.model.positional = "sinusoidal"      # sinusoidal | none | relative (Transformer-XL's)
+  c.model.mem_len = 0                    # Transformer-XL: previous hidden states per layer
   c.model.adaptive_cutoffs = ()          # the authors' adaptive softmax: (20000, 40000, 200000)
   c.model.dtype = "float32"              # matmul dtype: float32 | bfloat16 (GPU/TPU)
   c.model.feature_map = "elu_plus_one"   # identity | elu_plus_one | tanh | dpfp | favor_plus
@@ -121,6 +122,17 @@ def apply_authors_lm_details(c: ml_collections.ConfigDict) -> ml_collections.Con
   return c
 
 
+def _txl_fields(model: str) -> dict:
+  """`txl` (relative positions, no memory) or `txl-mem<N>` (a memory of N hidden states per
+  layer, carried across segments in training and evaluation, as Transformer-XL trains)."""
+  mem = model[len("txl-mem"):] if model.startswith("txl-mem") else None
+  if model != "txl" and not (mem and mem.isdigit() and int(mem) >= 1):
+    raise ValueError(f"Unknown Transformer-XL name {model!r}: txl or txl-mem<N>, N >= 1.")
+  fields = {"update_rule": "softmax", "normalization": "none", "positional": "relative",
+            "mem_len": int(mem) if mem else 0}
+  return dict(fields, carry_state=bool(mem))
+
+
 # Suffixes of an LM name for the rows of the paper's Tables 3 and 4 (e.g. linear-delta-nopos,
 # linear-delta-attn-nopos, linear-delta-carry), applied in this order after the model's fields.
 LM_OPTIONS = {
@@ -135,7 +147,9 @@ LM_OPTIONS = {
 def lm_model_names_help() -> str:
   return (names.describe(names.LM) +
           " (e.g. linear-delta, dpfp2-sum, favor16-delta, linear-delta_rnn), then any of "
-          + ", ".join(f"-{o}" for o in LM_OPTIONS) + " (e.g. linear-delta-carry)")
+          + ", ".join(f"-{o}" for o in LM_OPTIONS) + " (e.g. linear-delta-carry); or "
+          "Transformer-XL: txl (relative positions, no memory), txl-mem<N> (a memory of N "
+          "hidden states per layer, carried)")
 
 
 def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -147,13 +161,14 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
     options.insert(0, parts.pop())
   model = "-".join(parts)
   try:
-    fields = names.model_fields(model, names.LM)
+    fields = _txl_fields(model) if parts[0] == "txl" else names.model_fields(model, names.LM)
   except ValueError:
     raise ValueError(f"Unknown model {name!r}; valid choices: {lm_model_names_help()}.") from None
   if len(set(options)) < len(options):
     raise ValueError(f"Model {name!r} repeats an option; each of "
                      f"{', '.join(LM_OPTIONS)} at most once.")
   c.model_name = name
+  c.carry_state = fields.pop("carry_state", c.carry_state)
   c.model.update(fields)
   for option in options:
     if option == "attn":
@@ -166,6 +181,9 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
     elif option == "nopos":
       c.model.positional = "none"
     elif option == "carry":
+      if c.model.positional == "relative":
+        raise ValueError(f"Model {name!r}: Transformer-XL carries its memory already "
+                         f"(txl-mem<N>); -carry is for fast weight models.")
       if c.model.update_rule in ("softmax", "additive"):
         raise ValueError(f"Model {name!r}: -carry carries a fast weight memory across "
                          f"segments; {model!r} has none (its key/value cache grows with the "

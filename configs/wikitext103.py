@@ -20,8 +20,9 @@ normalisation), `-carry` (fast weights carried across segments in training and e
 context window; implies -nopos):
   Table 3: medium-linear-delta-attn (pos yes, attn yes), medium-linear-delta-attn-nopos,
            medium-linear-delta (pos yes, attn no), medium-linear-delta-nopos
-  Table 4: medium-linear-delta-carry, medium-linear-sum-carry (the carried Linear Transformer)
-Transformer-XL, Table 4's baseline with a state, is not in fwp yet (docs/language_modelling.md).
+  Table 4: medium-linear-delta-carry, medium-linear-sum-carry (the carried Linear Transformer),
+           medium-txl-mem64, medium-txl-mem128, medium-txl-mem384 (Transformer-XL, its memory
+           carried; medium-txl: relative positions, no memory)
 
 The recurrent FWPs of Irie et al. 2021 are models here too: <phi>-delta_rnn, <phi>-rdn,
 <phi>-delta_lstm (e.g. small-linear-delta_rnn); as in that paper's script

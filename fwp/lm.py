@@ -23,8 +23,13 @@ count back from its end: another function, which cannot continue into decoding; 
 Dropout keys are explicit arguments, so a step is a pure function of (params, batch, key) and
 resume is exact.
 
+With `positional="relative"` the attention is Transformer-XL's (fwp.txl): softmax over a memory
+of the previous `mem_len` hidden states per layer and the segment, relative positions, no
+absolute ones; its state is that memory, of fixed size, so it too continues from segment to
+segment (the baseline of the paper's Table 4).
+
 Shapes: tokens [B, T] int; logits [B, T, V]; state = LMState(position [], layers (per layer a
-FastWeightState or KVCache)).
+FastWeightState, KVCache or txl.XLMemory)).
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers
+from fwp import layers, txl
 
-POSITIONALS = ("sinusoidal", "none")
+# "relative": Transformer-XL's relative positions (fwp.txl; softmax attention only), no absolute
+# positions at the input.
+POSITIONALS = ("sinusoidal", "none", "relative")
 EMBEDDINGS = ("scaled", "plain")
 PRE_NORM_RESIDUALS = ("input", "normed")
 INITS = ("flax", "authors")
@@ -82,6 +89,9 @@ class LMConfig:
   # kernel N(0, 0.02) and bias 0, every LayerNorm scale N(1, 0.02) and bias 0 (the embedding is
   # N(0, 0.02) under either). "flax": flax's defaults (lecun-normal kernels, scale 1).
   init: str = "flax"
+  # Transformer-XL (positional="relative"): how many previous hidden states each layer attends
+  # to besides the segment (its memory, the state; 0: a Transformer with relative positions).
+  mem_len: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -94,6 +104,14 @@ class LMConfig:
       raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
                        f"{', '.join(POSITIONALS)}.")
     layers.check_scoring(self.scoring)
+    if isinstance(self.mem_len, bool) or not isinstance(self.mem_len, int) or self.mem_len < 0:
+      raise ValueError(f"LMConfig.mem_len must be an integer >= 0, got {self.mem_len!r}.")
+    if self.positional == "relative" and (self.fast_weight is not None or self.scoring != "dot"):
+      raise ValueError("positional='relative' is Transformer-XL's softmax attention (fwp.txl); "
+                       "it needs fast_weight=None and scoring='dot'.")
+    if self.mem_len and self.positional != "relative":
+      raise ValueError(f"mem_len={self.mem_len} is Transformer-XL's memory; it needs "
+                       f"positional='relative', got {self.positional!r}.")
     if self.pre_norm_residual not in PRE_NORM_RESIDUALS:
       raise ValueError(f"Unknown pre_norm_residual {self.pre_norm_residual!r}; valid choices: "
                        f"{', '.join(PRE_NORM_RESIDUALS)}.")
@@ -153,7 +171,11 @@ class Block(nnx.Module):
   def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
     self.config = config
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-    if config.fast_weight is None:
+    if config.positional == "relative":
+      self.attention = txl.RelativeAttention(config.d_model, config.num_heads, config.d_head,
+                                             config.mem_len, rngs=rngs, dtype=dtype)
+      self.scale = 1.0
+    elif config.fast_weight is None:
       self.attention = layers.SoftmaxAttention(config.d_model, config.num_heads, config.d_head,
                                                rngs=rngs, dtype=dtype, scoring=config.scoring)
       self.scale = 1.0
@@ -168,9 +190,15 @@ class Block(nnx.Module):
     self.ff_out = nnx.Linear(config.d_ff, config.d_model, dtype=dtype, rngs=rngs)
     self.norm_ff = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, rngs=rngs)
 
-  def __call__(self, x, state, dropout_key, projection_key):
+  def __call__(self, x, state, dropout_key, projection_key, rel_bias=None):
     rate, pre = self.config.dropout, self.config.pre_norm
-    kwargs = {} if self.config.fast_weight is None else dict(projection_key=projection_key)
+    if self.config.positional == "relative":
+      kwargs = dict(rel_bias=rel_bias,
+                    distance_dropout=lambda r: dropout(r, rate, _site(dropout_key, 3)))
+    elif self.config.fast_weight is None:
+      kwargs = {}
+    else:
+      kwargs = dict(projection_key=projection_key)
     attn_in = self.norm_attention(x) if pre else x
     a, state = self.attention(attn_in, initial_state=state, return_state=True, **kwargs)
     residual = attn_in if pre and self.config.pre_norm_residual == "normed" else x
@@ -223,6 +251,10 @@ class TransformerLM(nnx.Module):
                  if config.output_size else None)
     self.output_bias = (None if config.output_size else
                         nnx.Param(jnp.zeros((config.vocab_size,))))
+    # Transformer-XL's r_w_bias and r_r_bias (u, v), shared by every layer.
+    self.rel_bias = (nnx.Param(nnx.initializers.normal(0.02)(
+        rngs.params(), (2, config.num_heads, config.d_head)))
+        if config.positional == "relative" else None)
     num_clusters = len(config.cutoffs)
     self.cluster_proj = (nnx.Linear(config.d_model, num_clusters, rngs=rngs)
                          if num_clusters else None)
@@ -231,8 +263,11 @@ class TransformerLM(nnx.Module):
 
   def init_state(self, batch_size: int, *, cache_capacity: int = 0,
                  dtype=jnp.float32) -> LMState:
-    """The empty state. Softmax layers need `cache_capacity` >= the tokens they will see."""
-    if self.config.fast_weight is None:
+    """The empty state. Softmax layers need `cache_capacity` >= the tokens they will see;
+    Transformer-XL's is its memory of mem_len positions per layer (no capacity needed)."""
+    if self.config.positional == "relative":
+      per_layer = [b.attention.init_state(batch_size, dtype) for b in self.blocks]
+    elif self.config.fast_weight is None:
       if cache_capacity < 1:
         raise ValueError("A softmax-attention LM decodes with a key/value cache: pass "
                          "cache_capacity >= the number of tokens to process.")
@@ -270,7 +305,8 @@ class TransformerLM(nnx.Module):
     for i, block in enumerate(self.blocks):
       layer_state = None if state is None else state.layers[i]
       x, layer_state = block(x, layer_state, _site(dropout_key, i + 1),
-                             _site(projection_key, i))
+                             _site(projection_key, i),
+                             None if self.rel_bias is None else self.rel_bias[...])
       new_states.append(layer_state)
     if self.final_norm is not None:
       x = self.final_norm(x)

@@ -34,7 +34,8 @@ def _task(tmp_path, model="linear-delta", form="chunked", **overrides):
   config = tiny_lm_config(model, corpus="wikitext103", level="word",
                           data_dir=write_wikitext(tmp_path / "wt"), cache_dir=str(tmp_path / "c"),
                           context=CONTEXT, batch_size=BATCH, carry_state=True,
-                          model__positional="none", model__dropout=0.0, model__form=form,
+                          model__positional="relative" if model.startswith("txl") else "none",
+                          model__dropout=0.0, model__form=form,
                           model__chunk_size="3", **overrides)
   tasks.get("language_model").validate(config)
   return tasks.get("language_model").make(config)
@@ -200,3 +201,22 @@ def test_a_resume_that_flips_carry_state_is_refused_by_name(tmp_path):
   config.carry_state, config.max_steps = True, 4
   with pytest.raises(ValueError, match="carry_state: False -> True"):
     train.train(config, str(tmp_path / "run"))
+
+
+def test_transformer_xl_carries_its_memory_through_training_float64(tmp_path):
+  """txl-mem12: with a memory as long as three segments, the carried training losses of those
+  segments are one pass's over their concatenation (its memory holds no gradient by design)."""
+  with x64():
+    task = _task(tmp_path, "txl-mem12", "recurrent")
+    assert task.config.carry_state and task.config.model.positional == "relative"
+    model = _float64(task.build_model(nnx.Rngs(0)))
+    stream = task.corpus.splits["train"]
+    rows = stream[:len(stream) // BATCH * BATCH].reshape(BATCH, -1)
+    inputs, targets = jnp.asarray(rows[:, :3 * CONTEXT]), jnp.asarray(rows[:, 1:3 * CONTEXT + 1])
+    whole = _nll(model(inputs), targets)
+    carry = task.initial_carry(model)
+    for step in range(3):
+      loss, _, carry = task.loss(model, task.host_batch(step), step, carry)
+      chex.assert_trees_all_close(loss, jnp.mean(whole[:, step * CONTEXT:(step + 1) * CONTEXT]),
+                                  rtol=1e-10)
+    assert task.summary_fields["state_floats"] == 12 * task.config.model.d_model

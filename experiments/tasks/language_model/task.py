@@ -5,8 +5,9 @@ step); the dropout and FAVOR+ keys are functions of (seed, step), so resume is e
 during training is the plain non-overlapping one on the valid split (early stopping reads it);
 when a run ends, `final` adds valid and test, plain and sliding-window (the authors' protocol:
 stride 1, every token predicted with a full window of context), as perplexity and bits per unit,
-and, for a model with a fast weight state, the carried evaluation: the split read as
-eval_batch_size contiguous streams, the state carried through each, no window at all.
+and, for a model with a state of fixed size (fast weights, Transformer-XL's memory), the carried
+evaluation: the split read as eval_batch_size contiguous streams, the state carried through
+each, no window at all.
 
 `config.carry_state` trains without a context window (the paper's Table 4, the authors'
 --carry_over_fast_weight): segment s of each training stream starts from the fast weights that
@@ -40,7 +41,7 @@ ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cach
                 "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
                 "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",
                 "model.final_dropout": False, "model.init": "flax",
-                "model.eval_projection": "init", "carry_state": False,
+                "model.eval_projection": "init", "carry_state": False, "model.mem_len": 0,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -89,7 +90,8 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
       scoring=common.scoring(m), fast_weight_scale=sum_scale == "output",
       pre_norm_residual=m.get("pre_norm_residual", "input"),
       layer_norm_eps=m.get("layer_norm_eps", 1e-6),
-      final_dropout=m.get("final_dropout", False), init=m.get("init", "flax"))
+      final_dropout=m.get("final_dropout", False), init=m.get("init", "flax"),
+      mem_len=m.get("mem_len", 0))
 
 
 def validate(config) -> None:
@@ -109,13 +111,13 @@ def validate(config) -> None:
                      f"{', '.join(EVAL_PROJECTIONS)}.")
   model = lm_config(config, vocab_size=2)    # every model field, before any data is read
   if config.get("carry_state", False):
-    if model.fast_weight is None:
+    if model.fast_weight is None and model.positional != "relative":
       raise ValueError(
           f"config.carry_state carries a fast weight memory from segment to segment; "
           f"{config.model.update_rule!r} attention has none (its state, a key/value cache, "
-          f"grows with the text). Use a fast weight model (e.g. linear-delta), or carry_state="
-          f"False.")
-    if model.positional != "none":
+          f"grows with the text). Use a fast weight model (e.g. linear-delta), Transformer-XL "
+          f"(txl-mem<N>, a memory of fixed size), or carry_state=False.")
+    if model.positional not in ("none", "relative"):
       raise ValueError(
           f"config.carry_state reads each stream without a window, so positions would count "
           f"past anything seen in training; model.positional={model.positional!r} cannot "
@@ -181,7 +183,8 @@ class LanguageModelling:
     self.corpus = load_corpus(config)
     self._check_splits()
     self.summary_fields = dict(model=config.model_name, corpus=config.corpus,
-                               level=config.level, context=config.context)
+                               level=config.level, context=config.context,
+                               state_floats=self._state_floats())
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
 
   @functools.cached_property
@@ -191,6 +194,16 @@ class LanguageModelling:
     c = self.config
     return list(batches.eval_windows(self.corpus.splits["valid"], c.context, c.context,
                                      c.eval_batch_size))
+
+  def _state_floats(self) -> int | None:
+    """Floats of the state one stream carries (every layer's fast weights, z and recurrent
+    state, or Transformer-XL's mem_len × d_model per layer); None for softmax attention, whose
+    cache grows with the text."""
+    if not self.has_state:
+      return None
+    shapes = jax.eval_shape(lambda: build_model(self.config, nnx.Rngs(0)).init_state(1))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)
+                   if jnp.issubdtype(leaf.dtype, jnp.floating)))
 
   def _check_splits(self):
     """Every split against the run's shapes, before the first step: a split the final
@@ -254,8 +267,10 @@ class LanguageModelling:
     return jnp.sum(nll * batch["mask"]), jnp.sum(batch["mask"]), state
 
   @property
-  def has_fast_weight_state(self) -> bool:
-    return self.config.model.update_rule not in common.ATTENTION_BASELINES
+  def has_state(self) -> bool:
+    """A state of fixed size to carry: fast weights, or Transformer-XL's memory."""
+    m = self.config.model
+    return m.update_rule not in common.ATTENTION_BASELINES or m.positional == "relative"
 
   def carried_nll(self, graphdef, params, rest, split: str, name="",
                   projection_key=None) -> float:
@@ -326,7 +341,7 @@ class LanguageModelling:
         nll = self.mean_nll(graphdef, params, rest, windows, name=f"final {split}{suffix}",
                             num_batches=-(-count // c.eval_batch_size), projection_key=key)
         out.update(self._metrics(split + suffix, nll))
-      if self.has_fast_weight_state:
+      if self.has_state:
         nll = self.carried_nll(graphdef, params, rest, split, name=f"final {split}_carried",
                                projection_key=key)
         out.update(self._metrics(split + "_carried", nll))
