@@ -13,8 +13,8 @@ key/value cache for softmax attention. Tokens are printed as they are made (noth
 model's state is kept). A fast weight model has no context window: `--prompt_segment=N` reads
 a prompt of any length N tokens at a time, each piece starting from the state the last one left
 (as a carry_state run trains; a fast weight model's memory is bounded by N, not by the prompt;
-softmax attention's cache still holds the whole prompt). Reads config.json and the latest checkpoint of --workdir, and writes
-nothing there: a run that is still training may be read.
+softmax attention's cache still holds the whole prompt). Reads config.json and the latest
+checkpoint of --workdir, and writes nothing there: a run that is still training may be read.
 """
 
 from __future__ import annotations

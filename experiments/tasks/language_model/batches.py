@@ -69,7 +69,8 @@ def stream_bounds(length: int, num_streams: int) -> np.ndarray:
   targets a_b + 1..a_{b+1}, so every target 1..N−1 is scored exactly once (lengths differ by at
   most one)."""
   if not 1 <= num_streams <= length - 1:
-    raise ValueError(f"{num_streams} streams over a split of {length} tokens: need 1..{length - 1}.")
+    raise ValueError(f"{num_streams} streams over a split of {length} tokens: need "
+                     f"1..{length - 1}.")
   return np.round(np.linspace(0, length - 1, num_streams + 1)).astype(np.int64)
 
 

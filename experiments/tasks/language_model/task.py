@@ -253,7 +253,8 @@ class LanguageModelling:
     segments = batches.num_segments(len(self.corpus.splits["train"]), c.batch_size, c.context)
     empty = model.init_state(c.batch_size, dtype=_state_dtype()).layers
     layers = jax.tree.map(lambda e, w: jnp.where(step % segments == 0, e, w), empty, carry)
-    loss, aux, state = lm_loss(c, model, batch, step, lm.LMState(jnp.zeros((), jnp.int32), layers))
+    start = lm.LMState(jnp.zeros((), jnp.int32), layers)
+    loss, aux, state = lm_loss(c, model, batch, step, start)
     return loss, aux, state.layers
 
   def _nll_sum(self, graphdef, params, rest, batch, projection_key, state=None):
