@@ -220,3 +220,34 @@ def test_transformer_xl_carries_its_memory_through_training_float64(tmp_path):
       chex.assert_trees_all_close(loss, jnp.mean(whole[:, step * CONTEXT:(step + 1) * CONTEXT]),
                                   rtol=1e-10)
     assert task.summary_fields["state_floats"] == 12 * task.config.model.d_model
+
+
+def test_the_report_shows_carried_numbers_and_state_sizes(tmp_path):
+  """Fast weight runs, Transformer-XL and softmax in one table: carried columns, the state's
+  size (softmax: 'grows'), the carried valid bits in the CSV."""
+  import json
+  from experiments.tasks.language_model import report as lm_report
+  rows = [("linear-delta-carry", 16384, 1.9), ("txl-mem8", 4096, 2.1), ("transformer", None, None)]
+  for name, size, carried in rows:
+    run = tmp_path / name
+    run.mkdir()
+    summary = dict(task="language_model", model=name, corpus="pydoc", level="byte", context=128,
+                   seed=1, steps=10, stop_reason="max_steps", state_floats=size,
+                   valid_bits_per_byte=2.0, test_bits_per_byte=2.0)
+    metric = dict(step=10, train_loss=1.5, eval_loss=1.4, valid_bits_per_byte=2.0)
+    if carried:
+      summary.update(valid_carried_bits_per_byte=carried, test_carried_bits_per_byte=carried)
+      metric["valid_carried_bits_per_byte"] = carried
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text(json.dumps(metric) + "\n")
+  finished = [(str(tmp_path / name), json.loads((tmp_path / name / "summary.json").read_text()))
+              for name, _, _ in rows]
+  table = lm_report.markdown(lm_report.collect(finished))
+  assert "| state (floats) |" in table and "| valid, carried | test, carried |" in table
+  assert "| linear-delta-carry | 1 | 10 | 16,384 | 2.000 |" in table
+  assert "| transformer | 1 | 10 | grows | 2.000 |" in table and table.count("| - |") >= 2
+  lm_report.write_csv(lm_report.collect(finished), str(tmp_path / "out.csv"))
+  header, *lines = (tmp_path / "out.csv").read_text().splitlines()
+  assert header.endswith("valid_bits_per_byte,valid_carried_bits_per_byte")
+  assert any(line.endswith(",1.9000") for line in lines)
+  assert any(line.endswith(",") for line in lines)          # softmax: no carried number

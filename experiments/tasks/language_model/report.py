@@ -160,6 +160,9 @@ def markdown(runs) -> str:
              ("test, carried", f"test_carried_bits_per_{unit}")]
   if any(key in run["summary"] for run in runs for _, key in carried):
     columns += carried
+  # The size of the state a stream carries (floats), where runs name it: fast weights against
+  # Transformer-XL's memory (the paper's Table 4 compares them at equal size).
+  sizes = any(run["summary"].get("state_floats") for run in runs)
   groups = collections.defaultdict(list)
   for run in runs:
     groups[run["group"]].append(run["summary"])
@@ -170,8 +173,9 @@ def markdown(runs) -> str:
            + (f" Runs differ in {', '.join(extra)} besides the model: one row per setting."
               if extra else ""), "",
            "| model | " + "".join(f"{k} | " for k in extra) + "seeds | steps | "
-           + " | ".join(c for c, _ in columns) + " |",
-           "|---|" + "---|" * len(extra) + "---|---|" + "---|" * len(columns)]
+           + "state (floats) | " * sizes + " | ".join(c for c, _ in columns) + " |",
+           "|---|" + "---|" * len(extra) + "---|---|" + "---|" * sizes
+           + "---|" * len(columns)]
 
   def mean_first(group):
     values = [s[columns[0][1]] for s in groups[group] if columns[0][1] in s]
@@ -188,8 +192,12 @@ def markdown(runs) -> str:
       else:
         cells.append(f"{np.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})")
     steps = max(s["steps"] for s in summaries)
+    # None: softmax attention's cache, which grows with the text; absent: a run from before.
+    size = summaries[0].get("state_floats", "-")
+    size = "grows" if size is None else size if size == "-" else f"{size:,}"
     lines.append(f"| {group[0]} | " + "".join(f"{v} | " for v in group[1:])
-                 + f"{len(summaries)} | {steps} | " + " | ".join(cells) + " |")
+                 + f"{len(summaries)} | {steps} | " + f"{size} | " * sizes
+                 + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
