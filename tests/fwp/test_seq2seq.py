@@ -1,0 +1,162 @@
+"""The encoder-decoder (fwp.seq2seq), float64: a padded batch computes each sentence as if it ran
+alone (outputs and parameter gradients, 1e-10) for every attention role as softmax or a fast
+weight memory, each rule and form; decoding token by token gives the teacher-forced pass's
+log-probabilities; beam search with beam 1 is greedy, and a beam as wide as the search space
+finds the best sequence that enumerating them all finds."""
+
+import dataclasses
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fwp import layers, seq2seq
+from tests.helpers import assert_rel_close, x64
+
+FW = layers.FastWeightConfig
+VOCAB, PAD, EOS = 9, 0, 2
+LINEAR_SUM = FW("elu_plus_one", update_rule="sum", normalization="attention")
+DELTA = FW("elu_plus_one", update_rule="delta", normalization="sum")
+ROLES = {
+    "softmax": dict(encoder=None, decoder=None, cross=None),
+    "linear-sum": dict(encoder=LINEAR_SUM, decoder=LINEAR_SUM, cross=LINEAR_SUM),
+    "delta": dict(encoder=DELTA, decoder=DELTA, cross=DELTA),
+    "dpfp2-sum enc, softmax dec": dict(encoder=FW("dpfp", nu=2, update_rule="sum",
+                                                  normalization="attention"),
+                                       decoder=None, cross=LINEAR_SUM),
+    "favor sum cross": dict(encoder=None, decoder=DELTA,
+                            cross=FW("favor_plus", num_features=4, update_rule="sum",
+                                     normalization="attention")),
+}
+FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 2)]
+# Every form for each rule (sum with its normaliser, delta) in every role; the other role
+# mixes in the chunked form (φ acts per position, before the rule; the forms agree with each
+# other in tests/fwp/test_layers.py and test_ops.py).
+PADDING_CASES = ([(name, form, chunk) for name in ("linear-sum", "delta") for form, chunk in FORMS]
+                 + [(name, "chunked", 2) for name in ROLES if name not in ("linear-sum", "delta")])
+
+
+def build(roles, form="recurrent", chunk=64, seed=0):
+  def with_form(c):
+    return None if c is None else dataclasses.replace(c, form=form, chunk_size=chunk)
+  config = seq2seq.Seq2SeqConfig(VOCAB, encoder_layers=2, decoder_layers=2, d_model=8,
+                                 num_heads=2, d_head=4, d_ff=16, dropout=0.0, pad_id=PAD,
+                                 eos_id=EOS, **{r: with_form(c) for r, c in roles.items()})
+  model = seq2seq.Seq2Seq(config, rngs=nnx.Rngs(seed))
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                       else a, state)
+  return nnx.merge(graphdef, state)
+
+
+SOURCES = [[5, 6, 7, 3, 4], [8, 3, 5]]
+TARGETS = [[4, 6, 3, EOS], [7, EOS]]
+
+
+def _pad(rows, length):
+  return jnp.asarray([r + [PAD] * (length - len(r)) for r in rows], jnp.int32)
+
+
+def _tgt_in(rows):
+  return [[EOS] + r[:-1] for r in rows]
+
+
+def _loss(model, src, tgt_in, tgt):
+  total, _ = seq2seq.sequence_nll(model(src, tgt_in), tgt, PAD)
+  return total
+
+
+@pytest.mark.parametrize("name,form,chunk", PADDING_CASES)
+def test_a_padded_batch_computes_each_sentence_alone_float64(name, form, chunk):
+  with x64():
+    model = build(ROLES[name], form, chunk)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    src, tgt_in, tgt = _pad(SOURCES, 5), _pad(_tgt_in(TARGETS), 4), _pad(TARGETS, 4)
+    forward = jax.jit(lambda p, s, t: nnx.merge(graphdef, p, rest)(s, t))
+    grad = jax.jit(jax.grad(lambda p, *a: _loss(nnx.merge(graphdef, p, rest), *a)))
+    batch = forward(params, src, tgt_in)
+    batch_grads = grad(params, src, tgt_in, tgt)
+    alone_grads = None
+    for i, (s, t) in enumerate(zip(SOURCES, TARGETS)):
+      one = [jnp.asarray([x], jnp.int32) for x in (s, _tgt_in([t])[0], t)]
+      alone = forward(params, one[0], one[1])
+      chex.assert_trees_all_close(batch[i, :len(t)], alone[0], rtol=1e-10, atol=1e-12)
+      grads = grad(params, *one)
+      alone_grads = grads if alone_grads is None else jax.tree.map(jnp.add, alone_grads, grads)
+    chex.assert_tree_all_finite(batch_grads)
+    assert_rel_close(batch_grads, alone_grads, 1e-10, f"{name} {form} gradients")
+
+
+@pytest.mark.parametrize("name", ROLES)
+def test_decoding_token_by_token_is_the_teacher_forced_pass_float64(name):
+  with x64():
+    model = build(ROLES[name], "chunked", 2)
+    src, tgt_in = _pad(SOURCES, 5), _pad(_tgt_in(TARGETS), 4)
+    forced = model(src, tgt_in)
+    mems = model.memories(src)
+    state = model.init_state(2, cache_capacity=4, dtype=jnp.float64)
+    stepped = []
+    for t in range(4):
+      log_probs, state = model.step(state, mems, tgt_in[:, t])
+      stepped.append(log_probs)
+    chex.assert_trees_all_close(jnp.stack(stepped, axis=1), forced, rtol=1e-10, atol=1e-12)
+
+
+def _scores(model, src, seqs, length_penalty):
+  """Σ log p(seq | src) / len^penalty of every sequence, by one teacher-forced pass over them
+  all (padded on the right, which causality keeps out of the real positions)."""
+  n = max(len(q) for q in seqs)
+  tgt_in = _pad([[EOS] + q[:-1] for q in seqs], n)
+  log_probs = model(jnp.asarray([src] * len(seqs), jnp.int32), tgt_in)
+  tgt = _pad(seqs, n)
+  picked = np.asarray(jnp.take_along_axis(log_probs, tgt[..., None], axis=-1)[..., 0])
+  lengths = np.asarray([len(q) for q in seqs])
+  real = np.arange(n)[None, :] < lengths[:, None]
+  return (picked * real).sum(axis=1) / lengths ** length_penalty
+
+
+@pytest.mark.parametrize("name", ["softmax", "delta"])
+def test_beam_1_is_greedy_and_a_wide_beam_finds_the_enumerated_best_float64(name):
+  with x64():
+    model = build(ROLES[name], seed=3)
+    src = _pad(SOURCES, 5)
+    greedy = seq2seq.greedy(model, src, max_len=6)
+    one = seq2seq.beam_search(model, src, beam=1, max_len=6)
+    assert [seq for seq, _ in one] == greedy
+    # A padded batch of sources searches each as if alone.
+    together = seq2seq.beam_search(model, src, beam=3, max_len=6, length_penalty=0.6)
+    for i, s in enumerate(SOURCES):
+      (seq, score), = seq2seq.beam_search(model, jnp.asarray([s], jnp.int32), beam=3,
+                                          max_len=6, length_penalty=0.6)
+      assert together[i][0] == seq and together[i][1] == pytest.approx(score, rel=1e-10)
+    # Every hypothesis of up to 3 tokens: ending in EOS, or 3 tokens cut at max_len.
+    max_len, penalty = 3, 0.6
+    for i, s in enumerate(SOURCES):
+      space = [list(p) + [EOS] for n in range(max_len) for p in
+               itertools.product([t for t in range(VOCAB) if t != EOS], repeat=n)]
+      space += [list(p) for p in itertools.product(range(VOCAB), repeat=max_len)
+                if p[-1] != EOS]
+      scores = _scores(model, s, space, penalty)
+      best = space[int(np.argmax(scores))]
+      found, score = seq2seq.beam_search(model, jnp.asarray([s], jnp.int32), beam=len(space),
+                                         max_len=max_len, length_penalty=penalty)[0]
+      assert found == best
+      assert score == pytest.approx(max(scores), rel=1e-10)
+
+
+def test_bad_configs_and_beams_name_the_problem():
+  with pytest.raises(ValueError, match="takes the rules sum, delta"):
+    seq2seq.Seq2SeqConfig(VOCAB, encoder=FW("tanh", update_rule="fwm", normalization="none",
+                                            form="recurrent"))
+  with pytest.raises(ValueError, match="pad_id=12 is outside"):
+    seq2seq.Seq2SeqConfig(VOCAB, pad_id=12)
+  with x64():
+    model = build(ROLES["softmax"])
+  with pytest.raises(ValueError, match="beam must be a positive integer, got 0"):
+    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=0, max_len=3)
+  with pytest.raises(ValueError, match="length_penalty must be >= 0"):
+    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, length_penalty=-1)
