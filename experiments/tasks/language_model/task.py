@@ -136,9 +136,14 @@ def _step_key(config, stream, step):
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stream), step)
 
 
-def lm_loss(config, model, batch, step, state: lm.LMState | None = None):
-  """Cross-entropy of {inputs, targets} with this step's dropout (and FAVOR+) keys, and the
-  model's state after the batch (from `state`, or the empty memory when None)."""
+def lm_loss(config, model, batch, step):
+  """(cross-entropy of {inputs, targets}, aux) with this step's dropout (and FAVOR+) keys, from
+  the empty memory: the task's loss (and the benchmarks') without a carried state."""
+  return lm_loss_and_state(config, model, batch, step)[:2]
+
+
+def lm_loss_and_state(config, model, batch, step, state: lm.LMState | None = None):
+  """lm_loss, from `state` (None: the empty memory), and the model's state after the batch."""
   key = lambda stream: _step_key(config, stream, step)
   log_probs, state = model(
       batch["inputs"], state=state, return_state=True, dropout_key=key(_DROPOUT),
@@ -245,8 +250,7 @@ class LanguageModelling:
 
   def loss(self, model, batch, step, carry=None):
     if carry is None:
-      loss, aux, _ = lm_loss(self.config, model, batch, step)
-      return loss, aux
+      return lm_loss(self.config, model, batch, step)
     # A stream that starts over (segment 0: the first step of every epoch) starts from the
     # empty memory; every other segment from the state its stream's previous segment left.
     c = self.config
@@ -254,7 +258,7 @@ class LanguageModelling:
     empty = model.init_state(c.batch_size, dtype=_state_dtype()).layers
     layers = jax.tree.map(lambda e, w: jnp.where(step % segments == 0, e, w), empty, carry)
     start = lm.LMState(jnp.zeros((), jnp.int32), layers)
-    loss, aux, state = lm_loss(c, model, batch, step, start)
+    loss, aux, state = lm_loss_and_state(c, model, batch, step, start)
     return loss, aux, state.layers
 
   def _nll_sum(self, graphdef, params, rest, batch, projection_key, state=None):
