@@ -117,6 +117,15 @@ class FastWeightConfig:
                                    num_features=self.num_features)
 
 
+def sinusoid(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Array:
+  """[..., d_model]: sin in the first half, cos in the second (Transformer-XL's layout): the
+  LM's absolute positions and Transformer-XL's distance embedding (fwp.txl)."""
+  compute = jnp.promote_types(dtype, jnp.float32)
+  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=compute) / d_model))
+  angles = positions[..., None].astype(compute) * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
+
+
 def lookup(embed: nnx.Embed, ids) -> jax.Array:
   """embed(ids) in the table's current dtype: nnx.Embed fixes its compute dtype when built, so
   after its parameters are cast (to float64, for the equivalence proofs) it would round the rows

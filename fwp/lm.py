@@ -147,12 +147,7 @@ class LMState(NamedTuple):
   layers: tuple                  # one FastWeightState or KVCache per block
 
 
-def sinusoid(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Array:
-  """[..., d_model]: sin in the first half, cos in the second (Transformer-XL's layout)."""
-  compute = jnp.promote_types(dtype, jnp.float32)
-  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=compute) / d_model))
-  angles = positions[..., None].astype(compute) * inv_freq
-  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
+sinusoid = layers.sinusoid     # re-exported: the LM's positions
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:

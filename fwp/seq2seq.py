@@ -28,7 +28,6 @@ embedding for source, target and output, as fairseq's --share-all-embeddings).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fwp import layers, lm, normalization, ops
+from fwp import feature_maps, layers, lm, normalization, ops
 
 ROLES = ("encoder", "decoder", "cross")
 MEMORY_RULES = ("sum", "delta")       # rules a non-causal memory (encoder, cross) can use
@@ -103,7 +102,8 @@ class MemoryAttention(nnx.Module):
     self.out_proj = layers.linear_out(num_heads * d_head, d_model, None, rngs)
     self.projection = (layers.FeatureProjection(layers.draw_projection(rngs.params(), config,
                                                                        d_head))
-                       if config is not None and config.feature_map == "favor_plus" else None)
+                       if config is not None
+                       and feature_maps.get(config.feature_map).needs_projection else None)
 
   def _heads(self, y):
     return layers.at_least_f32(y).reshape(y.shape[:2] + (self.num_heads, self.d_head))

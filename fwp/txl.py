@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fwp import layers
+
 
 class XLMemory(NamedTuple):
   """A Transformer-XL layer's state: h [B, M, d_model], its inputs at the last M positions (the
@@ -36,15 +38,6 @@ class XLMemory(NamedTuple):
   over a data mesh with its streams)."""
   h: jax.Array
   count: jax.Array         # [B] int32, <= M
-
-
-def distance_embedding(klen: int, d_model: int, dtype=jnp.float32) -> jax.Array:
-  """[klen, d_model]: the sinusoid of distance d = 0..klen−1 (sin in the first half, cos in the
-  second: Transformer-XL's PositionalEmbedding)."""
-  compute = jnp.promote_types(dtype, jnp.float32)
-  inv_freq = 1.0 / (10000 ** (jnp.arange(0, d_model, 2, dtype=compute) / d_model))
-  angles = jnp.arange(klen, dtype=compute)[:, None] * inv_freq
-  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
 
 
 class RelativeAttention(nnx.Module):
@@ -79,7 +72,7 @@ class RelativeAttention(nnx.Module):
     klen = m + t
     heads = lambda y: y.reshape(y.shape[:-1] + (self.num_heads, self.d_head))
     q, k, v = heads(self.q_proj(x)), heads(self.k_proj(cat)), heads(self.v_proj(cat))
-    r = distance_embedding(klen, d_model, x.dtype)
+    r = layers.sinusoid(jnp.arange(klen), d_model, x.dtype)   # distance d = 0..klen−1
     if distance_dropout is not None:
       r = distance_dropout(r)
     r = heads(self.r_proj(r))                                               # [klen, H, d]

@@ -22,6 +22,16 @@ def x64():
   return jax.experimental.enable_x64()  # pragma: no cover - older jax
 
 
+def float64(module):
+  """`module` with every floating variable cast to float64 (parameters cast after init, so
+  models built from one seed share them whatever the form)."""
+  from flax import nnx
+  graphdef, state = nnx.split(module)
+  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
+                       else a, state)
+  return nnx.merge(graphdef, state)
+
+
 def assert_rel_close(actual, expected, rtol, name=""):
   """Each leaf: max |a − e| ≤ rtol · max |e|. Kept for float32 and low-precision comparisons
   only (float64 proofs use chex.assert_trees_all_close): chex's tolerance is elementwise, one

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from fwp import layers, lm, lstm
-from tests.helpers import x64
+from tests.helpers import x64, float64
 
 
 def sigmoid(x):
@@ -49,7 +49,7 @@ def _model(dtype=jnp.float64):
   return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(dtype), state))
 
 
-def test_lstm_equals_a_numpy_loop_float64():
+def test_lstm_equals_a_numpy_loopfloat64():
   with x64():
     model = _model()
     tokens = np.random.default_rng(0).integers(0, 11, (3, 9))
@@ -57,7 +57,7 @@ def test_lstm_equals_a_numpy_loop_float64():
                                numpy_lstm(model, tokens), rtol=0, atol=1e-12)
 
 
-def test_lstm_gradients_equal_a_python_loop_float64():
+def test_lstm_gradients_equal_a_python_loopfloat64():
   """jax.grad through the scan = jax.grad through a Python loop of the same cell."""
   with x64():
     model = _model()
@@ -158,11 +158,6 @@ def test_lmtool_block_options_compute_what_they_say():
     lm.LMConfig(vocab_size=9, pre_norm_residual="norm")
 
 
-def _float64(model):
-  graphdef, state = nnx.split(model)
-  return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
-
-
 def _lm_task_config(**model_fields):
   from configs import language_model
   c = language_model.get_config("linear-sum")
@@ -178,7 +173,7 @@ def test_sum_scale_scores_is_lmtool_attn_type_4():
   from experiments.tasks.language_model import task
   with x64():
     config = task.lm_config(_lm_task_config(sum_scale="scores", attention_eps=1e-5), 9)
-    model = _float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+    model = float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
     tokens = jnp.asarray([[1, 4, 2, 7, 3, 3]])
     x = np.asarray(model.embed_tokens(tokens))[0]                   # [T, D]
     att = model.blocks[0].attention
@@ -215,14 +210,14 @@ def test_final_dropout_drops_the_last_hidden_state():
   config = lm.LMConfig(vocab_size=9, num_layers=1, d_model=8, num_heads=2, d_head=4, d_ff=16,
                        dropout=0.5, fast_weight=FW, positional="none", final_dropout=True)
   with x64():
-    model = _float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+    model = float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
     tokens, key = jnp.asarray([[1, 4, 2, 7, 3]]), jax.random.key(5)
     x = lm.dropout(model.embed_tokens(tokens), 0.5, jax.random.fold_in(key, 0))
     x, _ = model.blocks[0](x, None, jax.random.fold_in(key, 1), None)
     x = lm.dropout(x, 0.5, jax.random.fold_in(key, 2))
     np.testing.assert_allclose(np.asarray(model(tokens, dropout_key=key)),
                                np.asarray(model.log_probs(x)), atol=1e-12)
-    plain = _float64(lm.TransformerLM(dataclasses.replace(config, final_dropout=False),
+    plain = float64(lm.TransformerLM(dataclasses.replace(config, final_dropout=False),
                                       rngs=nnx.Rngs(0)))
     np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(plain(tokens)))
 
@@ -270,7 +265,7 @@ def test_last_draw_evaluation_reads_the_last_training_projection():
   c = _lm_task_config(feature_map="favor_plus", num_features=4, update_rule="delta",
                       normalization="sum", eval_projection="last_draw")
   with x64():
-    model = _float64(lm.TransformerLM(task.lm_config(c, 9), rngs=nnx.Rngs(0)))
+    model = float64(lm.TransformerLM(task.lm_config(c, 9), rngs=nnx.Rngs(0)))
     batch = {"inputs": jnp.asarray([[1, 4, 2, 7, 3]]), "targets": jnp.asarray([[4, 2, 7, 3, 1]])}
     trained_loss, _ = task.lm_loss(c, model, batch, 6)              # training step 6 (dropout 0)
     key = task.eval_projection_key(c, 7)                            # after 7 steps

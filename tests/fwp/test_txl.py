@@ -7,14 +7,13 @@ relative-position Transformer (float64)."""
 import dataclasses
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from fwp import lm, txl
-from tests.helpers import x64
+from tests.helpers import x64, float64
 
 B, H, D_HEAD, D_MODEL, VOCAB = 2, 2, 3, 6, 11
 
@@ -61,18 +60,11 @@ def _reference(layer, x, mem, count, bias, rel_shift=False):
   return out.reshape(B, t, H * D_HEAD) @ w["out_proj"]
 
 
-def _float64(module):
-  graphdef, state = nnx.split(module)
-  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
-                       else a, state)
-  return nnx.merge(graphdef, state)
-
-
 @pytest.mark.parametrize("rel_shift", [False, True])
 @pytest.mark.parametrize("t,m,count", [(5, 0, 0), (4, 3, 3), (4, 6, 2), (3, 4, 0)])
-def test_relative_attention_is_transformer_xl_float64(t, m, count, rel_shift):
+def test_relative_attention_is_transformer_xlfloat64(t, m, count, rel_shift):
   with x64():
-    layer = _float64(txl.RelativeAttention(D_MODEL, H, D_HEAD, m, rngs=nnx.Rngs(0)))
+    layer = float64(txl.RelativeAttention(D_MODEL, H, D_HEAD, m, rngs=nnx.Rngs(0)))
     x, mem, bias = _layer_inputs(1, t, m, count)
     memory = txl.XLMemory(jnp.asarray(mem), jnp.full((B,), count, jnp.int32))
     out, state = layer(jnp.asarray(x), jnp.asarray(bias), initial_state=memory,
@@ -88,14 +80,14 @@ def _model(mem_len, seed=0):
   config = lm.LMConfig(vocab_size=VOCAB, num_layers=2, d_model=D_MODEL, num_heads=H,
                        d_head=D_HEAD, d_ff=8, dropout=0.0, positional="relative",
                        mem_len=mem_len)
-  return _float64(lm.TransformerLM(config, rngs=nnx.Rngs(seed)))
+  return float64(lm.TransformerLM(config, rngs=nnx.Rngs(seed)))
 
 
 def _tokens(t, seed=0):
   return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (B, t)), jnp.int32)
 
 
-def test_decoding_with_its_memory_equals_the_parallel_pass_float64():
+def test_decoding_with_its_memory_equals_the_parallel_passfloat64():
   """A memory as long as the text: token by token, and in carried segments, as one pass."""
   t = 9
   with x64():
@@ -113,7 +105,7 @@ def test_decoding_with_its_memory_equals_the_parallel_pass_float64():
     chex.assert_trees_all_close(jnp.concatenate(pieces, axis=1), full, rtol=1e-10, atol=1e-12)
 
 
-def test_mem_len_0_on_one_segment_is_the_relative_transformer_float64():
+def test_mem_len_0_on_one_segment_is_the_relative_transformerfloat64():
   with x64():
     toks = _tokens(7, seed=1)
     plain, with_memory = _model(mem_len=0), _model(mem_len=5)   # the same parameters
@@ -126,12 +118,12 @@ def test_mem_len_0_on_one_segment_is_the_relative_transformer_float64():
     assert float(jnp.max(jnp.abs(after - plain(toks)))) > 1e-6
 
 
-def test_a_short_memory_forgets_beyond_it_float64():
+def test_a_short_memory_forgets_beyond_itfloat64():
   """One layer with mem_len 2, token by token: each token sees itself and the 2 before, so
   what came earlier cannot change the last prediction."""
   with x64():
     config = dataclasses.replace(_model(mem_len=2).config, num_layers=1)
-    one = _float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+    one = float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
     a, b = _tokens(8, seed=2), _tokens(8, seed=3)
     mixed = b.at[:, 5:].set(a[:, 5:])      # the same last 3 tokens, others before
     assert bool(jnp.any(mixed != a))

@@ -19,8 +19,7 @@ from flax import nnx
 
 from experiments import tasks
 from experiments.tasks.language_model import batches
-from fwp import lm
-from tests.helpers import tiny_lm_config, write_wikitext, x64
+from tests.helpers import tiny_lm_config, write_wikitext, x64, float64
 
 CONTEXT, BATCH = 4, 2
 # A fast weight model of each kind whose state is carried: the delta rule (chunked form), the
@@ -39,13 +38,6 @@ def _task(tmp_path, model="linear-delta", form="chunked", **overrides):
                           model__chunk_size="3", **overrides)
   tasks.get("language_model").validate(config)
   return tasks.get("language_model").make(config)
-
-
-def _float64(model):
-  graphdef, state = nnx.split(model)
-  state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating)
-                       else a, state)
-  return nnx.merge(graphdef, state)
 
 
 def _token_loop(model, inputs, cuts=()):
@@ -67,10 +59,10 @@ def _nll(log_probs, targets):
 
 
 @pytest.mark.parametrize("name,form", MODELS)
-def test_carried_training_is_one_pass_truncated_at_the_boundaries_float64(tmp_path, name, form):
+def test_carried_training_is_one_pass_truncated_at_the_boundariesfloat64(tmp_path, name, form):
   with x64():
     task = _task(tmp_path, name, form)
-    model = _float64(task.build_model(nnx.Rngs(0)))
+    model = float64(task.build_model(nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     steps = 3
     assert batches.num_segments(len(task.corpus.splits["train"]), BATCH, CONTEXT) > steps
@@ -119,7 +111,7 @@ def test_carried_training_is_one_pass_truncated_at_the_boundaries_float64(tmp_pa
 def test_a_stream_that_starts_over_starts_from_the_empty_memory(tmp_path):
   with x64():
     task = _task(tmp_path)
-    model = _float64(task.build_model(nnx.Rngs(0)))
+    model = float64(task.build_model(nnx.Rngs(0)))
     graphdef, weights = nnx.split(model)
     loss = jax.jit(lambda w, batch, step, carry: task.loss(nnx.merge(graphdef, w), batch, step,
                                                            carry))
@@ -136,11 +128,11 @@ def test_a_stream_that_starts_over_starts_from_the_empty_memory(tmp_path):
 
 @pytest.mark.parametrize("streams", [1, 3])
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("linear-sum", "parallel")])
-def test_carried_evaluation_is_one_recurrent_pass_per_stream_float64(tmp_path, streams, name,
+def test_carried_evaluation_is_one_recurrent_pass_per_streamfloat64(tmp_path, streams, name,
                                                                      form):
   with x64():
     task = _task(tmp_path, name, form, eval_batch_size=streams)
-    model = _float64(task.build_model(nnx.Rngs(1)))
+    model = float64(task.build_model(nnx.Rngs(1)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     split = task.corpus.splits["valid"]
     assert len(split) - 1 > CONTEXT * 2 and (len(split) - 1) % CONTEXT    # several, ragged
@@ -172,14 +164,14 @@ def test_carried_segments_score_every_target_once_in_order(length, streams, cont
 
 
 @pytest.mark.parametrize("name", ["linear-delta", "transformer"])
-def test_a_prompt_read_in_segments_continues_as_one_pass_float64(tmp_path, name):
+def test_a_prompt_read_in_segments_continues_as_one_passfloat64(tmp_path, name):
   """experiments.generate --prompt_segment: a prompt of 21 tokens, read CONTEXT = 4 tokens
   at a time with the state carried, gives one pass's continuation (greedy) and log-probs."""
   from experiments import generate
   with x64():
     positional = {} if name == "transformer" else {"model__positional": "none"}
     config = tiny_lm_config(name, **positional)
-    model = _float64(tasks.get("language_model").make(config).build_model(nnx.Rngs(2)))
+    model = float64(tasks.get("language_model").make(config).build_model(nnx.Rngs(2)))
     prompt = np.asarray(np.random.default_rng(0).integers(0, 256, 5 * CONTEXT + 1), np.int32)
     one = list(generate.stream(model, prompt, 12, temperature=0))
     pieces = list(generate.stream(model, prompt, 12, temperature=0, prompt_segment=CONTEXT))
@@ -203,13 +195,13 @@ def test_a_resume_that_flips_carry_state_is_refused_by_name(tmp_path):
     train.train(config, str(tmp_path / "run"))
 
 
-def test_transformer_xl_carries_its_memory_through_training_float64(tmp_path):
+def test_transformer_xl_carries_its_memory_through_trainingfloat64(tmp_path):
   """txl-mem12: with a memory as long as three segments, the carried training losses of those
   segments are one pass's over their concatenation (its memory holds no gradient by design)."""
   with x64():
     task = _task(tmp_path, "txl-mem12", "recurrent")
     assert task.config.carry_state and task.config.model.positional == "relative"
-    model = _float64(task.build_model(nnx.Rngs(0)))
+    model = float64(task.build_model(nnx.Rngs(0)))
     stream = task.corpus.splits["train"]
     rows = stream[:len(stream) // BATCH * BATCH].reshape(BATCH, -1)
     inputs, targets = jnp.asarray(rows[:, :3 * CONTEXT]), jnp.asarray(rows[:, 1:3 * CONTEXT + 1])
