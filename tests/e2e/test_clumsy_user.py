@@ -18,7 +18,7 @@ import pytest
 
 from configs import algorithmic, associative_recall, common, language_model as lm_configs
 from experiments import generate, records, report, rundir, sweep, train
-from experiments.tasks import language_model
+from experiments.tasks import files, language_model
 from experiments.tasks.language_model import task as lm_task
 from experiments.tasks.language_model import text_data
 from tests.helpers import ROOT, tiny_lm_config, write_wikitext
@@ -305,7 +305,7 @@ def test_a_damaged_token_cache_is_rebuilt_saying_why(tmp_path, capsys, how):
 def test_a_second_process_waits_for_the_first_to_build_the_cache(tmp_path):
   data_dir = write_wikitext(tmp_path / "wt")
   cache = text_data.cache_dir(data_dir)
-  with text_data._locked(cache):
+  with files.locked(cache):
     other = subprocess.Popen([sys.executable, "-c", "from experiments.tasks.language_model import text_data; "
                               f"text_data.load('wikitext103', 'word', {data_dir!r})"], cwd=ROOT)
     with pytest.raises(subprocess.TimeoutExpired):
@@ -333,14 +333,14 @@ def test_invalid_utf8_is_named_with_its_file_and_line(tmp_path):
 def test_the_cache_goes_where_it_can_be_written(tmp_path, monkeypatch):
   data_dir = write_wikitext(tmp_path / "wt")
   writable = {str(tmp_path / "mine")}
-  monkeypatch.setattr(text_data, "_writable", lambda d: d in writable)   # as a non-root user
+  monkeypatch.setattr(files, "writable", lambda d: d in writable)   # as a non-root user
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   with pytest.raises(ValueError, match="No writable place .* Set --config.cache_dir"):
     text_data.cache_dir(data_dir)
   assert text_data.cache_dir(data_dir, str(tmp_path / "mine")) == str(tmp_path / "mine")
-  monkeypatch.setattr(text_data, "_writable", lambda d: d.startswith(str(tmp_path / "xdg")))
+  monkeypatch.setattr(files, "writable", lambda d: d.startswith(str(tmp_path / "xdg")))
   assert text_data.cache_dir(data_dir).startswith(str(tmp_path / "xdg" / "fwp" / "wikitext103-"))
-  monkeypatch.setattr(text_data, "_writable", lambda d: False)
+  monkeypatch.setattr(files, "writable", lambda d: False)
   with pytest.raises(ValueError, match="config.cache_dir='/ro' cannot be written"):
     text_data.cache_dir(data_dir, "/ro")
 

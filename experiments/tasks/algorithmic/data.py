@@ -36,6 +36,8 @@ import random
 
 import numpy as np
 
+from experiments.tasks import files
+
 PROBLEMS = ("code3", "code5", "listops10", "listops15")
 SPLITS = ("train", "valid", "test")
 
@@ -270,8 +272,7 @@ def cache_dir(configured: str = "") -> str:
   """config.cache_dir, else $XDG_CACHE_HOME/fwp/algorithmic (~/.cache/fwp/algorithmic)."""
   if configured:
     return configured
-  home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(home, "fwp", "algorithmic")
+  return files.user_cache("algorithmic")
 
 
 @functools.lru_cache(maxsize=12)

@@ -24,9 +24,7 @@ from __future__ import annotations
 import array
 import codecs
 import collections
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +32,7 @@ import os
 import numpy as np
 
 from experiments.progress import Progress
+from experiments.tasks import files
 
 CORPORA = ("wikitext103", "pydoc")
 LEVELS = {"wikitext103": ("word",), "pydoc": ("byte", "char")}
@@ -175,38 +174,9 @@ def _split_path(data_dir: str, split: str) -> str:
   return os.path.join(data_dir, f"wiki.{split}.tokens")
 
 
-def _writable(directory: str) -> bool:
-  try:
-    os.makedirs(directory, exist_ok=True)
-    probe = os.path.join(directory, f".write-test-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-    return True
-  except OSError:
-    return False
-
-
 def cache_dir(data_dir: str, configured: str | None = None) -> str:
-  """Where the token ids of `data_dir` are cached: `configured` (config.cache_dir) when given,
-  else <data_dir>/fwp-cache, else $XDG_CACHE_HOME/fwp (~/.cache/fwp) when data_dir is
-  read-only."""
-  if configured:
-    if not _writable(configured):
-      raise ValueError(f"config.cache_dir={configured!r} cannot be written; give a directory "
-                       f"you can write.")
-    return configured
-  candidates = [os.path.join(data_dir, "fwp-cache")]
-  digest = hashlib.sha1(os.path.abspath(data_dir).encode()).hexdigest()[:12]
-  home_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                               ".cache")
-  candidates.append(os.path.join(home_cache, "fwp", f"wikitext103-{digest}"))
-  for candidate in candidates:
-    if _writable(candidate):
-      return candidate
-  raise ValueError(f"No writable place for the token cache of {data_dir!r}: tried "
-                   f"{' and '.join(candidates)}. Set --config.cache_dir to a directory you can "
-                   f"write (or XDG_CACHE_HOME).")
+  """Where the token ids of `data_dir` are cached (files.data_cache)."""
+  return files.data_cache(data_dir, configured, "wikitext103")
 
 
 def _fingerprint(data_dir: str) -> dict:
@@ -214,23 +184,11 @@ def _fingerprint(data_dir: str) -> dict:
           for split in SPLITS for p in [_split_path(data_dir, split)]}
 
 
-@contextlib.contextmanager
-def _locked(directory: str):
-  """An exclusive flock on <directory>/.lock: two processes tokenising one new data_dir take
-  turns (the second then finds the cache built). The kernel drops it when a process dies."""
-  fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
-  finally:
-    os.close(fd)
-
-
 def _load_wikitext(data_dir: str, configured_cache: str | None = None) -> Corpus:
   cache = cache_dir(data_dir, configured_cache)
   meta_path = os.path.join(cache, "meta.json")
   fingerprint = _fingerprint(data_dir)
-  with _locked(cache):
+  with files.locked(cache):
     problem = "it is not built yet"
     if os.path.exists(meta_path):
       try:
