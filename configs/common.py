@@ -195,16 +195,18 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
 
 def field_meanings(task: str = "") -> dict[str, str]:
   """{field path: meaning}, read from the comments beside the fields in the base configs (this
-  file, configs/associative_recall.py and configs/algorithmic.py; `task`'s own file first, so
-  that a field two families declare has its family's meaning), so that `launch.py
+  file, configs/associative_recall.py, configs/algorithmic.py and configs/translation.py;
+  `task`'s own file first, so that a field two families declare has its family's meaning), so
+  that `launch.py
   --show_config` documents every field from the one place each is declared. A comment line that
   starts with '#' and a run of spaces continues the comment of the field above it."""
   import os
   import re
   here = os.path.dirname(os.path.abspath(__file__))
   meanings, last = {}, None
-  files = ["common.py", "associative_recall.py", "algorithmic.py"]
-  own = {"associative_recall": "associative_recall.py", "algorithmic": "algorithmic.py"}
+  files = ["common.py", "associative_recall.py", "algorithmic.py", "translation.py"]
+  own = {"associative_recall": "associative_recall.py", "algorithmic": "algorithmic.py",
+         "translation": "translation.py"}
   if task in own:
     files.remove(own[task])
     files.insert(0, own[task])

@@ -81,10 +81,10 @@ def _unreadable_metrics(directory: str) -> list[int]:
   return sorted(out)
 
 
-def reader(directory: str) -> ocp.CheckpointManager:
+def reader(directory: str, direction: str | None = None) -> ocp.CheckpointManager:
   """A manager that only reads: it creates, deletes and cleans up nothing, so it may open a
   run that is still training (generate, --restore_from) without touching its half-written
-  checkpoint."""
+  checkpoint. With the run's selection `direction` ("min" | "max"), best_step reads it."""
   if not os.path.isdir(directory):
     raise ValueError(f"{directory!r} holds no checkpoints (no such directory).")
   damaged = _unreadable_metrics(directory)
@@ -96,9 +96,10 @@ def reader(directory: str) -> ocp.CheckpointManager:
                      f"{', '.join(map(str, steps))}) can be restored: they are damaged or "
                      f"incomplete (an unreadable metrics file). Relaunching the training run "
                      f"sets them aside.")
+  best = {} if direction is None else dict(best_fn=_ranking(direction), best_mode="max")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                          cleanup_tmp_directories=False,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=False, **best)
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)      # orbax warns that a read-only manager is read-only
   try:

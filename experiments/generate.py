@@ -20,20 +20,17 @@ checkpoint of --workdir, and writes nothing there: a run that is still training 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from experiments import checkpoint, tasks, train
+from experiments import reading
 from experiments.tasks import language_model
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A language-model run's directory.")
@@ -56,38 +53,10 @@ _PROMPT_FORM = flags.DEFINE_enum("prompt_form", None, ["parallel", "chunked", "r
 def load_run(workdir: str, form: str | None = None):
   """(config, model with the latest checkpoint's parameters, step) of a language-model run.
   Reads only: the run may still be training there."""
-  if not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir!r} is not a directory: give a language-model run's "
-                     f"directory (the --workdir it was launched with).")
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{workdir!r} holds no config.json: not a run directory.")
-  try:
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except ValueError as error:
-    raise ValueError(f"{config_path} is not valid JSON ({error}).") from None
-  if config.get("task") != "language_model":
-    raise ValueError(f"{workdir!r} is a {config.get('task', 'associative_recall')!r} run; "
-                     f"generation needs a language_model run.")
+  config = reading.read_config(workdir, "language_model", "generation")
   if form and config.model.update_rule not in ("softmax", "fwm"):
     config.model.form = form
-  task = language_model.make(config)
-  graphdef, state = train.create_state(task, tasks.optimizer(task, config), 0)
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory) or not os.listdir(directory):
-    raise ValueError(f"{workdir!r} has no checkpoint yet (the first is written at step "
-                     f"{config.checkpoint_every}); wait for it or train longer.")
-  mngr = checkpoint.reader(directory)
-  try:
-    step, restored = checkpoint.restore_latest(mngr, checkpoint.abstract(state.checkpoint(0.0)),
-                                               set_aside=False)
-  finally:
-    mngr.close()
-  if restored is None:
-    raise ValueError(f"{workdir!r} has no finished checkpoint yet (the first is written at step "
-                     f"{config.checkpoint_every}); wait for it or train longer.")
-  model = nnx.merge(graphdef, restored["params"], restored["rest"])
+  model, step = reading.restore(workdir, config, language_model.make(config))
   # FAVOR+ under model.eval_projection='last_draw': the draw the run's evaluation used.
   language_model.use_last_draw(model, config, step)
   return config, model, step

@@ -193,6 +193,8 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   _say(f"Mesh: {mesh.size} {jax.default_backend()} device(s) over {jax.process_count()} "
        f"process(es); batch {config.batch_size} = {config.batch_size // mesh.size} per device")
   task = family.make(config, mesh)
+  if hasattr(task, "output_dir"):
+    task.output_dir = workdir
   tx = tasks.optimizer(task, config)
   graphdef, state = create_state(task, tx, config.seed)
   state.arrays = distributed.place_state(state.arrays, mesh)

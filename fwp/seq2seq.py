@@ -28,6 +28,7 @@ embedding for source, target and output, as fairseq's --share-all-embeddings).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -283,18 +284,21 @@ def sequence_nll(log_probs, targets, pad_id: int):
 
 # --- Decoding --------------------------------------------------------------------------------
 
+@functools.partial(jax.jit, static_argnums=0)
+def _memories(graphdef, weights, src):
+  return nnx.merge(graphdef, weights).memories(src)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(graphdef, weights, state, mems, tokens):
+  return nnx.merge(graphdef, weights).step(state, mems, tokens)
+
+
 def _decoder_fns(model: Seq2Seq):
+  """(weights, memories(weights, src), step(weights, state, mems, tokens)): jitted once per model
+  structure and shape (a run's every evaluation reuses the compiled decoder)."""
   graphdef, weights = nnx.split(model)
-
-  @jax.jit
-  def memories(weights, src):
-    return nnx.merge(graphdef, weights).memories(src)
-
-  @jax.jit
-  def step(weights, state, mems, tokens):
-    return nnx.merge(graphdef, weights).step(state, mems, tokens)
-
-  return weights, memories, step
+  return (weights, functools.partial(_memories, graphdef), functools.partial(_step, graphdef))
 
 
 def _dtype(model: Seq2Seq):

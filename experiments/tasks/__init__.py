@@ -39,6 +39,8 @@ and its Task object says what one run of that family computes:
   final(graphdef, params, rest, step) -> dict of numbers for summary.json, computed once when
                               a run ends (e.g. test perplexity); `step`: how many training steps
                               made `params` (the last or the best checkpoint's)
+  output_dir                  (optional) an attribute the loop sets to the run directory before
+                              the first step, for files final() writes (e.g. translations)
   final_checkpoint            (optional) "last" (default): final() reads the run's last
                               parameters; "best": those of the kept checkpoint best by the
                               selection metric (every eval is checkpointed when checkpoint_every
@@ -73,7 +75,8 @@ DIRECTIONS = ("min", "max")
 # code of the language models).
 _FAMILIES = {"associative_recall": "experiments.tasks.associative_recall",
              "language_model": "experiments.tasks.language_model",
-             "algorithmic": "experiments.tasks.algorithmic"}
+             "algorithmic": "experiments.tasks.algorithmic",
+             "translation": "experiments.tasks.translation"}
 TASKS = tuple(_FAMILIES)
 
 

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import algorithmic, associative_recall, common, language_model as lm_configs
+from configs import translation as translation_configs, wmt14
 from experiments import generate, records, report, rundir, sweep, train
 from experiments.tasks import files, language_model
 from experiments.tasks.language_model import task as lm_task
@@ -414,12 +415,14 @@ def test_help_exits_0_and_names_every_family_and_how_to_list_fields():
 def test_every_config_field_has_a_meaning():
   for config in (associative_recall.get_config("linear-sum"), lm_configs.get_config(),
                  algorithmic.get_config("code5-lstm"),
-                 algorithmic.get_config("listops15-linear-delta")):
+                 algorithmic.get_config("listops15-linear-delta"),
+                 translation_configs.get_config("performer32-delta"), wmt14.get_config("dpfp2")):
     meanings = common.field_meanings(config.task)
     missing = [k for k in train.flatten(config.to_dict()) if not meanings.get(k)]
     assert not missing, f"fields without a comment in configs/: {missing}"
   assert "generated splits" in common.field_meanings("algorithmic")["cache_dir"]
   assert "wikitext103" in common.field_meanings("language_model")["cache_dir"]
+  assert "catalog corpus" in common.field_meanings("translation")["cache_dir"]
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ CONFIG_CASES = [
     (_retrieval(grad_clip=-1.0), "grad_clip must be >= 0"),
     (_retrieval(mesh_shape=(0,)), "mesh_shape must be (N,)"),
     (_retrieval(mesh_shape=(2, 2)), "mesh_shape must be (N,)"),
-    (_retrieval(task="translation"), "valid choices: associative_recall, language_model"),
+    (_retrieval(task="speech"), "valid choices: associative_recall, language_model"),
     (_model(form="fast"), "valid choices: recurrent, parallel, chunked, auto"),
     (_model(chunk_size="0"), "chunk_size must be a positive integer or 'auto', got '0'"),
     (_model(chunk_size="big"), "chunk_size must be a positive integer or 'auto', got 'big'"),

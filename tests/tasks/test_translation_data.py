@@ -1,0 +1,269 @@
+"""The translation family's data: message catalogs read as gettext reads them, the catalog corpus
+built from catalogs the test writes, parallel files checked, the BPE cache, batches by length that
+are pure functions of (seed, step), label smoothing, BLEU against sacrebleu's command line, and
+the model names of Table 1."""
+
+import gettext
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import translation as translation_configs
+from experiments import train
+from experiments.tasks.translation import catalogs, data, task as translation
+from tests.helpers import tiny_translation_config, write_parallel, x64
+
+PAIRS = [("Open the file now", "Jetzt die Datei öffnen"),
+         ("Could not read the file", "Die Datei konnte nicht gelesen werden"),
+         ("Hello", "Hallo"),
+         ("Cannot open %s for writing", "Kann %s nicht zum Schreiben öffnen"),
+         ("two\nlines here", "zwei\nZeilen hier"),
+         ("Same text in both", "Same text in both")]
+
+
+# --- Catalogs --------------------------------------------------------------------------------
+
+def test_read_mo_reads_what_gettext_reads(tmp_path):
+  path = str(tmp_path / "a.mo")
+  catalogs.write_mo(path, PAIRS)
+  with open(path, "rb") as f:
+    expected = {k: v for k, v in gettext.GNUTranslations(f)._catalog.items() if k}
+  assert dict(catalogs.read_mo(path)) == expected
+  assert len(expected) == len(PAIRS)
+
+
+def test_read_mo_without_a_header_falls_back_to_latin1_and_drops_context_and_plurals(tmp_path):
+  path = str(tmp_path / "net-tools.mo")
+  catalogs.write_mo(path, [("Unknown address family", "Unbekannte Adressfamilie ä".encode(
+      "latin-1")), (b"menu\x04Save the file", b"Datei speichern"),
+                           (b"one file\x00%d files", b"eine Datei\x00%d Dateien")], charset=None)
+  with open(path, "rb") as f, pytest.raises(UnicodeDecodeError):
+    gettext.GNUTranslations(f)                   # what Python's reader does with such a file
+  assert sorted(catalogs.read_mo(path)) == sorted([
+      ("Unknown address family", "Unbekannte Adressfamilie ä"),
+      ("Save the file", "Datei speichern"), ("one file", "eine Datei")])
+  bad = tmp_path / "bad.mo"
+  bad.write_bytes(b"not a catalog at all, no" + b"\0" * 8)
+  with pytest.raises(ValueError, match="bad.mo is not a gettext catalog"):
+    catalogs.read_mo(str(bad))
+
+
+def test_keep_takes_single_line_sentences_without_placeholders():
+  kept = [catalogs.keep(en, de) for en, de in PAIRS]
+  assert kept == [True, True, False, False, False, False]
+  for placeholder in ("%(name)s", "{0}", "%d", "${HOME}", "<b>", "%1$s"):
+    assert not catalogs.keep(f"Use the {placeholder} here", f"Benutze {placeholder} hier")
+  assert not catalogs.keep(" ".join(["word"] * 41), " ".join(["Wort"] * 41))
+
+
+def test_corpus_is_deduplicated_split_by_hash_and_named(tmp_path, monkeypatch):
+  installed = tmp_path / "locale"
+  installed.mkdir()
+  english = [f"The message number {i} is here" for i in range(300)]
+  catalogs.write_mo(str(installed / "a.mo"), [(e, f"Die Nachricht {i} ist hier")
+                                              for i, e in enumerate(english)])
+  catalogs.write_mo(str(installed / "b.mo"), [(english[0], "Eine andere Übersetzung"),
+                                              ("A new sentence only here", "Ein neuer Satz")])
+  monkeypatch.setattr(catalogs, "INSTALLED", (str(installed),))
+  monkeypatch.setattr(catalogs, "_owners", lambda paths: {p: "pkg 1.0" for p in paths})
+  directory = catalogs.build((), str(tmp_path / "cache"))
+  meta = catalogs.meta(directory)
+  assert meta["kept"] == 301 and meta["duplicates"] == 1 and meta["packages"] == [["pkg 1.0", 2]]
+  lines = {s: open(os.path.join(directory, f"{s}.en"), encoding="utf-8").read().splitlines()
+           for s in catalogs.SPLITS}
+  assert sum(map(len, lines.values())) == 301 == sum(meta["pairs"].values())
+  for split, sentences in lines.items():
+    assert all(catalogs.split_of(s) == split for s in sentences)
+  assert 0 < len(lines["valid"]) < 30 and 0 < len(lines["test"]) < 30
+  first = lines["train"].index(english[0]) if english[0] in lines["train"] else None
+  if first is not None:      # the first catalog's translation wins
+    german = open(os.path.join(directory, "train.de"), encoding="utf-8").read().splitlines()
+    assert german[first] == "Die Nachricht 0 ist hier"
+  assert catalogs.build((), str(tmp_path / "cache")) == directory      # found, not rebuilt
+  catalogs.write_mo(str(installed / "c.mo"), [("One more sentence to add", "Noch ein Satz")])
+  assert catalogs.build((), str(tmp_path / "cache")) != directory      # new catalogs: new corpus
+
+
+# --- Parallel files, BPE ---------------------------------------------------------------------
+
+def test_bad_parallel_files_are_named(tmp_path):
+  c = tiny_translation_config(write_parallel(tmp_path / "d"))
+  os.remove(tmp_path / "d" / "test.de")
+  with pytest.raises(ValueError, match=r"test split's file .*test.de does not exist"):
+    data.load(c)
+  write_parallel(tmp_path / "d")
+  with open(tmp_path / "d" / "valid.en", "a") as f:
+    f.write("one more line\n")
+  with pytest.raises(ValueError, match=r"valid.en has 41 lines, .*valid.de has 40"):
+    data.load(c)
+  c.data_dir = ""
+  with pytest.raises(ValueError, match="give --config.data_dir"):
+    train.validate(c)
+
+
+def test_empty_and_overlong_pairs_are_dropped_and_counted(tmp_path, capsys):
+  directory = write_parallel(tmp_path / "d")
+  with open(os.path.join(directory, "train.en"), "a") as f:
+    f.write("\n" + " ".join(["cat"] * 60) + "\n")
+  with open(os.path.join(directory, "train.de"), "a") as f:
+    f.write("Katze\n" + " ".join(["Katze"] * 60) + "\n")
+  task = translation.make(tiny_translation_config(directory))
+  assert task.corpus.dropped["train"]["empty"] == 1
+  assert task.summary_fields["train_too_long"] == 1 and task.summary_fields["train_pairs"] == 400
+  assert "1 longer than max_length=32 tokens, 1 with an empty side" in capsys.readouterr().err
+
+
+def test_bpe_is_trained_once_and_rebuilt_when_the_text_changes(tmp_path, capsys):
+  directory = write_parallel(tmp_path / "d")
+  c = tiny_translation_config(directory)
+  first = data.load(c)
+  assert "Training the 160-piece BPE" in capsys.readouterr().err
+  again = data.load(c)
+  assert capsys.readouterr().err == ""
+  np.testing.assert_array_equal(first.splits["test"].target.ids, again.splits["test"].target.ids)
+  assert first.decode(first.encode("the cat sees a dog")) == "the cat sees a dog"
+  assert first.splits["valid"].references[0] == open(
+      os.path.join(directory, "valid.de"), encoding="utf-8").readline().strip()
+  with open(os.path.join(directory, "train.de"), "a") as f, \
+       open(os.path.join(directory, "train.en"), "a") as g:
+    f.write("Katze\n")
+    g.write("cat\n")
+  data.load(c)
+  assert "Retraining (the text changed)" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="cannot make a 5000-piece vocabulary"):
+    data.load(tiny_translation_config(directory, vocab_size=5000))
+
+
+# --- Batches ---------------------------------------------------------------------------------
+
+def _batching(tmp_path, seed=1, max_tokens=96):
+  corpus = data.load(tiny_translation_config(write_parallel(tmp_path / "d")))
+  return corpus, data.Batching(corpus.splits["train"], seed, 4, 10, max_tokens, 4, 2)
+
+
+def test_an_epoch_holds_every_kept_pair_once_in_length_buckets(tmp_path):
+  corpus, batching = _batching(tmp_path)
+  split = corpus.splits["train"]
+  seen = []
+  for step in range(batching.batches_per_epoch):
+    length, ids = batching.epoch(0)[step]
+    batch = batching.batch(step)
+    rows = len(ids)
+    assert batch["src"].shape == batch["tgt_in"].shape == (rows, length)
+    assert rows * length <= 96 and rows % 2 == 0       # the token budget, whole device rows
+    for r, i in enumerate(ids):
+      if i < 0:
+        assert not batch["src"][r].any() and not batch["tgt_out"][r].any()
+        continue
+      seen.append(int(i))
+      t = split.target.sentence(int(i))
+      assert max(len(split.source.sentence(int(i))), len(t)) <= length
+      np.testing.assert_array_equal(batch["tgt_out"][r, :len(t)], t)          # ends in EOS
+      np.testing.assert_array_equal(batch["tgt_in"][r, :len(t)], [data.EOS, *t[:-1]])
+  assert sorted(seen) == sorted(batching.kept.tolist())
+  assert len(batching.kept) < len(split.source)          # max_length 10 leaves some out
+  assert len(batching.by_length) == 3                     # lengths 4, 8, 12
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path):
+  corpus, batching = _batching(tmp_path)
+  fresh = data.Batching(corpus.splits["train"], 1, 4, 10, 96, 4, 2)
+  n = batching.batches_per_epoch
+  for step in (0, 3, n, 2 * n + 1):
+    for key in ("src", "tgt_in", "tgt_out"):
+      np.testing.assert_array_equal(batching.batch(step)[key], fresh.batch(step)[key])
+  plan = lambda b, epoch: [tuple(ids.tolist()) for _, ids in b.epoch(epoch)]
+  assert plan(batching, 0) != plan(batching, 1)           # each epoch shuffles anew
+  other = data.Batching(corpus.splits["train"], 2, 4, 10, 96, 4, 2)
+  assert plan(batching, 0) != plan(other, 0)
+
+
+def test_eval_batches_cover_the_split_once(tmp_path):
+  corpus, _ = _batching(tmp_path)
+  for limit in (0, 7):
+    batches = data.eval_batches(corpus.splits["valid"], 4, 64, 4, 2, limit)
+    ids = sorted(int(i) for chunk, _ in batches for i in chunk if i >= 0)
+    assert ids == list(range(limit or 40))
+
+
+# --- Loss and BLEU ---------------------------------------------------------------------------
+
+def test_label_smoothing_is_fairseqs_by_a_plain_loop():
+  rng = np.random.default_rng(0)
+  with x64():
+    logits = rng.normal(size=(2, 3, 5))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = np.array([[3, 1, 0], [2, 2, 4]])        # 0 is padding
+    loss, nll, count = translation.smoothed_nll(jnp.asarray(log_probs), jnp.asarray(targets), 0.1)
+    expected_loss = expected_nll = 0.0
+    for b in range(2):
+      for t in range(3):
+        if targets[b, t] == data.PAD:
+          continue
+        eps_i = 0.1 / 4
+        expected_nll += -log_probs[b, t, targets[b, t]]
+        expected_loss += (1 - 0.1 - eps_i) * -log_probs[b, t, targets[b, t]] + \
+            eps_i * -log_probs[b, t].sum()
+    np.testing.assert_allclose([loss, nll, count], [expected_loss, expected_nll, 5], rtol=1e-12)
+    no_smoothing = translation.smoothed_nll(jnp.asarray(log_probs), jnp.asarray(targets), 0.0)
+    np.testing.assert_allclose(no_smoothing[0], expected_nll, rtol=1e-12)
+
+
+def test_bleu_is_sacrebleus_command_line(tmp_path):
+  references = ["Die Datei konnte nicht geöffnet werden.", "Der Hund sieht die Katze.",
+                "Ein neuer Benutzer liest das alte Buch jetzt."]
+  hypotheses = ["Die Datei kann nicht geöffnet werden.", "Der Hund sieht eine Katze.",
+                "Ein Benutzer liest jetzt das alte Buch."]
+  (tmp_path / "ref.de").write_text("\n".join(references) + "\n", encoding="utf-8")
+  (tmp_path / "hyp.de").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+  out = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.de"), "-i",
+                        str(tmp_path / "hyp.de"), "-m", "bleu", "chrf", "-b", "-w", "6"],
+                       capture_output=True, text=True, check=True).stdout
+  out = json.loads(out)                                   # [bleu, chrf]
+  scores = translation.corpus_scores(hypotheses, references)
+  assert [round(scores["bleu"], 6), round(scores["chrf"], 6)] == [float(v) for v in out]
+  assert 0 < scores["bleu"] < 100
+  assert translation.signatures()["bleu_signature"].startswith("nrefs:1|case:mixed")
+
+
+# --- Names and bad input ---------------------------------------------------------------------
+
+def test_table1_names_set_every_role():
+  get = translation_configs.get_config
+  assert {get("standard").model[f"{r}_rule"] for r in ("encoder", "decoder", "cross")} == \
+      {"softmax"}
+  m = get("performer128").model
+  assert (m.feature_map, m.num_features, m.encoder_rule, m.cross_rule) == (
+      "favor_plus", 128, "sum", "sum")
+  m = get("dpfp4").model
+  assert (m.feature_map, m.nu, m.decoder_rule) == ("dpfp", 4, "sum")
+  m = get("linear-delta").model
+  assert (m.feature_map, m.encoder_rule, m.decoder_rule, m.cross_rule) == (
+      "elu_plus_one", "sum", "delta", "sum")
+  for bad, message in (("bert", "Unknown model 'bert'"), ("linear-fast", "Unknown model"),
+                       ("standard-delta", "'standard' has softmax attention everywhere")):
+    with pytest.raises(ValueError, match=message):
+      get(bad)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("beam", 0, "config.beam must be an integer >= 1, got 0"),
+    ("length_penalty", -0.5, "length_penalty must be >= 0, got -0.5"),
+    ("model.decoder_rule", "fwm", "Unknown config.model.decoder_rule 'fwm'; valid choices: "
+                                  "softmax, sum, delta"),
+    ("model.sum_normalization", "max", "Unknown config.model.sum_normalization 'max'"),
+    ("corpus", "europarl", "Unknown config.corpus 'europarl'; valid choices: catalogs, wmt14"),
+    ("max_tokens", 16, "max_tokens=16 is smaller than max_length=32"),
+    ("label_smoothing", 1.0, "label_smoothing must be in \\[0, 1\\)"),
+])
+def test_bad_fields_are_refused_before_any_data_is_read(tmp_path, field, value, message):
+  c = tiny_translation_config(tmp_path)                 # no files there: validate reads none
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(ValueError, match=message):
+    train.validate(c)
