@@ -15,8 +15,10 @@ The corpus (experiments/tasks/translation/catalogs.py): the installed catalogs p
 libreoffice-l10n-de and gcc-12-locales fetched with `apt-get download` (no install), about
 32k / 1.0k / 1.0k sentence pairs (train / valid / test), extracted into ~/.cache/fwp/translation
 on first use. CPU model: 2 + 2 layers, d_model 128, 4 heads × 32, feed-forward 512, dropout 0.1,
-an 8,000-piece joint BPE, batches of ~4,096 tokens; fairseq's recipe otherwise (Adam β = (0.9,
-0.98), inverse-square-root schedule, label smoothing 0.1, beam 4, length penalty 0.6).
+a 4,000-piece joint BPE, batches of ~2,048 tokens, 3,000 steps (8 epochs), BLEU of 300 valid
+pairs every 500 steps; fairseq's recipe otherwise (Adam β = (0.9, 0.98), learning rate 1e-3
+with 500 warm-up steps then its inverse square root, label smoothing 0.1, beam 4, length
+penalty 0.6).
 configs/wmt14.py is the paper's big setting.
 """
 
@@ -123,10 +125,16 @@ def apply_name(c: ml_collections.ConfigDict, name: str) -> ml_collections.Config
 
 def get_config(argument: str = "linear"):
   c = base_config()
-  c.max_steps = 4000
+  # Measured here (2-core CPU, one thread per run, another run beside it): linear 0.65 s a
+  # step, performer128 0.90 s; 373 steps an epoch.
+  c.vocab_size = 4000
+  c.max_tokens = 2048
+  c.max_steps = 3000
   c.eval_every = 500
   c.checkpoint_every = 500
   c.bleu_sentences = 300
+  c.max_len_a = 1.2              # catalog messages: the German side is ~1.1× the English
+  c.max_len_b = 10
   c.learning_rate = 1e-3
   c.warmup_steps = 500
   c.model.encoder_layers = 2
