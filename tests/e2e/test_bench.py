@@ -91,6 +91,17 @@ def test_bench_algorithmic_writes_its_table(tmp_path):
   assert "| 1.00 |" in text
 
 
+def test_bench_translate_writes_its_tables(tmp_path):
+  out = tmp_path / "bench.md"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.studies.bench_translate", "--models=standard,dpfp2",
+       "--sources=16", "--targets=16", "--beams=1,2", "--repeats=1", "--train_tokens=64",
+       f"--markdown={out}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = out.read_text()
+  assert "| dpfp2 |" in text and "| model | 1 | 2 |" in text and text.count("| standard |") == 4
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--authors_code", "is not the authors' synthetic/ directory"),
     ("--lmtool_code", "is not lmtool-fwp's src/ directory"),
