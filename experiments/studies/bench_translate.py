@@ -4,6 +4,8 @@ cost per beam.
 
   python -m experiments.studies.bench_translate --markdown=results/bench_translate.md
   python -m experiments.studies.bench_translate --models=standard,dpfp2 --sources=16,1024
+  python -m experiments.studies.bench_translate --setting=wmt14 --models=standard,dpfp2 \
+      --train_tokens=1024 --sources= --targets= --beams= --repeats=1   # the paper's big model
 
 Models are configs/translation.py's (2 + 2 layers, d_model 128, 4,000-symbol vocabulary) with
 freshly initialised weights (a step's cost does not depend on the weights) and synthetic token
@@ -33,7 +35,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from configs import translation as translation_configs
+from configs import translation as translation_configs, wmt14
 from experiments.tasks.translation import task as translation
 from fwp import seq2seq
 
@@ -46,10 +48,13 @@ _BEAMS = flags.DEFINE_list("beams", ["1", "2", "4", "8"], "Beam sizes.")
 _TRAIN_TOKENS = flags.DEFINE_integer("train_tokens", 2048, "Tokens per training batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timings per point (the median is kept).")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
+_SETTING = flags.DEFINE_enum("setting", "translation", ["translation", "wmt14"],
+                             "The config file whose models are timed (wmt14: the paper's big "
+                             "Transformer, 32K vocabulary).")
 
 
 def build(name: str) -> seq2seq.Seq2Seq:
-  config = translation_configs.get_config(name)
+  config = (wmt14 if _SETTING.value == "wmt14" else translation_configs).get_config(name)
   return seq2seq.Seq2Seq(translation.model_config(config, config.vocab_size), rngs=nnx.Rngs(0))
 
 
@@ -112,8 +117,8 @@ def decode_ms(model: seq2seq.Seq2Seq, source: int, target: int, batch: int, step
 
 def main(argv):
   del argv
-  sources, targets, beams = ([int(v) for v in flag.value] for flag in (_SOURCES, _TARGETS,
-                                                                       _BEAMS))
+  sources, targets, beams = ([int(v) for v in flag.value if v] for flag in (_SOURCES, _TARGETS,
+                                                                            _BEAMS))
   repeats = _REPEATS.value
   rows = {"train": [], "source": [], "target": [], "beam": []}
   for name in _MODELS.value:
@@ -148,16 +153,18 @@ def write(rows, path, sources, targets, beams) -> None:
     f.write(f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, jax "
             f"{jax.__version__}, devices {[str(d) for d in jax.devices()]}. Made by `python -m "
             f"experiments.studies.bench_translate` (its docstring says what each table times); "
-            f"configs/translation.py's models, median of {_REPEATS.value}.\n\n")
-    f.write("**Training, target tokens per second** (batch of "
+            f"configs/{_SETTING.value}.py's models, median of {_REPEATS.value}.\n\n")
+    f.write(f"**Training ({_SETTING.value}), target tokens per second** (batch of "
             f"{_TRAIN_TOKENS.value} tokens at length 32)\n\n| model | tokens/s |\n|---|---|\n")
     f.writelines(f"| {m} | {v:,.0f} |\n" for m, v in rows["train"])
-    f.write("\n" + table("source", sources, "Decoding, ms per token against the source "
-                                            "length S (target state for 32 tokens)"))
-    f.write("\n" + table("target", targets, "Decoding, ms per token against the target length "
-                                            "T the decoder's state holds (source 16)"))
-    f.write("\n" + table("beam", beams, "Beam search, ms per decoder step for one source "
-                                        "against the beam K"))
+    for kind, keys, title in (
+        ("source", sources, "Decoding, ms per token against the source length S (target state "
+                            "for 32 tokens)"),
+        ("target", targets, "Decoding, ms per token against the target length T the decoder's "
+                            "state holds (source 16)"),
+        ("beam", beams, "Beam search, ms per decoder step for one source against the beam K")):
+      if keys:
+        f.write("\n" + table(kind, keys, title))
   print(f"Wrote {path}")
 
 

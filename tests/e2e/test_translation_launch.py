@@ -70,6 +70,28 @@ def test_sigkilled_translation_run_resumes_bitwise(tmp_path):
   sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=2)
 
 
+def test_translation_on_four_simulated_devices_trains_like_one(tmp_path):
+  """Batches of whole rows per device over a 4-device data mesh (max_tokens=0: 8 rows a batch),
+  evaluation and BLEU on the replicated parameters: the numbers of one device."""
+  data_dir = write_parallel(tmp_path / "data")
+  args = [f"--config={CONFIG}:linear-delta", *tiny(data_dir, "--config.max_tokens=0",
+                                                   "--config.batch_size=8"),
+          "--config.max_steps=20", "--config.eval_every=10"]
+  metrics = {}
+  for devices in (4, 1):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    workdir = tmp_path / str(devices)
+    result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Mesh: {devices} cpu device(s)" in result.stdout
+    metrics[devices] = read_metrics(workdir)
+  for a, b in zip(metrics[4], metrics[1]):
+    for key in ("train_loss", "eval_loss"):
+      assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    assert a["valid_bleu"] == pytest.approx(b["valid_bleu"], abs=1e-6)
+
+
 @pytest.mark.parametrize("args,message", [
     ([f"--config={CONFIG}:bert"], "Unknown model 'bert'"),
     ([f"--config={CONFIG}:linear", "--config.beam=0"], "config.beam must be an integer >= 1"),
