@@ -51,6 +51,8 @@ def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> li
       print(f"Skipping {directory}: it never evaluated ({summary.get('stop_reason')} at step "
             f"{summary.get('steps')}).", flush=True)
       continue
+    if "state_floats" not in summary:       # a run from before summaries named it
+      summary = dict(summary, state_floats=_state_floats(directory))
     runs.append(dict(directory=directory, summary=summary, metrics=metrics,
                      config=_read_config(directory, summary)))
   if not runs:
@@ -75,6 +77,24 @@ def _read_metrics(directory: str) -> list[dict]:
       return [json.loads(line) for line in f if line.strip()]
     except ValueError as error:
       raise ValueError(f"{path} is not valid JSON lines ({error}).") from None
+
+
+def _state_floats(directory: str) -> int | str | None:
+  """The state size of a run from its config.json ("-" without one): read, not written back."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return "-"
+  import ml_collections
+  from experiments.tasks.language_model import task
+  with open(path) as f:
+    try:
+      config = ml_collections.ConfigDict(json.load(f))
+    except ValueError:
+      return "-"
+  try:
+    return task.state_floats(config, vocab_size=256)
+  except (ValueError, KeyError, AttributeError):
+    return "-"
 
 
 def _read_config(directory: str, summary: dict) -> dict:
@@ -162,7 +182,7 @@ def markdown(runs) -> str:
     columns += carried
   # The size of the state a stream carries (floats), where runs name it: fast weights against
   # Transformer-XL's memory (the paper's Table 4 compares them at equal size).
-  sizes = any(run["summary"].get("state_floats") for run in runs)
+  sizes = any(isinstance(run["summary"].get("state_floats"), int) for run in runs)
   groups = collections.defaultdict(list)
   for run in runs:
     groups[run["group"]].append(run["summary"])

@@ -129,6 +129,20 @@ def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
   return lm.TransformerLM(lm_config(config, load_corpus(config).vocab.size), rngs=rngs)
 
 
+def state_floats(config, vocab_size: int | None = None) -> int | None:
+  """Floats of the state one stream carries (every layer's fast weights, z and recurrent
+  state, or Transformer-XL's mem_len × d_model per layer); None for softmax attention, whose
+  cache grows with the text. The size does not depend on the vocabulary (`vocab_size`: any)."""
+  m = config.model
+  if m.update_rule in common.ATTENTION_BASELINES and m.get("positional") != "relative":
+    return None
+  size = vocab_size or load_corpus(config).vocab.size
+  shapes = jax.eval_shape(
+      lambda: lm.TransformerLM(lm_config(config, size), rngs=nnx.Rngs(0)).init_state(1))
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)
+                 if jnp.issubdtype(leaf.dtype, jnp.floating)))
+
+
 EVAL_PROJECTIONS = ("init", "last_draw")
 
 
@@ -189,7 +203,7 @@ class LanguageModelling:
     self._check_splits()
     self.summary_fields = dict(model=config.model_name, corpus=config.corpus,
                                level=config.level, context=config.context,
-                               state_floats=self._state_floats())
+                               state_floats=state_floats(config, self.corpus.vocab.size))
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
 
   @functools.cached_property
@@ -199,16 +213,6 @@ class LanguageModelling:
     c = self.config
     return list(batches.eval_windows(self.corpus.splits["valid"], c.context, c.context,
                                      c.eval_batch_size))
-
-  def _state_floats(self) -> int | None:
-    """Floats of the state one stream carries (every layer's fast weights, z and recurrent
-    state, or Transformer-XL's mem_len × d_model per layer); None for softmax attention, whose
-    cache grows with the text."""
-    if not self.has_state:
-      return None
-    shapes = jax.eval_shape(lambda: build_model(self.config, nnx.Rngs(0)).init_state(1))
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)
-                   if jnp.issubdtype(leaf.dtype, jnp.floating)))
 
   def _check_splits(self):
     """Every split against the run's shapes, before the first step: a split the final
@@ -274,8 +278,7 @@ class LanguageModelling:
   @property
   def has_state(self) -> bool:
     """A state of fixed size to carry: fast weights, or Transformer-XL's memory."""
-    m = self.config.model
-    return m.update_rule not in common.ATTENTION_BASELINES or m.positional == "relative"
+    return self.summary_fields["state_floats"] is not None
 
   def carried_nll(self, graphdef, params, rest, split: str, name="",
                   projection_key=None) -> float:
