@@ -132,6 +132,21 @@ def read_metrics(path: str, up_to_step: int) -> list[dict]:
   return records
 
 
+def family_runs(finished: list[tuple[str, dict]], task: str) -> list[dict]:
+  """{directory, summary, metrics} of each finished run of `task` among (directory, summary)
+  pairs (a report's first step); a run that never evaluated is skipped, saying so."""
+  runs = []
+  for directory, summary in finished:
+    if summary.get("task") != task:
+      continue
+    metrics = read_metrics(os.path.join(directory, "metrics.jsonl"), summary["steps"])
+    if not metrics:
+      print(f"Skipping {directory}: it never evaluated.", flush=True)
+      continue
+    runs.append(dict(directory=directory, summary=summary, metrics=metrics))
+  return runs
+
+
 def check_resumable(saved: dict, current: dict, family) -> None:
   """Refuses a resume that would change the model or the data: a changed config field (beyond
   the loop's and the family's RESUMABLE) or other data under the same names (data_identity)."""

@@ -171,6 +171,21 @@ def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=3):
     np.testing.assert_array_equal(a, b)
 
 
+def metrics_on_devices(tmp_path, args, counts=(4, 1)):
+  """{device count: the run's metrics} of launch.py `args` on that many simulated CPU devices
+  (a data mesh over all of them), each run checked to finish on that mesh."""
+  metrics = {}
+  for devices in counts:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    workdir = tmp_path / str(devices)
+    result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Mesh: {devices} cpu device(s)" in result.stdout
+    metrics[devices] = read_metrics(workdir)
+  return metrics
+
+
 # A toy English→German lexicon: sentences translate word by word, so a tiny model learns them.
 LEXICON = {"the": "der", "cat": "Katze", "dog": "Hund", "sees": "sieht", "house": "Haus",
            "big": "grosse", "small": "kleine", "red": "rote", "file": "Datei", "opens": "oeffnet",

@@ -10,7 +10,7 @@ import pytest
 
 from experiments import report
 
-from tests.helpers import (ROOT, launch, read_metrics,
+from tests.helpers import (ROOT, launch, metrics_on_devices, read_metrics,
                            sigkill_then_relaunch_matches_an_uninterrupted_run)
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
@@ -78,15 +78,7 @@ def test_lm_on_four_simulated_devices_trains_like_one(tmp_path):
   match one device."""
   args = [f"--config={CONFIG}:linear-delta", *TINY, *CARRY, "--config.max_steps=20",
           "--config.eval_every=10", "--config.sliding_stride=0"]
-  metrics = {}
-  for devices in (4, 1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    workdir = tmp_path / str(devices)
-    result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Mesh: {devices} cpu device(s)" in result.stdout
-    metrics[devices] = read_metrics(workdir)
+  metrics = metrics_on_devices(tmp_path, args)
   for a, b in zip(metrics[4], metrics[1]):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)

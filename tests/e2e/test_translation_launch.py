@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from experiments import report
-from tests.helpers import (ROOT, launch, read_metrics,
+from tests.helpers import (ROOT, launch, metrics_on_devices, read_metrics,
                            sigkill_then_relaunch_matches_an_uninterrupted_run, write_parallel)
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
@@ -77,15 +77,7 @@ def test_translation_on_four_simulated_devices_trains_like_one(tmp_path):
   args = [f"--config={CONFIG}:linear-delta", *tiny(data_dir, "--config.max_tokens=0",
                                                    "--config.batch_size=8"),
           "--config.max_steps=20", "--config.eval_every=10"]
-  metrics = {}
-  for devices in (4, 1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    workdir = tmp_path / str(devices)
-    result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Mesh: {devices} cpu device(s)" in result.stdout
-    metrics[devices] = read_metrics(workdir)
+  metrics = metrics_on_devices(tmp_path, args)
   for a, b in zip(metrics[4], metrics[1]):
     for key in ("train_loss", "eval_loss"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), key

@@ -29,15 +29,7 @@ COLUMNS = ("model", "seed", "step", "train_loss", "valid_loss", "valid_bleu", "v
 def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> list[dict]:
   """One dict per finished translation run: its summary and its eval records."""
   del previous
-  runs = []
-  for directory, summary in finished:
-    if summary.get("task") != NAME:
-      continue
-    metrics = rundir.read_metrics(os.path.join(directory, "metrics.jsonl"), summary["steps"])
-    if not metrics:
-      print(f"Skipping {directory}: it never evaluated.", flush=True)
-      continue
-    runs.append(dict(directory=directory, summary=summary, metrics=metrics))
+  runs = rundir.family_runs(finished, NAME)
   return sorted(runs, key=lambda r: (r["summary"]["model"], r["summary"]["seed"]))
 
 
