@@ -51,7 +51,8 @@ def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> li
       print(f"Skipping {directory}: it never evaluated ({summary.get('stop_reason')} at step "
             f"{summary.get('steps')}).", flush=True)
       continue
-    if "state_floats" not in summary:       # a run from before summaries named it
+    if "state_floats" not in summary and any(k.startswith("valid_carried_") for k in summary):
+      # a run with a carried evaluation from before summaries named its state's size
       summary = dict(summary, state_floats=_state_floats(directory))
     runs.append(dict(directory=directory, summary=summary, metrics=metrics,
                      config=_read_config(directory, summary)))
