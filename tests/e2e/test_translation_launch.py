@@ -66,7 +66,7 @@ def test_sigkilled_translation_run_resumes_bitwise(tmp_path):
   alone (length-bucketed batches and dropout are functions of (seed, step))."""
   data_dir = write_parallel(tmp_path / "data")
   args = [f"--config={CONFIG}:dpfp2", *tiny(data_dir, "--config.model.dropout=0.1"),
-          "--config.max_steps=60", "--config.eval_every=10", "--config.checkpoint_every=10"]
+          "--config.max_steps=40", "--config.eval_every=10", "--config.checkpoint_every=10"]
   sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=2)
 
 
