@@ -19,6 +19,17 @@ def flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+def mean_cell(values, digits: int = 1) -> str:
+  """A table cell: the mean over seeds, with (min–max) when more than one; "-" for none."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f}"
+  import numpy as np
+  return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
 def write_csv(rows: list[dict], path: str, columns) -> None:
   """One line per row, `columns` in order (other keys of a row are left out)."""
   with open(path, "w", newline="") as f:

@@ -44,13 +44,7 @@ def _rows(runs):
                  **{k: f"{m[k]:.2f}" for k in COLUMNS[6:] if k in m})
 
 
-def _cell(values) -> str:
-  values = [v for v in values if v is not None]
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.1f}"
-  return f"{np.mean(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+_cell = results.mean_cell
 
 
 def markdown(runs) -> str:

@@ -71,8 +71,8 @@ class Side:
 class Split:
   source: Side
   target: Side
-  references: tuple[str, ...]      # the target text, as read (BLEU's references)
-  sources: tuple[str, ...]         # the source text, as read
+  references: tuple[str, ...]      # the target text, as read (BLEU's references; empty for
+  #                                  train, whose text is read only to build the cache)
 
 
 @dataclasses.dataclass
@@ -108,8 +108,14 @@ def text_directory(config) -> str:
   use)."""
   if config.corpus == "catalogs":
     packages = tuple(p.strip() for p in config.catalog_packages.split(",") if p.strip())
-    return catalogs.build(packages, config.cache_dir)
+    return _catalog_corpus(packages, config.cache_dir)
   return config.data_dir
+
+
+@functools.lru_cache(maxsize=4)
+def _catalog_corpus(packages: tuple[str, ...], cache: str) -> str:
+  """catalogs.build, once a process (a launch asks for the corpus's identity, then its text)."""
+  return catalogs.build(packages, cache)
 
 
 def check(config) -> None:
@@ -213,46 +219,56 @@ def _load_side(cache: str, name: str) -> Side:
               np.load(os.path.join(cache, f"{name}.offsets.npy")))
 
 
+def _read_split(files_: dict, split: str) -> tuple[list[str], list[str], int]:
+  src, tgt, empty = read_pairs(*files_[split])
+  if not src:
+    raise ValueError(f"The {split} split ({files_[split][0]}) holds no sentence pair.")
+  return src, tgt, empty
+
+
 def load(config) -> Corpus:
   """The corpus of `config`: text read, the tokenizer trained and every split tokenised on
-  first use, read from the cache afterwards."""
+  first use, read from the cache afterwards (the training text is then not read again: only
+  valid and test, whose lines are BLEU's references)."""
   import sentencepiece as spm
   check(config)
   directory = text_directory(config)
   files_ = paths(directory, config)
-  text = {split: read_pairs(*pair) for split, pair in files_.items()}
-  for split, (src, _, _) in text.items():
-    if not src:
-      raise ValueError(f"The {split} split ({files_[split][0]}) holds no sentence pair.")
   cache = _cache(config, directory)
   os.makedirs(cache, exist_ok=True)
   meta = dict(files=fingerprint(files_), vocab_size=config.vocab_size,
               version=TOKENIZER_VERSION)
   meta_path = os.path.join(cache, "meta.json")
+  text = {}
   with files.locked(cache):
     stored = None
     if os.path.exists(meta_path):
       with open(meta_path) as f:
         stored = json.load(f)
-    if stored != meta:
+    if stored is None or {k: stored.get(k) for k in meta} != meta:
       print(("Training" if stored is None else "Retraining (the text changed)") +
             f" the {config.vocab_size}-piece BPE vocabulary and tokenising {directory} into "
             f"{cache} (once).", file=sys.stderr, flush=True)
+      text = {split: _read_split(files_, split) for split in SPLITS}
       src, tgt, _ = text["train"]
       _train_tokenizer(src, tgt, os.path.join(cache, "bpe"), config.vocab_size)
       tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
       for split, (src, tgt, _) in text.items():
         _save_side(cache, f"{split}.src", tokenizer.encode(src))
         _save_side(cache, f"{split}.tgt", tokenizer.encode(tgt))
+      stored = dict(meta, empty={split: text[split][2] for split in SPLITS})
       with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
+        json.dump(stored, f)
       os.replace(meta_path + ".tmp", meta_path)
   tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
-  splits, dropped = {}, {}
-  for split, (src, tgt, empty) in text.items():
+  splits = {}
+  for split in SPLITS:
+    references = ()
+    if split != "train":
+      references = tuple((text.get(split) or _read_split(files_, split))[1])
     splits[split] = Split(_load_side(cache, f"{split}.src"), _load_side(cache, f"{split}.tgt"),
-                          tuple(tgt), tuple(src))
-    dropped[split] = {"empty": empty}
+                          references)
+  dropped = {split: {"empty": stored["empty"][split]} for split in SPLITS}
   return Corpus(directory, splits, tokenizer, identity(config, directory, files_), dropped)
 
 

@@ -43,13 +43,7 @@ def _rows(runs):
                  valid_chrf=f"{m['valid_chrf']:.2f}")
 
 
-def _cell(values, digits=1) -> str:
-  values = [v for v in values if v is not None]
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.{digits}f}"
-  return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+_cell = results.mean_cell
 
 
 def markdown(runs) -> str:

@@ -23,6 +23,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -60,7 +61,6 @@ def role_config(model_config, role: str):
                      f"choices: {', '.join(NORMALIZATIONS)}.")
   fields = model_config.to_dict()
   fields.update(update_rule=rule, normalization=normalization, recurrence="none")
-  import ml_collections
   return common.fast_weight_config(ml_collections.ConfigDict(fields))
 
 
