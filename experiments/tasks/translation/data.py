@@ -245,8 +245,10 @@ def load(config) -> Corpus:
     if os.path.exists(meta_path):
       with open(meta_path) as f:
         stored = json.load(f)
-    if stored is None or {k: stored.get(k) for k in meta} != meta:
-      print(("Training" if stored is None else "Retraining (the text changed)") +
+    if stored is None or "empty" not in stored or {k: stored.get(k) for k in meta} != meta:
+      reason = ("" if stored is None else " (the cache predates its empty-pair counts)"
+                if "empty" not in stored else " (the text changed)")
+      print(("Training" if stored is None else "Retraining" + reason) +
             f" the {config.vocab_size}-piece BPE vocabulary and tokenising {directory} into "
             f"{cache} (once).", file=sys.stderr, flush=True)
       text = {split: _read_split(files_, split) for split in SPLITS}
