@@ -1,11 +1,20 @@
-"""Times the WikiText-103 loader's first (tokenising) and later (cached) loads on a synthetic
-corpus of the real one's size and format, for machines without the data.
+"""Times a loader's first (tokenising) and later (cached) loads on a synthetic corpus of the
+real one's size and format, for machines without the data.
 
   python -m experiments.studies.bench_tokenize --megabytes=540 --dir=/tmp/wt103-synthetic
+  python -m experiments.studies.bench_tokenize --corpus=wmt14 --pairs=4500000 \
+      --dir=/tmp/wmt14-synthetic
 
-The training file has Zipf-distributed words from a 267k-word vocabulary (WikiText-103's size),
-~13 words per line with blank and " = Heading = " lines as in the real file; valid and test are
-0.2% of it each. Prints seconds for tokenising and for the cached reload.
+wikitext103: the training file has Zipf-distributed words from a 267k-word vocabulary
+(WikiText-103's size), ~13 words per line with blank and " = Heading = " lines as in the real
+file; valid and test are 0.2% of it each.
+wmt14: train.{en,de} of --pairs sentence pairs (WMT14 En-De: ~4.5M pairs, ~26 words a sentence
+on average, ~1.4 GB of text), each side Zipf-distributed pseudo-words (random letters, shorter
+words commoner, a 500k-word vocabulary per language) with punctuation, lengths 1-100 words;
+newstest2013 / 2014 of 3,000 pairs; then the joint 32K BPE is trained and every split tokenised
+(experiments.tasks.translation.data.load with configs/wmt14.py). BPE's work depends on the text's
+statistics, so the real corpus's time may differ; the memory and the scaling are the point.
+Prints seconds for tokenising and for the cached reload, and the peak memory.
 """
 
 from __future__ import annotations
@@ -18,8 +27,12 @@ from absl import app, flags
 
 from experiments.tasks.language_model import text_data
 
-_MEGABYTES = flags.DEFINE_integer("megabytes", 540, "Size of wiki.train.tokens to write.")
-_DIR = flags.DEFINE_string("dir", "/tmp/wt103-synthetic", "Where to write the corpus.")
+_CORPUS = flags.DEFINE_enum("corpus", "wikitext103", ["wikitext103", "wmt14"],
+                            "Which loader to time.")
+_MEGABYTES = flags.DEFINE_integer("megabytes", 540, "wikitext103: size of wiki.train.tokens.")
+_PAIRS = flags.DEFINE_integer("pairs", 4_500_000, "wmt14: training sentence pairs.")
+_DIR = flags.DEFINE_string("dir", None, "Where to write the corpus (default /tmp/<corpus>-"
+                           "synthetic).")
 _VOCAB = 267_735
 
 
@@ -41,9 +54,80 @@ def write_corpus(directory: str, megabytes: int) -> None:
         written += len(text)
 
 
+def _pseudo_words(rng, size: int) -> np.ndarray:
+  """`size` pseudo-words by frequency rank: random letters, ~3 long for the commonest, ~9 at
+  rank 100k (as English words by type)."""
+  letters = np.asarray(list("eeeeeeaaaaiiiinnnnssssrrrttttoooohhllddcuumgbfwkpvzyjxq"))
+  mean = 3 + 1.2 * np.log10(np.arange(1, size + 1))
+  lengths = np.clip(np.rint(rng.normal(mean, 1.5)), 1, 20).astype(int)
+  chars = letters[rng.integers(0, len(letters), int(lengths.sum()))]
+  bounds = np.concatenate([[0], np.cumsum(lengths)])
+  text = "".join(chars)
+  return np.asarray([text[bounds[i]:bounds[i + 1]] for i in range(size)], dtype=object)
+
+
+def write_parallel(directory: str, pairs: int) -> None:
+  rng = np.random.default_rng(0)
+  vocab = {lang: _pseudo_words(rng, 500_000) for lang in ("en", "de")}
+  zipf = 1 / (np.arange(500_000) + 2.7)                       # Zipf-Mandelbrot, exponent 1
+  cdf = np.cumsum(zipf / zipf.sum())
+  punctuation = np.asarray([",", ".", "'s", "(", ")", "-", ":", "\"", "1", "2010"], dtype=object)
+  os.makedirs(directory, exist_ok=True)
+  for prefix, size in (("train", pairs), ("newstest2013", 3000), ("newstest2014", 3000)):
+    files_ = {lang: open(os.path.join(directory, f"{prefix}.{lang}"), "w") for lang in vocab}
+    for begin in range(0, size, 50_000):
+      count = min(50_000, size - begin)
+      lengths = np.clip(rng.lognormal(3.05, 0.6, count).astype(int), 1, 100)
+      for lang, f in files_.items():
+        stretch = 1.0 if lang == "en" else 0.95
+        ranks = np.searchsorted(cdf, rng.random(int(lengths.sum() * stretch) + count))
+        words = vocab[lang][np.minimum(ranks, len(cdf) - 1)]
+        words = np.where(rng.random(len(words)) < 0.08,
+                         punctuation[rng.integers(0, len(punctuation), len(words))], words)
+        bounds = np.concatenate([[0], np.cumsum((lengths * stretch).astype(int) + 1)])
+        f.write("".join(" ".join(words[bounds[i]:bounds[i + 1]]).capitalize() + ".\n"
+                        for i in range(count)))
+    for f in files_.values():
+      f.close()
+
+
+def _peak_gib() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def bench_wmt14(directory: str) -> None:
+  from configs import wmt14
+  from experiments.tasks.translation import data
+  if not os.path.exists(os.path.join(directory, "newstest2014.de")):
+    start = time.time()
+    write_parallel(directory, _PAIRS.value)
+    print(f"wrote the synthetic corpus in {time.time() - start:.0f} s")
+  config = wmt14.get_config("standard")
+  config.data_dir = directory
+  cache = data._cache(config, directory)
+  if os.path.exists(os.path.join(cache, "meta.json")):
+    os.remove(os.path.join(cache, "meta.json"))
+  size = sum(os.path.getsize(os.path.join(directory, f"train.{lang}")) for lang in ("en", "de"))
+  start = time.time()
+  corpus = data.load(config)
+  first = time.time() - start
+  peak = _peak_gib()
+  start = time.time()
+  data.load(config)
+  cached = time.time() - start
+  train = corpus.splits["train"]
+  print(f"train.en + train.de {size / 2 ** 20:,.0f} MB, {len(train.source):,} pairs, "
+        f"{int(train.source.lengths.sum() + train.target.lengths.sum()):,} BPE tokens "
+        f"({corpus.vocab_size:,} pieces, {os.cpu_count()} cores): BPE training + tokenising "
+        f"{first:.0f} s, peak memory {peak:.1f} GiB; cached reload {cached:.2f} s")
+
+
 def main(argv):
   del argv
-  directory = _DIR.value
+  directory = _DIR.value or f"/tmp/{_CORPUS.value}-synthetic"
+  if _CORPUS.value == "wmt14":
+    return bench_wmt14(directory)
   if not os.path.exists(os.path.join(directory, "wiki.train.tokens")):
     write_corpus(directory, _MEGABYTES.value)
   cache = os.path.join(directory, "fwp-cache", "meta.json")

@@ -139,6 +139,22 @@ def test_bpe_is_trained_once_and_rebuilt_when_the_text_changes(tmp_path, capsys)
     data.load(tiny_translation_config(directory, vocab_size=5000))
 
 
+def test_token_cache_is_each_sentence_plus_eos_whatever_the_chunk(tmp_path):
+  directory = write_parallel(tmp_path / "d")
+  corpus = data.load(tiny_translation_config(directory))
+  sentences = [line.strip() for line in open(os.path.join(directory, "train.en"),
+                                             encoding="utf-8")]
+  for chunk in (1, 7, 10_000):
+    cache = tmp_path / f"chunk{chunk}"
+    cache.mkdir()
+    data._save_side(str(cache), "side", corpus.tokenizer, sentences, chunk=chunk)
+    side = data._load_side(str(cache), "side")
+    assert len(side) == len(sentences)
+    for i in (0, 1, 6, 7, len(sentences) - 1):
+      np.testing.assert_array_equal(side.sentence(i),
+                                    corpus.tokenizer.encode(sentences[i]) + [data.EOS])
+
+
 # --- Batches ---------------------------------------------------------------------------------
 
 def _batching(tmp_path, seed=1, max_tokens=96):

@@ -204,13 +204,24 @@ def _train_tokenizer(sources: list[str], targets: list[str], prefix: str,
                      f"training text ({error}); set config.vocab_size to fit.") from None
 
 
-def _save_side(cache: str, name: str, sentences: list[list[int]]) -> None:
-  lengths = np.fromiter((len(s) + 1 for s in sentences), np.int64, len(sentences))
+def _save_side(cache: str, name: str, tokenizer, sentences: list[str],
+               chunk: int = 100_000) -> None:
+  """Tokenises `sentences` a chunk at a time into one int32 array of pieces + EOS per sentence
+  (a Python list of every sentence's ids would hold WMT14's ~150M ids as ~5 GB of ints)."""
+  ids, lengths = [], []
+  for begin in range(0, len(sentences), chunk):
+    pieces = tokenizer.encode(sentences[begin:begin + chunk])
+    sizes = np.fromiter((len(p) + 1 for p in pieces), np.int64, len(pieces))
+    flat = np.full(int(sizes.sum()), EOS, np.int32)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for start, p in zip(starts, pieces):
+      flat[start:start + len(p)] = p
+    ids.append(flat)
+    lengths.append(sizes)
+  lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)])
-  ids = np.full(int(offsets[-1]), EOS, np.int32)
-  for start, sentence in zip(offsets[:-1], sentences):
-    ids[start:start + len(sentence)] = sentence
-  np.save(os.path.join(cache, f"{name}.ids.npy"), ids)
+  np.save(os.path.join(cache, f"{name}.ids.npy"),
+          np.concatenate(ids) if ids else np.zeros(0, np.int32))
   np.save(os.path.join(cache, f"{name}.offsets.npy"), offsets)
 
 
@@ -256,8 +267,8 @@ def load(config) -> Corpus:
       _train_tokenizer(src, tgt, os.path.join(cache, "bpe"), config.vocab_size)
       tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
       for split, (src, tgt, _) in text.items():
-        _save_side(cache, f"{split}.src", tokenizer.encode(src))
-        _save_side(cache, f"{split}.tgt", tokenizer.encode(tgt))
+        _save_side(cache, f"{split}.src", tokenizer, src)
+        _save_side(cache, f"{split}.tgt", tokenizer, tgt)
       stored = dict(meta, empty={split: text[split][2] for split in SPLITS})
       with open(meta_path + ".tmp", "w") as f:
         json.dump(stored, f)
