@@ -30,6 +30,33 @@ def mean_cell(values, digits: int = 1) -> str:
   return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
+def seed_means(runs: list[dict], key: str, group: Callable[[dict], str]) -> dict:
+  """{group: (steps, mean of `key` over the group's seeds, seeds)} from runs' metrics lines, each
+  group's curve cut to its shortest run; a group whose lines lack `key` is left out."""
+  import numpy as np
+  curves: dict[str, list] = {}
+  for run in runs:
+    curves.setdefault(group(run), []).append(run["metrics"])
+  out = {}
+  for name, seeds in sorted(curves.items()):
+    n = min(len(m) for m in seeds)
+    if n and all(key in m for metrics in seeds for m in metrics[:n]):
+      out[name] = ([m["step"] for m in seeds[0][:n]],
+                   np.mean([[m[key] for m in metrics[:n]] for metrics in seeds], 0), len(seeds))
+  return out
+
+
+def save_figure(fig, path: str, axes=()) -> None:
+  """A grid and a legend on each of `axes`, then the figure to `path` (120 dpi), closed."""
+  import matplotlib.pyplot as plt
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write_csv(rows: list[dict], path: str, columns) -> None:
   """One line per row, `columns` in order (other keys of a row are left out)."""
   with open(path, "w", newline="") as f:

@@ -79,23 +79,14 @@ def plot(runs, path):
   problems = sorted({r["summary"]["problem"] for r in runs})
   fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2), squeeze=False)
   for ax, problem in zip(axes[0], problems):
-    curves = collections.defaultdict(list)
-    for run in runs:
-      if run["summary"]["problem"] == problem:
-        curves[run["summary"]["model"]].append(run["metrics"])
-    for model, seeds in sorted(curves.items()):
-      n = min(len(m) for m in seeds)
-      steps = [m["step"] for m in seeds[0][:n]]
-      values = np.mean([[m["valid_accuracy"] for m in metrics[:n]] for metrics in seeds], 0)
+    curves = results.seed_means([r for r in runs if r["summary"]["problem"] == problem],
+                                "valid_accuracy", lambda run: run["summary"]["model"])
+    for model, (steps, values, _) in curves.items():
       ax.plot(steps, values, "o-", ms=3, label=model)
     ax.set_title(problem)
     ax.set_xlabel("training step")
     ax.set_ylabel("valid accuracy (%)" + (", prints" if problem.startswith("code") else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path, axes[0])
 
 
 def write(runs: list[dict], out: str) -> list[str]:

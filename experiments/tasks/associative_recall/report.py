@@ -198,11 +198,7 @@ def plot(rows, setting, path):
   ax.set_title(f"Associative retrieval, setting {setting}\n○ a run ended at max_steps"
                + ("; ▲ the paper's knee" if setting == 1 else "") + "; dotted: stop loss "
                f"{STOP_LOSS}; dash-dot: knee {KNEE_LOSS}", fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path, [ax])
 
 
 def write(rows: list[dict], out: str) -> list[str]:

@@ -224,30 +224,20 @@ def markdown(runs) -> str:
 
 def plot(runs, path):
   unit_key = _bits_key(runs[0]["metrics"][0], "valid")
-  curves = collections.defaultdict(list)
-  for run in runs:
-    curves[run["label"]].append(run["metrics"])
+  label = lambda run: run["label"]   # noqa: E731
+  carried = results.seed_means(runs, unit_key.replace("valid_", "valid_carried_", 1), label)
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for model, seeds in sorted(curves.items()):
-    steps = [m["step"] for m in seeds[0]]
-    values = np.mean([[m[unit_key] for m in metrics[:len(steps)]] for metrics in seeds], axis=0)
+  for model, (steps, values, seeds) in results.seed_means(runs, unit_key, label).items():
     line, = ax.plot(steps, values, "o-", ms=3,
-                    label=f"{model} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
-    carried_key = unit_key.replace("valid_", "valid_carried_", 1)
-    if all(carried_key in m for metrics in seeds for m in metrics[:len(steps)]):
-      values = np.mean([[m[carried_key] for m in metrics[:len(steps)]] for metrics in seeds],
-                       axis=0)
-      ax.plot(steps, values, "--", color=line.get_color(), label=f"{model}, carried eval")
+                    label=f"{model} ({seeds} seed{'s' * (seeds > 1)})")
+    if model in carried:
+      ax.plot(*carried[model][:2], "--", color=line.get_color(), label=f"{model}, carried eval")
   s0 = runs[0]["summary"]
   ax.set_xlabel("training step")
   ax.set_ylabel(unit_key.replace("_", " "))
   context = "" if "context" in runs[0]["columns"] else f", context {s0['context']}"
   ax.set_title(f"Language modelling on {s0['corpus']} ({s0['level']}s){context}")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path, [ax])
 
 
 def write(runs: list[dict], out: str) -> list[str]:

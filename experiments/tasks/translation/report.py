@@ -78,21 +78,12 @@ def markdown(runs) -> str:
 
 def plot(runs, path):
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  curves = collections.defaultdict(list)
-  for run in runs:
-    curves[run["summary"]["model"]].append(run["metrics"])
-  for model, seeds in sorted(curves.items()):
-    n = min(len(m) for m in seeds)
-    steps = [m["step"] for m in seeds[0][:n]]
-    ax.plot(steps, np.mean([[m["valid_bleu"] for m in metrics[:n]] for metrics in seeds], 0),
-            "o-", ms=3, label=model)
+  curves = results.seed_means(runs, "valid_bleu", lambda run: run["summary"]["model"])
+  for model, (steps, values, _) in curves.items():
+    ax.plot(steps, values, "o-", ms=3, label=model)
   ax.set_xlabel("training step")
   ax.set_ylabel("valid BLEU (eval subset)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path, [ax])
 
 
 def write(runs: list[dict], out: str) -> list[str]:
