@@ -286,39 +286,29 @@ class LanguageModelling:
     (batches.carried_segments) segment by segment, each stream's state carried from one segment
     to the next from the empty memory: no window, every token sees its stream's whole past. With
     one stream, one recurrent pass over the split."""
-    c = self.config
     stream = self.corpus.splits[split]
-    num_streams = min(c.eval_batch_size, len(stream) - 1)
-    model = nnx.merge(graphdef, params, rest)
-    state = model.init_state(num_streams, dtype=_state_dtype())
+    num_streams = min(self.config.eval_batch_size, len(stream) - 1)
+    state = nnx.merge(graphdef, params, rest).init_state(num_streams, dtype=_state_dtype())
     if self.mesh is not None:
       state = distributed.replicate(state, self.mesh)
-    total, count = 0.0, 0.0
-    segments = batches.carried_segments(stream, num_streams, c.context)
-    meter = Progress(f"{name}: segment", len(segments)) if name else None
-    for i, batch in enumerate(segments):
-      if meter:
-        meter.update(i)
-      if self.mesh is not None:
-        batch = distributed.replicate(batch, self.mesh)
-      s, n, state = self._nll(graphdef, params, rest, batch, projection_key, state)
-      total += float(distributed.fetch(s))
-      count += float(distributed.fetch(n))
-    return total / count
+    segments = batches.carried_segments(stream, num_streams, self.config.context)
+    return self.mean_nll(graphdef, params, rest, segments, name=name, num_batches=len(segments),
+                         projection_key=projection_key, state=state, unit="segment")
 
   def mean_nll(self, graphdef, params, rest, batches, name="", num_batches=0,
-               projection_key=None) -> float:
+               projection_key=None, state=None, unit="batch") -> float:
     """Nats per unit over the scored positions of `batches`; a long evaluation says how far it
     is (every ~10 s) when given its `name` and `num_batches`. `projection_key`: FAVOR+'s draw
-    (None: the stored projection)."""
+    (None: the stored projection). `state`: each batch starts from the state the previous one
+    left, this one the first's (None: every batch from the empty memory)."""
     total, count = 0.0, 0.0
-    meter = Progress(f"{name}: batch", num_batches) if name else None
+    meter = Progress(f"{name}: {unit}", num_batches) if name else None
     for i, batch in enumerate(batches):
       if meter:
         meter.update(i)
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
-      s, n, _ = self._nll(graphdef, params, rest, batch, projection_key)
+      s, n, state = self._nll(graphdef, params, rest, batch, projection_key, state)
       total += float(distributed.fetch(s))
       count += float(distributed.fetch(n))
     return total / count
