@@ -43,6 +43,9 @@ def _loss_and_grads(rule, form, chunk_size, inputs, cotangents):
 
 
 loss_and_grads = jax.jit(_loss_and_grads, static_argnums=(0, 1, 2))
+# Traced, for the tests below the plain-loop proofs: untraced (op by op), the chunked forms take
+# ~10× as long on a CPU, and FormsEqualPlainLoopTest already proves every form both ways.
+jit_run = jax.jit(run, static_argnums=(0, 1, 2))
 
 
 def reference_loss_and_grads(rule, inputs, cotangents):
@@ -120,7 +123,7 @@ def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
   monkeypatch.setattr(ops, "REMAT_SEGMENT", 5)
   inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule, 13)
   with helpers.x64():
-    y, w = run(rule, "recurrent", 64, *inputs)
+    y, w = jit_run(rule, "recurrent", 64, *inputs)
     chex.assert_trees_all_close(y, y_ref, rtol=F64_RTOL, atol=F64_ATOL)
     chex.assert_trees_all_close(w, w_ref, rtol=F64_RTOL, atol=F64_ATOL)
     _, grads = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
@@ -160,9 +163,9 @@ def test_forms_agree_float32(rule):
   cotangents = (jnp.asarray(rng.normal(size=inputs[2].shape), jnp.float32),
                 jnp.asarray(rng.normal(size=inputs[4].shape), jnp.float32))
   base = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
-  base_out = run(rule, "recurrent", 64, *inputs)
+  base_out = jit_run(rule, "recurrent", 64, *inputs)
   for form, chunk_size in FORMS[1:]:
-    out = run(rule, form, chunk_size, *inputs)
+    out = jit_run(rule, form, chunk_size, *inputs)
     assert out[0].dtype == jnp.float32
     helpers.assert_rel_close(out, base_out, F32_RTOL, f"{form}{chunk_size} outputs")
     got = loss_and_grads(rule, form, chunk_size, inputs, cotangents)
@@ -174,10 +177,10 @@ def test_carried_state_equals_one_pass(rule):
   with helpers.x64():
     q, k, v, beta, w0 = helpers.random_inputs(4, t=T)
     form = "recurrent" if rule == "fwm" else "chunked"
-    full = run(rule, form, 5, q, k, v, beta, w0)
+    full = jit_run(rule, form, 5, q, k, v, beta, w0)
     split = 7
-    y1, w1 = run(rule, form, 5, q[:, :split], k[:, :split], v[:, :split], beta[:, :split], w0)
-    y2, w2 = run(rule, form, 5, q[:, split:], k[:, split:], v[:, split:], beta[:, split:], w1)
+    y1, w1 = jit_run(rule, form, 5, q[:, :split], k[:, :split], v[:, :split], beta[:, :split], w0)
+    y2, w2 = jit_run(rule, form, 5, q[:, split:], k[:, split:], v[:, split:], beta[:, split:], w1)
     chex.assert_trees_all_close((jnp.concatenate([y1, y2], axis=1), w2), full,
                                 rtol=F64_RTOL, atol=F64_ATOL)
 
@@ -186,7 +189,7 @@ def test_carried_state_equals_one_pass(rule):
 def test_single_step_streams_the_recurrence(rule):
   with helpers.x64():
     q, k, v, beta, w = helpers.random_inputs(5, t=6)
-    y_full, w_full = run(rule, "recurrent", 64, q, k, v, beta, w)
+    y_full, w_full = jit_run(rule, "recurrent", 64, q, k, v, beta, w)
     step = {"sum": lambda w, *x: ops.sum_rule_step(w, *x[:3]),
             "delta": ops.delta_rule_step, "fwm": ops.fwm_rule_step}[rule]
     ys = []
@@ -201,8 +204,7 @@ def test_single_step_streams_the_recurrence(rule):
 def test_beta_zero_leaves_state_unchanged(form, chunk_size):
   with helpers.x64():
     q, k, v, beta, w0 = helpers.random_inputs(6, t=T)
-    _, w = ops.delta_rule(q, k, v, jnp.zeros_like(beta), form=form, chunk_size=chunk_size,
-                          initial_state=w0)
+    _, w = jit_run("delta", form, chunk_size, q, k, v, jnp.zeros_like(beta), w0)
     np.testing.assert_array_equal(np.asarray(w), np.asarray(w0))
 
 
@@ -217,8 +219,7 @@ def test_delta_rule_retrieves_last_value_with_orthonormal_keys(form, chunk_size)
     k = jnp.asarray(keys[which])[None, :, None, :]
     v = jnp.asarray(np.random.default_rng(8).normal(size=(1, t, 1, d_value)))
     w0 = jnp.asarray(np.random.default_rng(9).normal(size=(1, 1, d_value, d_key)))
-    _, w = ops.delta_rule(k, k, v, jnp.ones((1, t, 1)), form=form, chunk_size=chunk_size,
-                          initial_state=w0)
+    _, w = jit_run("delta", form, chunk_size, k, k, v, jnp.ones((1, t, 1)), w0)
     for key_id in range(d_key):
       last = np.max(np.nonzero(which == key_id)[0])
       np.testing.assert_allclose(np.asarray(w[0, 0] @ keys[key_id]), np.asarray(v[0, last, 0]),
@@ -229,7 +230,7 @@ def test_delta_rule_retrieves_last_value_with_orthonormal_keys(form, chunk_size)
 def test_unnormalised_sum_rule_is_masked_linear_attention(form, chunk_size):
   with helpers.x64():
     q, k, v, _, _ = helpers.random_inputs(10, t=T)
-    y, _ = ops.sum_rule(q, k, v, form=form, chunk_size=chunk_size)
+    y, _ = jit_run("sum", form, chunk_size, q, k, v, None, None)
     chex.assert_trees_all_close(y, reference.masked_linear_attention(q, k, v),
                                 rtol=F64_RTOL, atol=F64_ATOL)
 
@@ -242,9 +243,9 @@ def test_causality_by_gradients(rule):
   t_read = 4
   for form, chunk_size in forms:
     def y_t(q, k, v, beta):
-      y, _ = run(rule, form, chunk_size, q, k, v, beta, inputs[4])
+      y, _ = jit_run(rule, form, chunk_size, q, k, v, beta, inputs[4])
       return jnp.sum(y[:, t_read])
-    grads = jax.grad(y_t, argnums=(0, 1, 2, 3))(*inputs[:4])
+    grads = jax.jit(jax.grad(y_t, argnums=(0, 1, 2, 3)))(*inputs[:4])
     for name, g in zip("qkvb", grads):
       future = np.asarray(g[:, t_read + 1:])
       assert np.all(future == 0), f"{rule}/{form}{chunk_size}: d y_{t_read} / d {name}_future != 0"
@@ -263,7 +264,7 @@ def test_a_non_finite_input_never_reaches_an_earlier_output(rule, name):
   s = 5
   forms = [("recurrent", 64), ("parallel", 64), ("chunked", 5)]   # the masked products' cases
   inputs = list(helpers.random_inputs(12, t=T, dtype=jnp.float32))
-  clean = [run(rule, f, c, *inputs[:4], inputs[4])[0] for f, c in forms]
+  clean = [jit_run(rule, f, c, *inputs[:4], inputs[4])[0] for f, c in forms]
   index = {"q": 0, "k": 1, "v": 2, "beta": 3, "inf_v": 2}[name]
   inputs[index] = inputs[index].at[:, s].set(jnp.inf if name == "inf_v" else jnp.nan)
   expected_bad = np.zeros(T, bool)
@@ -271,7 +272,7 @@ def test_a_non_finite_input_never_reaches_an_earlier_output(rule, name):
   if name == "q":
     expected_bad[s + 1:] = False
   for (form, chunk_size), y_clean in zip(forms, clean):
-    y, w = run(rule, form, chunk_size, *inputs[:4], inputs[4])
+    y, w = jit_run(rule, form, chunk_size, *inputs[:4], inputs[4])
     y = np.asarray(y)
     np.testing.assert_array_equal(y[:, :s], np.asarray(y_clean)[:, :s],
                                   err_msg=f"{form}{chunk_size}: an earlier output changed")
@@ -317,7 +318,8 @@ def test_final_state_alone_matches_full_run(rule):
     q, k, v, beta, w0 = helpers.random_inputs(13, t=T)
     _, w_ref = reference.rule(rule, q, k, v, None if rule == "sum" else beta, w0)
     for form, chunk_size in forms:
-      w = ops.final_state(rule, k, v, beta, form=form, chunk_size=chunk_size, initial_state=w0)
+      w = jax.jit(functools.partial(ops.final_state, rule, form=form, chunk_size=chunk_size))(
+          k, v, beta, initial_state=w0)
       chex.assert_trees_all_close(w, w_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
 
@@ -334,15 +336,15 @@ def test_read_final_is_final_state_times_queries(rule, num_queries):
     _, w_ref = reference.rule(rule, k, k, v, None if rule == "sum" else beta)
     expected = jnp.einsum("bhvk,bqhk->bqhv", w_ref, queries)
 
-    def read(form, chunk_size, queries, k, v, beta):
-      return ops.read_final(rule, queries, k, v, beta, form=form, chunk_size=chunk_size)
+    @functools.partial(jax.jit, static_argnums=(0, 1))   # traced: untraced, the forms are
+    def read_and_grads(form, chunk_size, *args):           # proved above
+      read = lambda *a: ops.read_final(rule, *a, form=form, chunk_size=chunk_size)
+      return read(*args), jax.grad(lambda *a: jnp.sum(read(*a) ** 2), argnums=(0, 1, 2, 3))(*args)
 
     grads_ref = None
     for form, chunk_size in forms:   # the recurrent read's hand-written backward against the rest
-      y = read(form, chunk_size, queries, k, v, beta)
+      y, grads = read_and_grads(form, chunk_size, queries, k, v, beta)
       chex.assert_trees_all_close(y, expected, rtol=F64_RTOL, atol=F64_ATOL)
-      grads = jax.grad(lambda *a: jnp.sum(read(form, chunk_size, *a) ** 2),
-                       argnums=(0, 1, 2, 3))(queries, k, v, beta)
       grads_ref = grads if grads_ref is None else grads_ref
       chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
@@ -355,8 +357,8 @@ def test_query_read_out_backward_across_segments(monkeypatch):
   with helpers.x64():
     _, k, v, beta, _ = helpers.random_inputs(16, t=T, d_value=4)
     queries = jnp.asarray(np.random.default_rng(17).normal(size=(2, 1, 2, k.shape[-1])))
-    grads = [jax.grad(lambda *a: jnp.sum(jnp.sin(ops.read_final("delta", *a, form=form))),
-                      argnums=(0, 1, 2, 3))(queries, k, v, beta)
+    grads = [jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(ops.read_final("delta", *a, form=form))),
+                              argnums=(0, 1, 2, 3)))(queries, k, v, beta)
              for form in ("recurrent", "parallel")]
     chex.assert_trees_all_close(grads[0], grads[1], rtol=F64_RTOL, atol=F64_ATOL)
 
@@ -382,11 +384,13 @@ def test_fwm_first_write_unnormalised_matches_plain_loop_float64():
       first = reference.rule("delta", q[:, :1], k[:, :1], v[:, :1], beta[:, :1])
       rest = reference.rule("fwm", q[:, 1:], k[:, 1:], v[:, 1:], beta[:, 1:], first[1])
       return jnp.concatenate([first[0], rest[0]], axis=1), rest[1]
+    @jax.jit
     def fwp(q, k, v, beta):
       return ops.fwm_rule(q, k, v, beta, normalize_first=False)
     loss = lambda fn: lambda *a: jnp.sum(fn(*a)[0] ** 2) + jnp.sum(fn(*a)[1])
     chex.assert_trees_all_close(fwp(q, k, v, beta), loop(q, k, v, beta), rtol=F64_RTOL,
                                 atol=F64_ATOL)
-    grads = [jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, beta) for fn in (fwp, loop)]
+    grads = [jax.jit(jax.grad(loss(fwp), argnums=(0, 1, 2, 3)))(q, k, v, beta),
+             jax.grad(loss(loop), argnums=(0, 1, 2, 3))(q, k, v, beta)]
     chex.assert_trees_all_close(grads[0], grads[1], rtol=F64_RTOL, atol=F64_ATOL)
     assert not np.allclose(fwp(q, k, v, beta)[1], ops.fwm_rule(q, k, v, beta)[1])
