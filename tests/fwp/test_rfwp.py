@@ -97,6 +97,20 @@ def scalar(out, cotangents):
   return sum(jnp.sum(a * c) for a, c in zip(jax.tree.leaves(out), jax.tree.leaves(cotangents)))
 
 
+@functools.lru_cache(maxsize=None)
+def reference_and_grads(model, phi):
+  """The plain loop on inputs(model, phi=phi) (float64): its outputs and final state, the
+  cotangents the tests contract them with, and the gradient w.r.t. the inputs and the initial
+  state (eagerly: ~10 s a model, so computed once for the tests that share it)."""
+  with helpers.x64():
+    args, state = inputs(model, phi=phi)
+    expected = run_reference(model, args, state, phi)
+    cot = cotangents_like(expected)
+    grads = jax.grad(lambda a, s: scalar(run_reference(model, a, s, phi), cot),
+                     argnums=(0, 1))(args, state)
+    return expected, cot, grads
+
+
 def cotangents_like(out, seed=7):
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), out)
@@ -132,14 +146,11 @@ class RecurrentFWPTest(chex.TestCase):
 
   def _check_plain_loop(self, model, phi):
     args, state = inputs(model, phi=phi)
-    expected = run_reference(model, args, state, phi)
+    expected, cot, ref_grads = reference_and_grads(model, phi)
     got = self.variant(functools.partial(run, model, phi=phi))(args, state)
     chex.assert_trees_all_close(got, expected, rtol=F64_RTOL, atol=1e-12)
-    cot = cotangents_like(expected)
     grads = self.variant(jax.grad(lambda a, s: scalar(run(model, a, s, phi), cot),
                                   argnums=(0, 1)))(args, state)
-    ref_grads = jax.grad(lambda a, s: scalar(run_reference(model, a, s, phi), cot),
-                         argnums=(0, 1))(args, state)
     chex.assert_tree_all_finite(grads)
     chex.assert_trees_all_close(grads, ref_grads, rtol=F64_RTOL, atol=1e-12)
 
@@ -149,26 +160,23 @@ class RecurrentFWPTest(chex.TestCase):
     (here of 1: any positive budget below one sequence's state); outputs, final state and
     gradients are unchanged."""
     args, state = inputs(model, phi=phi)
+    expected, cot, ref_grads = reference_and_grads(model, phi)
     saved, rfwp_scan.CPU_BLOCK_BYTES = rfwp_scan.CPU_BLOCK_BYTES, 1
     try:
       self.assertEqual(rfwp_scan._batch_block(jax.tree.leaves(state)[0]),
                        1 if jax.default_backend() == "cpu" else B)
       got = jax.jit(functools.partial(run, model, phi=phi))(args, state)
-      cot = cotangents_like(got)
       grads = jax.jit(jax.grad(lambda a, s: scalar(run(model, a, s, phi), cot),
                                argnums=(0, 1)))(args, state)
     finally:
       rfwp_scan.CPU_BLOCK_BYTES = saved
-    chex.assert_trees_all_close(got, run_reference(model, args, state, phi), rtol=F64_RTOL,
-                                atol=1e-12)
-    ref_grads = jax.grad(lambda a, s: scalar(run_reference(model, a, s, phi), cot),
-                         argnums=(0, 1))(args, state)
+    chex.assert_trees_all_close(got, expected, rtol=F64_RTOL, atol=1e-12)
     chex.assert_trees_all_close(grads, ref_grads, rtol=F64_RTOL, atol=1e-12)
 
   @parameterized.parameters(*CASES)
   def test_single_step_streams_the_scan(self, model, phi):
     args, state = inputs(model, seed=1, phi=phi)
-    y, final = run(model, args, state, phi)
+    y, final = jax.jit(functools.partial(run, model, phi=phi))(args, state)
     step = {"delta_rnn": rfwp.delta_rnn_step, "delta_lstm": rfwp.delta_lstm_step,
             "rdn": lambda s, *x: rfwp.rdn_step(s, *x, args[4], PHIS[phi])}[model]
     per_step = args[:4]
@@ -183,7 +191,7 @@ class RecurrentFWPTest(chex.TestCase):
     """∂y_t / ∂(every input at s) is exactly zero for s > t."""
     args, state = inputs(model, seed=2)
     per_step, rest = args[:4], args[4:]
-    jac = jax.jacrev(lambda xs: run(model, tuple(xs) + rest, state)[0], argnums=0)(list(per_step))
+    jac = jax.jit(jax.jacrev(lambda xs: run(model, tuple(xs) + rest, state)[0]))(list(per_step))
     for j in jac:                     # [B, T, H, V(out)] + [B, T_in, ...]
       j = np.asarray(j)
       j = j.reshape(j.shape[:4] + (j.shape[4], T, -1)).sum(axis=(0, 2, 3, 4))
@@ -200,14 +208,15 @@ class RecurrentFWPTest(chex.TestCase):
     n = lambda *s: jnp.asarray(rng.normal(size=s))
     qx, kx, vx, bx = n(B, T, H, D), n(B, T, H, D), n(B, T, H, V), n(B, T, H)
     phi = sum_normalised_dpfp
-    delta_net, _ = ops.delta_rule(phi(qx, True), phi(kx, False), vx, jax.nn.sigmoid(bx),
-                                  form=form, chunk_size=chunk_size)
+    delta_rule = jax.jit(functools.partial(ops.delta_rule, form=form, chunk_size=chunk_size))
+    delta_net, _ = delta_rule(phi(qx, True), phi(kx, False), vx, jax.nn.sigmoid(bx))
     zero = rfwp.RDNWeights(jnp.zeros((H, V, D)), jnp.zeros((H, V, D)), jnp.zeros((H, V, V)),
                            jnp.zeros((H, V)))
-    y, _ = rfwp.rdn(qx, kx, vx, bx, zero, phi=phi)
+    y, _ = jax.jit(functools.partial(rfwp.rdn, phi=phi))(qx, kx, vx, bx, zero)
     chex.assert_trees_all_close(y, delta_net, rtol=F64_RTOL, atol=1e-12)
     kr = jax.nn.softmax(n(B, T, H, V), axis=-1)
-    y, state = rfwp.delta_rnn(delta_net, kr, jnp.zeros((B, T, H, V)), jax.nn.sigmoid(n(B, T, H)))
+    y, state = jax.jit(rfwp.delta_rnn)(delta_net, kr, jnp.zeros((B, T, H, V)),
+                                       jax.nn.sigmoid(n(B, T, H)))
     chex.assert_trees_all_close(y, delta_net, rtol=0, atol=0)
     np.testing.assert_array_equal(state.r, 0.0)
 
