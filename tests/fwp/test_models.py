@@ -21,6 +21,13 @@ def _model(curve, num_keys=6, **model_overrides):
   return config, retrieval_task.build_model(config, nnx.Rngs(0))
 
 
+def traced(model):
+  """The model's __call__ under jax.jit (untraced, a delta or RFWP model dispatches op by op:
+  tens of seconds a call on a CPU)."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda *args, **kwargs: nnx.merge(graphdef, state)(*args, **kwargs))
+
+
 class ModelFormsTest(chex.TestCase):
 
   @chex.variants(with_jit=True)
@@ -77,7 +84,7 @@ def test_paper_dimensions():
 def test_favor_redraw_changes_output_and_fixed_projection_does_not():
   _, model = _model("favor64-sum")
   batch = data.train_batch(0, 0, batch_size=2, num_keys=6, setting=1)
-  args = (batch["keys"], batch["values"], batch["queries"])
+  args, model = (batch["keys"], batch["values"], batch["queries"]), traced(model)
   np.testing.assert_array_equal(model(*args), model(*args))
   assert not np.allclose(model(*args), model(*args, projection_key=jax.random.key(3)))
 
@@ -102,6 +109,7 @@ def test_recurrent_fwp_queries_read_the_final_state_and_write_nothing(curve):
   config, model = _model(curve)
   batch = data.train_batch(0, 0, batch_size=2, num_keys=6, setting=2)
   keys, values, queries = batch["keys"], batch["values"], jnp.array([[1, 4], [0, 5]])
+  model = traced(model)
   both = model(keys, values, queries)
   assert both.shape == (2, 2, 6) and np.all(np.isfinite(both))
   for j in range(2):
