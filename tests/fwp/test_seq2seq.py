@@ -65,27 +65,36 @@ def _tgt_in(rows):
   return [[EOS] + r[:-1] for r in rows]
 
 
-def _loss(model, src, tgt_in, tgt):
-  total, _ = seq2seq.sequence_nll(model(src, tgt_in), tgt, PAD)
-  return total
+def traced(model):
+  """jit(model(src, tgt_in)): untraced, a call dispatches op by op (seconds on a CPU)."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda src, tgt_in: nnx.merge(graphdef, state)(src, tgt_in))
+
+
+def outputs_and_grads(model):
+  """jit((params, src, tgt_in, tgt) -> (log-probabilities, ∂ summed NLL / ∂ params)): one
+  compile per shape for both."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p, src, tgt_in, tgt):
+    log_probs = nnx.merge(graphdef, p, rest)(src, tgt_in)
+    return seq2seq.sequence_nll(log_probs, tgt, PAD)[0], log_probs
+
+  grad = jax.grad(loss, has_aux=True)
+  return params, jax.jit(lambda *a: grad(*a)[::-1])
 
 
 @pytest.mark.parametrize("name,form,chunk", PADDING_CASES)
 def test_a_padded_batch_computes_each_sentence_alone_float64(name, form, chunk):
   with x64():
-    model = build(ROLES[name], form, chunk)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, run = outputs_and_grads(build(ROLES[name], form, chunk))
     src, tgt_in, tgt = _pad(SOURCES, 5), _pad(_tgt_in(TARGETS), 4), _pad(TARGETS, 4)
-    forward = jax.jit(lambda p, s, t: nnx.merge(graphdef, p, rest)(s, t))
-    grad = jax.jit(jax.grad(lambda p, *a: _loss(nnx.merge(graphdef, p, rest), *a)))
-    batch = forward(params, src, tgt_in)
-    batch_grads = grad(params, src, tgt_in, tgt)
+    batch, batch_grads = run(params, src, tgt_in, tgt)
     alone_grads = None
     for i, (s, t) in enumerate(zip(SOURCES, TARGETS)):
       one = [jnp.asarray([x], jnp.int32) for x in (s, _tgt_in([t])[0], t)]
-      alone = forward(params, one[0], one[1])
+      alone, grads = run(params, *one)
       chex.assert_trees_all_close(batch[i, :len(t)], alone[0], rtol=1e-10, atol=1e-12)
-      grads = grad(params, *one)
       alone_grads = grads if alone_grads is None else jax.tree.map(jnp.add, alone_grads, grads)
     chex.assert_tree_all_finite(batch_grads)
     assert_rel_close(batch_grads, alone_grads, 1e-10, f"{name} {form} gradients")
@@ -96,12 +105,14 @@ def test_decoding_token_by_token_is_the_teacher_forced_pass_float64(name):
   with x64():
     model = build(ROLES[name], "chunked", 2)
     src, tgt_in = _pad(SOURCES, 5), _pad(_tgt_in(TARGETS), 4)
-    forced = model(src, tgt_in)
-    mems = model.memories(src)
+    forced = traced(model)(src, tgt_in)
+    graphdef, weights = nnx.split(model)
+    mems = jax.jit(lambda w, s: nnx.merge(graphdef, w).memories(s))(weights, src)
+    step = jax.jit(lambda w, *a: nnx.merge(graphdef, w).step(*a))
     state = model.init_state(2, cache_capacity=4, dtype=jnp.float64)
     stepped = []
     for t in range(4):
-      log_probs, state = model.step(state, mems, tgt_in[:, t])
+      log_probs, state = step(weights, state, mems, tgt_in[:, t])
       stepped.append(log_probs)
     chex.assert_trees_all_close(jnp.stack(stepped, axis=1), forced, rtol=1e-10, atol=1e-12)
 
@@ -111,7 +122,7 @@ def _scores(model, src, seqs, length_penalty):
   all (padded on the right, which causality keeps out of the real positions)."""
   n = max(len(q) for q in seqs)
   tgt_in = _pad([[EOS] + q[:-1] for q in seqs], n)
-  log_probs = model(jnp.asarray([src] * len(seqs), jnp.int32), tgt_in)
+  log_probs = traced(model)(jnp.asarray([src] * len(seqs), jnp.int32), tgt_in)
   tgt = _pad(seqs, n)
   picked = np.asarray(jnp.take_along_axis(log_probs, tgt[..., None], axis=-1)[..., 0])
   lengths = np.asarray([len(q) for q in seqs])
