@@ -294,6 +294,13 @@ def _step(graphdef, weights, state, mems, tokens):
   return nnx.merge(graphdef, weights).step(state, mems, tokens)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _reorder(state, index, rows: int):
+  """Every per-hypothesis leaf of the decoder state (leading axis `rows`) gathered at `index`:
+  the beam's survivors take their parents' states (one compiled gather, not one per leaf)."""
+  return jax.tree.map(lambda a: a[index] if a.ndim and a.shape[0] == rows else a, state)
+
+
 def _decoder_fns(model: Seq2Seq):
   """(weights, memories(weights, src), step(weights, state, mems, tokens)): jitted once per model
   structure and shape (a run's every evaluation reuses the compiled decoder)."""
@@ -327,19 +334,25 @@ def greedy(model: Seq2Seq, src, max_len: int) -> list[list[int]]:
   return out
 
 
-def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int,
-                length_penalty: float = 1.0) -> list[tuple[list[int], float]]:
+def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty: float = 1.0,
+                cache_capacity: int | None = None) -> list[tuple[list[int], float]]:
   """fairseq's beam search over a batch of sources: per source (tokens ending in EOS, or cut at
-  `max_len`; its score Σ log p / length^length_penalty), the best finished hypothesis."""
+  `max_len`; its score Σ log p / length^length_penalty), the best finished hypothesis.
+
+  `cache_capacity` (softmax decoders' key/value cache; default and minimum `max_len`) changes no
+  result: a caller that decodes many batches passes one value for all so that they share one
+  compiled step."""
   if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
     raise ValueError(f"beam must be a positive integer, got {beam!r}.")
   if length_penalty < 0:
     raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}.")
+  if cache_capacity is not None and cache_capacity < max_len:
+    raise ValueError(f"cache_capacity must be >= max_len = {max_len}, got {cache_capacity}.")
   weights, memories, step = _decoder_fns(model)
   eos, b, k = model.config.eos_id, src.shape[0], beam
   mems = memories(weights, jnp.asarray(src))
   mems = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), mems)          # [B·K, ...]
-  state = model.init_state(b * k, cache_capacity=max_len, dtype=_dtype(model))
+  state = model.init_state(b * k, cache_capacity=cache_capacity or max_len, dtype=_dtype(model))
   scores = np.full((b, k), -np.inf)
   scores[:, 0] = 0.0                                 # one live hypothesis at the start
   seqs = [[[] for _ in range(k)] for _ in range(b)]
@@ -376,7 +389,6 @@ def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int,
     scores, seqs = new_scores, new_seqs
     if all(len(f) >= k for f in finished) or not np.isfinite(scores).any():
       break
-    index = jnp.asarray((np.arange(b)[:, None] * k + parents).reshape(-1))
-    state = jax.tree.map(lambda a: a[index] if a.ndim and a.shape[0] == b * k else a, state)
+    state = _reorder(state, jnp.asarray((np.arange(b)[:, None] * k + parents).reshape(-1)), b * k)
     token = jnp.asarray(tokens.reshape(-1), jnp.int32)
   return [max(f, key=lambda h: h[1]) if f else ([], -np.inf) for f in finished]

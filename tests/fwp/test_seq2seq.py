@@ -144,6 +144,12 @@ def test_beam_1_is_greedy_and_a_wide_beam_finds_the_enumerated_best_float64(name
       (seq, score), = seq2seq.beam_search(model, jnp.asarray([s], jnp.int32), beam=3,
                                           max_len=6, length_penalty=0.6)
       assert together[i][0] == seq and together[i][1] == pytest.approx(score, rel=1e-10)
+    # A larger key/value cache (a softmax decoder's; the fast weight state has none) changes
+    # nothing: callers size it once for many batches.
+    roomy = seq2seq.beam_search(model, src, beam=3, max_len=6, length_penalty=0.6,
+                                cache_capacity=11)
+    assert [q for q, _ in roomy] == [q for q, _ in together]
+    np.testing.assert_allclose([v for _, v in roomy], [v for _, v in together], rtol=1e-10)
     # Every hypothesis of up to 3 tokens: ending in EOS, or 3 tokens cut at max_len.
     max_len, penalty = 3, 0.6
     for i, s in enumerate(SOURCES):
@@ -171,3 +177,5 @@ def test_bad_configs_and_beams_name_the_problem():
     seq2seq.beam_search(model, _pad(SOURCES, 5), beam=0, max_len=3)
   with pytest.raises(ValueError, match="length_penalty must be >= 0"):
     seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, length_penalty=-1)
+  with pytest.raises(ValueError, match="cache_capacity must be >= max_len = 3, got 2"):
+    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, cache_capacity=2)

@@ -213,12 +213,18 @@ class Translation:
     count = len(self.corpus.splits[split].source) if not limit else limit
     out = [""] * min(count, len(self.corpus.splits[split].source))
     for ids, batch in self._eval_batches(split, limit):
-      real = ids >= 0
-      src = batch["src"][real]
-      longest = int((src != data.PAD).sum(axis=1).max())
-      max_len = max(1, int(c.max_len_a * longest + c.max_len_b))
-      found = seq2seq.beam_search(model, src, beam=c.beam, max_len=max_len,
-                                  length_penalty=c.length_penalty)
+      real = np.flatnonzero(ids >= 0)
+      src, width = batch["src"], batch["src"].shape[1]
+      longest = int((src[real] != data.PAD).sum(axis=1).max())
+      # Few shapes, few compiles: the real rows are topped up with copies of the first to a power
+      # of two (a copy finishes when its original does), and a softmax decoder's cache is sized
+      # by the bucket's width, not by the batch's longest source (neither changes a result).
+      rows = min(len(ids), 1 << (len(real) - 1).bit_length())
+      pick = np.concatenate([real, np.full(rows - len(real), real[0])])
+      found = seq2seq.beam_search(
+          model, src[pick], beam=c.beam, max_len=max(1, int(c.max_len_a * longest + c.max_len_b)),
+          length_penalty=c.length_penalty,
+          cache_capacity=max(1, int(c.max_len_a * width + c.max_len_b)))
       for i, (tokens, _) in zip(ids[real], found):
         out[int(i)] = self.corpus.decode(tokens)
     return out
