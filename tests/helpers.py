@@ -171,12 +171,19 @@ def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=3):
     np.testing.assert_array_equal(a, b)
 
 
+def device_env(devices, extra=""):
+  """The environment for a process on `devices` simulated CPU devices: this one's, with the
+  device count (and `extra`) added to the XLA flags the suite runs under (tests/conftest.py)."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  return dict(os.environ, XLA_FLAGS=f"{flags} {extra}".strip())
+
+
 def metrics_on_devices(tmp_path, args, counts=(4, 1)):
   """{device count: the run's metrics} of launch.py `args` on that many simulated CPU devices
   (a data mesh over all of them), each run checked to finish on that mesh."""
   metrics = {}
   for devices in counts:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = device_env(devices)
     workdir = tmp_path / str(devices)
     result = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -11,6 +11,8 @@ import pytest
 from fwp import feature_maps
 from tests import helpers
 
+pytestmark = pytest.mark.fast   # φ against its definitions
+
 
 def test_dpfp_matches_definition():
   x = np.random.default_rng(0).normal(size=(3, 4))

@@ -55,20 +55,22 @@ class LayerFormsTest(chex.TestCase):
     self._check_forms(case)
 
   def _check_forms(self, case):
+    """Every form of FORMS in one (traced or untraced) call: one compile for a case's forms."""
     with helpers.x64():
       x = jnp.asarray(np.random.default_rng(0).normal(size=(2, T, D_MODEL)))
-      results = []
-      for form, chunk_size in FORMS:
-        config = layers.FastWeightConfig(form=form, chunk_size=chunk_size, **case)
-        params, fn = _outputs_and_grads(config)
-        out, grads = self.variant(fn)(params, x)
-        chex.assert_shape(out, (2, T, D_MODEL))
-        chex.assert_tree_all_finite(grads)
-        results.append((params, out, grads))
-      params0, out0, grads0 = results[0]
-      for params, out, grads in results[1:]:
+      built = [_outputs_and_grads(layers.FastWeightConfig(form=form, chunk_size=chunk_size,
+                                                          **case))
+               for form, chunk_size in FORMS]
+      params0 = built[0][0]
+      for params, _ in built[1:]:
         chex.assert_trees_all_equal(params, params0)           # the same parameters
-        chex.assert_trees_all_close((out, grads), (out0, grads0), rtol=1e-10, atol=1e-12)
+      results = self.variant(lambda p, x: [fn(p, x) for _, fn in built])(params0, x)
+      out0, grads0 = results[0]
+      for (form, chunk_size), (out, grads) in zip(FORMS, results):
+        with self.subTest(form=form, chunk_size=chunk_size):
+          chex.assert_shape(out, (2, T, D_MODEL))
+          chex.assert_tree_all_finite(grads)
+          chex.assert_trees_all_close((out, grads), (out0, grads0), rtol=1e-10, atol=1e-12)
 
 
 def test_sum_attention_is_the_authors_delta_lm_layer_float64():

@@ -127,27 +127,30 @@ class LMEquivalenceTest(chex.TestCase):
     self._check_forms("linear-sum-attention")
 
   def _check_forms(self, name):
+    """Outputs, loss and parameter gradients of every form in FORMS, in one (traced or untraced)
+    call: the forms share the parameters (cast after init), so one compile serves them all."""
     with x64():
       toks = tokens(1)
+      splits = [nnx.split(build(name, form, chunk), nnx.Param, ...) for form, chunk in FORMS]
+      params = splits[0][1]
 
-      def outputs_loss_and_grads(form, chunk):
-        graphdef, params, rest = nnx.split(build(name, form, chunk), nnx.Param, ...)
-
-        def fn(params):
+      def every_form(params):
+        out = []
+        for graphdef, _, rest in splits:
           loss = lambda p: lm.cross_entropy(nnx.merge(graphdef, p, rest)(toks[:, :-1]),
                                             toks[:, 1:])
-          return nnx.merge(graphdef, params, rest)(toks), jax.value_and_grad(loss)(params)
+          out.append((nnx.merge(graphdef, params, rest)(toks), jax.value_and_grad(loss)(params)))
+        return out
 
-        return self.variant(fn)(params)
-
-      out_r, (loss_r, grads_r) = outputs_loss_and_grads("recurrent", 64)
-      for form, chunk in FORMS[1:]:
-        out, (loss, grads) = outputs_loss_and_grads(form, chunk)
-        chex.assert_tree_all_finite(grads)
-        chex.assert_trees_all_close(out, out_r, rtol=1e-10, atol=1e-12)
-        chex.assert_trees_all_close(loss, loss_r, rtol=1e-12)
-        # Relative to each leaf's scale: gradient leaves here span orders of magnitude.
-        assert_rel_close(grads, grads_r, 1e-10, f"{name} {form} gradients")
+      results = self.variant(every_form)(params)
+      out_r, (loss_r, grads_r) = results[0]
+      for (form, chunk), (out, (loss, grads)) in zip(FORMS[1:], results[1:]):
+        with self.subTest(form=form, chunk_size=chunk):
+          chex.assert_tree_all_finite(grads)
+          chex.assert_trees_all_close(out, out_r, rtol=1e-10, atol=1e-12)
+          chex.assert_trees_all_close(loss, loss_r, rtol=1e-12)
+          # Relative to each leaf's scale: gradient leaves here span orders of magnitude.
+          assert_rel_close(grads, grads_r, 1e-10, f"{name} {form} gradients")
 
 
 @pytest.mark.parametrize("name,form", [("linear-delta", "chunked"), ("dpfp2-sum", "parallel"),
@@ -209,6 +212,7 @@ def test_bfloat16_matmuls_keep_the_memory_in_float32():
   assert state.layers[0].w.dtype == jnp.float32
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("field,value,message", [
     ("num_layers", 0, "num_layers must be a positive integer"),
     ("dropout", 1.0, "dropout must be in [0, 1)"),
@@ -221,6 +225,7 @@ def test_bad_config_names_the_field(field, value, message):
     lm.LMConfig(vocab_size=VOCAB, **{field: value})
 
 
+@pytest.mark.fast
 def test_softmax_decoding_needs_a_cache_capacity():
   with x64(), pytest.raises(ValueError, match="cache_capacity"):
     build("transformer").init_state(1)

@@ -43,23 +43,28 @@ class ModelFormsTest(chex.TestCase):
     self._check_forms("linear-sum")
 
   def _check_forms(self, curve):
+    """The three forms in one (traced or untraced) call: one compile for a curve's forms."""
     batch = data.train_batch(0, 0, batch_size=3, num_keys=6, setting=2)
-    results = []
+    forms = ("recurrent", "parallel", "chunked")
     with helpers.x64():
-      for form in ("recurrent", "parallel", "chunked"):
+      losses, params = [], None
+      for form in forms:
         config, model = _model(curve, form=form, chunk_size="5")
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        graphdef, form_params, rest = nnx.split(model, nnx.Param, ...)
+        form_params = jax.tree.map(lambda p: p.astype(jnp.float64), form_params)
+        params = form_params if params is None else params
+        chex.assert_trees_all_equal(form_params, params)       # one seed: the same parameters
 
-        def loss(params):
+        def loss(params, graphdef=graphdef, rest=rest):
           y = nnx.merge(graphdef, params, rest)(batch["keys"], batch["values"], batch["queries"])
           return retrieval_task.retrieval_loss(y, batch["targets"], 6)
 
-        value, grads = self.variant(jax.value_and_grad(loss))(params)
-        chex.assert_tree_all_finite(grads)
-        results.append((value, grads))
-    for got in results[1:]:
-      chex.assert_trees_all_close(got, results[0], rtol=1e-10, atol=1e-13)
+        losses.append(loss)
+      results = self.variant(lambda p: [jax.value_and_grad(f)(p) for f in losses])(params)
+    for form, got in zip(forms, results):
+      with self.subTest(form=form):
+        chex.assert_tree_all_finite(got[1])
+        chex.assert_trees_all_close(got, results[0], rtol=1e-10, atol=1e-13)
 
 
 def test_input_projection_equals_the_concatenated_input():

@@ -90,6 +90,7 @@ CONFIG_CASES = [
 ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("config,message", CONFIG_CASES,
                          ids=[m[:40] for _, m in CONFIG_CASES])
 def test_bad_config_fails_before_compiling(config, message):
@@ -135,6 +136,7 @@ OPS_CASES = [
 ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("step,message", [
     (lambda: ops.delta_rule_step(_x((2, 2, 8, 8)), _x((2, 2, 8)), _x((2, 2, 8)), _x((2, 2, 8)),
                                  _x((2, 2, 1))), "beta must have shape (2, 2)"),
@@ -149,6 +151,7 @@ def test_bad_single_step_shapes_are_named(step, message):
     step()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("rule,q,k,v,beta,kwargs,message", OPS_CASES,
                          ids=[c[-1][:40] for c in OPS_CASES])
 def test_bad_ops_input_is_named_before_tracing(rule, q, k, v, beta, kwargs, message):
@@ -233,7 +236,7 @@ def test_a_damaged_workdir_resumes_with_nothing_lost(tmp_path, how, run_of_40_st
     ("corrupt_config", "config.json (the run's config) is not valid JSON"),
     ("corrupt_summary", "summary.json (the finished run's summary) is not valid JSON"),
 ])
-def test_unusable_workdir_is_named(tmp_path, setup, message):
+def test_unusable_workdir_is_named(tmp_path, setup, message, run_of_40_steps):
   workdir = str(tmp_path / "run")
   if setup == "workdir_is_a_file":
     open(workdir, "w").close()
@@ -243,20 +246,21 @@ def test_unusable_workdir_is_named(tmp_path, setup, message):
   elif setup == "proc_filesystem":
     workdir = "/proc/fwp-run"
   else:
-    train.train(_tiny_config(max_steps=20), workdir)
+    shutil.copytree(run_of_40_steps, workdir)
     name = "config.json" if setup == "corrupt_config" else "summary.json"
     with open(os.path.join(workdir, name), "w") as f:
       f.write('{"seed": ')
   with pytest.raises(ValueError) as error:
-    train.train(_tiny_config(max_steps=20), workdir)
+    train.train(_tiny_config(max_steps=40), workdir)
   assert message in str(error.value), str(error.value)
 
 
-def test_a_checkpoint_of_another_model_stops_the_run_and_changes_nothing(tmp_path):
+def test_a_checkpoint_of_another_model_stops_the_run_and_changes_nothing(tmp_path,
+                                                                         run_of_40_steps):
   """Not damage: a run whose config.json is gone, relaunched with another S, is refused with the
   saved and requested shapes named; checkpoints, metrics and summary stay as they were."""
-  workdir = str(tmp_path)
-  train.train(_tiny_config(max_steps=40), workdir)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_of_40_steps, workdir)
   os.remove(os.path.join(workdir, "config.json"))
   before = {name: open(os.path.join(workdir, name)).read()
             for name in ("metrics.jsonl", "summary.json")}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import CONFIG, ROOT, launch, read_metrics
+from tests.helpers import CONFIG, ROOT, device_env, launch, read_metrics
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
@@ -33,7 +33,7 @@ print("SHARDS", json.dumps(shards), jax.device_count())
 
 
 def run(workdir, mesh_size, devices=8):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = device_env(devices)
   result = subprocess.run([sys.executable, "-c", SCRIPT, str(workdir), str(mesh_size)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_checkpoint_saved_on_eight_devices_resumes_on_one(tmp_path):
   os.remove(tmp_path / "summary.json")
   script = SCRIPT.replace("config.max_steps, ", "config.max_steps, ").replace(
       "6, 40, 20, 20", "6, 60, 20, 20")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = device_env(1)
   result = subprocess.run([sys.executable, "-c", script, str(tmp_path), "1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -94,7 +94,7 @@ def test_two_processes_on_loopback_train_like_one(tmp_path):
   """jax.distributed with two local processes (2 CPU devices each, a mesh of 4) trains the same
   model as one process on one device; only process 0 writes metrics; orbax saves across both."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = device_env(2)
   procs = [subprocess.Popen(
       [sys.executable, "launch.py", *LAUNCH_ARGS, f"--workdir={tmp_path / 'two'}",
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
@@ -139,8 +139,7 @@ def test_many_simulated_devices_on_two_cores_train_like_one_device(tmp_path, cur
   and 4 simulated devices each reach the 1-device losses, every time."""
   metrics = {}
   for devices in (8, 4, 1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                                     f"--xla_cpu_collective_call_terminate_timeout_seconds=60")
+    env = device_env(devices, "--xla_cpu_collective_call_terminate_timeout_seconds=60")
     workdir = tmp_path / str(devices)
     result = subprocess.run([sys.executable, "launch.py", f"--config={CONFIG}:{curve}",
                              *README_SHAPE, f"--workdir={workdir}"], cwd=ROOT, env=env,

@@ -13,6 +13,8 @@ from configs import associative_recall
 from experiments import optim, train
 from experiments.tasks import associative_recall as retrieval_task
 
+pytestmark = pytest.mark.fast   # the golden step: two curves, three steps
+
 GOLDEN = {
     # curve: (cumulative train loss after steps 0, 1, 2; eval loss after 3 steps)
     # The authors' model (fwp's defaults since 2026-12-02: W_k, W_q biases, W_β torch init).

@@ -71,7 +71,7 @@ def test_carried_training_is_one_pass_truncated_at_the_boundariesfloat64(tmp_pat
     inputs = jnp.asarray(rows[:, :steps * CONTEXT])
     targets = jnp.asarray(rows[:, 1:steps * CONTEXT + 1])
     cuts = tuple(range(CONTEXT, steps * CONTEXT, CONTEXT))
-    whole = _nll(model(inputs), targets)         # the layer's form, in one call
+    whole = _nll(jax.jit(lambda p: nnx.merge(graphdef, p, rest)(inputs))(params), targets)
 
     # The reference: one plain token loop over all segments, cut at the boundaries; the
     # gradient of each segment's mean loss (one row of the Jacobian each).
@@ -80,21 +80,27 @@ def test_carried_training_is_one_pass_truncated_at_the_boundariesfloat64(tmp_pat
       nll = _nll(log_probs, targets)
       return jnp.stack([jnp.mean(nll[:, s * CONTEXT:(s + 1) * CONTEXT]) for s in range(steps)])
 
-    loop_losses = jax.jit(looped)(params)
-    loop_grads = jax.jit(jax.jacrev(looped))(params)
+    @jax.jit   # the losses, their truncated Jacobian and the untruncated one: one compile
+    def reference(p):
+      truncated, losses = jax.jacrev(lambda p: (looped(p),) * 2, has_aux=True)(p)
+      return losses, truncated, jax.jacrev(lambda p: looped(p, cut=False))(p)
 
-    @jax.jit
+    loop_losses, loop_grads, untruncated = reference(params)
+
+    @jax.jit   # the carried step's loss, its next carry and its gradient: one compile
     def carried(p, batch, step, carry):
-      return task.loss(nnx.merge(graphdef, p, rest), batch, step, carry)
+      def loss(p):
+        value, _, new_carry = task.loss(nnx.merge(graphdef, p, rest), batch, step, carry)
+        return value, new_carry
+      (value, new_carry), grads = jax.value_and_grad(loss, has_aux=True)(p)
+      return value, new_carry, grads
 
-    carried_grad = jax.jit(jax.grad(lambda *a: carried(*a)[0]))
     carry = task.initial_carry(model)
     for step in range(steps):
       batch = task.host_batch(step)
       span = slice(step * CONTEXT, (step + 1) * CONTEXT)
       np.testing.assert_array_equal(batch["inputs"], inputs[:, span])
-      loss, _, new_carry = carried(params, batch, step, carry)
-      grads = carried_grad(params, batch, step, carry)
+      loss, new_carry, grads = carried(params, batch, step, carry)
       chex.assert_trees_all_close(loss, jnp.mean(whole[:, span]), rtol=1e-10)
       chex.assert_trees_all_close(loss, loop_losses[step], rtol=1e-10)
       chex.assert_tree_all_finite(grads)
@@ -102,7 +108,6 @@ def test_carried_training_is_one_pass_truncated_at_the_boundariesfloat64(tmp_pat
                                   rtol=1e-10, atol=1e-12)
       carry = new_carry
     # The gradient really is truncated: without the cuts, the last segment's differs.
-    untruncated = jax.jit(jax.jacrev(lambda p: looped(p, cut=False)))(params)
     gap = max(float(jnp.max(jnp.abs(a[-1] - b[-1]))) for a, b in
               zip(jax.tree.leaves(loop_grads), jax.tree.leaves(untruncated)))
     assert gap > 1e-8
@@ -177,11 +182,12 @@ def test_a_prompt_read_in_segments_continues_as_one_passfloat64(tmp_path, name):
     pieces = list(generate.stream(model, prompt, 12, temperature=0, prompt_segment=CONTEXT))
     assert one == pieces
     state = model.init_state(1, cache_capacity=len(prompt), dtype=jnp.float64)
-    whole = model(jnp.asarray(prompt)[None])
+    graphdef, weights = nnx.split(model)   # traced: untraced, each call dispatches op by op
+    whole = jax.jit(lambda w, x: nnx.merge(graphdef, w)(x))(weights, jnp.asarray(prompt)[None])
+    piece = jax.jit(lambda w, x, s: nnx.merge(graphdef, w)(x, state=s, return_state=True))
     parts = []
     for start in range(0, len(prompt), CONTEXT):
-      out, state = model(jnp.asarray(prompt[start:start + CONTEXT])[None], state=state,
-                         return_state=True)
+      out, state = piece(weights, jnp.asarray(prompt[start:start + CONTEXT])[None], state)
       parts.append(out)
     chex.assert_trees_all_close(jnp.concatenate(parts, axis=1), whole, rtol=1e-10, atol=1e-12)
 
@@ -205,10 +211,12 @@ def test_transformer_xl_carries_its_memory_through_trainingfloat64(tmp_path):
     stream = task.corpus.splits["train"]
     rows = stream[:len(stream) // BATCH * BATCH].reshape(BATCH, -1)
     inputs, targets = jnp.asarray(rows[:, :3 * CONTEXT]), jnp.asarray(rows[:, 1:3 * CONTEXT + 1])
-    whole = _nll(model(inputs), targets)
+    graphdef, weights = nnx.split(model)   # traced: untraced, each call dispatches op by op
+    whole = _nll(jax.jit(lambda w: nnx.merge(graphdef, w)(inputs))(weights), targets)
+    loss_fn = jax.jit(lambda w, *a: task.loss(nnx.merge(graphdef, w), *a))
     carry = task.initial_carry(model)
     for step in range(3):
-      loss, _, carry = task.loss(model, task.host_batch(step), step, carry)
+      loss, _, carry = loss_fn(weights, task.host_batch(step), step, carry)
       chex.assert_trees_all_close(loss, jnp.mean(whole[:, step * CONTEXT:(step + 1) * CONTEXT]),
                                   rtol=1e-10)
     assert task.summary_fields["state_floats"] == 12 * task.config.model.d_model

@@ -5,6 +5,8 @@ import pytest
 
 from configs import common, language_model, wikitext103
 
+pytestmark = pytest.mark.fast   # the config tables: no compile
+
 
 @pytest.mark.parametrize("model", ["linear-delta", "dpfp2-sum", "favor16-delta", "transformer"])
 def test_authors_variant_sets_the_wikitext103_details(model):

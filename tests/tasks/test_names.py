@@ -7,6 +7,8 @@ import pytest
 
 from configs import associative_recall, common, names
 
+pytestmark = pytest.mark.fast   # the model-name tables: no compile
+
 SHORT = {"feature_map": "fm", "nu": "nu", "num_features": "m", "update_rule": "rule",
          "normalization": "norm", "recurrence": "rec", "form": "form"}
 

@@ -267,6 +267,7 @@ def test_table1_names_set_every_role():
       get(bad)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("field, value, message", [
     ("beam", 0, "config.beam must be an integer >= 1, got 0"),
     ("length_penalty", -0.5, "length_penalty must be >= 0, got -0.5"),
