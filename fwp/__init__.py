@@ -3,7 +3,8 @@
 Modules:
   feature_maps  φ: identity, elu_plus_one, tanh, dpfp, favor_plus.
   normalization attention normalisation and sum normalisation, composable with any rule.
-  ops           the fast-weight rules (sum, delta, fwm) as recurrent / parallel / chunked forms.
+  ops           the fast-weight rules (sum, delta, fwm; gated sum, gated delta, DeltaProduct) as
+                recurrent / parallel / chunked forms.
   layers        Flax NNX layers: FastWeightAttention and a causal SoftmaxAttention baseline.
   retrieval     the paper's associative-retrieval model.
 """

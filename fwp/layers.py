@@ -61,6 +61,13 @@ class FastWeightConfig:
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
     ops.validate(self.update_rule, self.form, self.chunk_size, self.accumulate)
+    record = ops.rules.get(self.update_rule)
+    if record.gated or record.writes_per_token:
+      layer_rules = ", ".join(n for n, r in ops.rules.BY_NAME.items()
+                              if not (r.gated or r.writes_per_token))
+      raise ValueError(f"FastWeightAttention takes the rules {layer_rules}; {self.update_rule} "
+                       f"is in fwp.ops (ops.{self.update_rule}_rule), its layer gates are not "
+                       f"built yet.")
     if self.recurrence != "none" and self.accumulate != "float32":
       raise ValueError(f"The recurrent FWPs (fwp.rfwp) always accumulate in float32; "
                        f"accumulate={self.accumulate!r} is for recurrence='none'.")

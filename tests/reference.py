@@ -9,8 +9,9 @@ import jax.numpy as jnp
 
 def _one_head(update, q, k, v, beta, w):
   """q, k [T, K], v [T, V], beta [T], w [V, K]: one write, then one read, per step."""
+  q, k, v, beta = (steps(x) for x in (q, k, v, beta))
   ys = []
-  for t in range(q.shape[0]):
+  for t in range(len(q)):
     w = update(w, k[t], v[t], beta[t])
     ys.append(w @ q[t])                                  # read after the write
   return jnp.stack(ys), w
@@ -47,6 +48,60 @@ UPDATES = {"sum": sum_update, "delta": delta_update, "fwm": fwm_update}
 
 def rule(name, q, k, v, beta=None, w0=None):
   return _per_head(UPDATES[name], q, k, v, beta, w0)
+
+
+# The gated rules and DeltaProduct, one head, by explicit loops over time (and writes).
+
+def _gated_one_head(write, q, k, v, beta, g, w):
+  """q [T, K], k [T, (N,) K], v [T, (N,) V], beta [T, (N)], g [T, 1 or K], w [V, K]: per step
+  W ← W diag(exp(g_t)) (column k scaled by α_k; every column by one α), then the write(s),
+  then the read."""
+  q, k, v, beta, g = (steps(x) for x in (q, k, v, beta, g))
+  ys = []
+  for t in range(len(q)):
+    w = w * jnp.exp(g[t])[None, :]
+    if k[t].ndim == 1:
+      w = write(w, k[t], v[t], beta[t])
+    else:
+      for i in range(k[t].shape[0]):                     # DeltaProduct: N writes in order
+        w = write(w, k[t][i], v[t][i], beta[t][i])
+    ys.append(w @ q[t])
+  return jnp.stack(ys), w
+
+
+def steps(x):
+  """x [T, ...] as the list of its T steps, by one split: x[t] is a slice at offset t, whose
+  gradient (a pad to offset t) would compile once per step."""
+  return [s[0] for s in jnp.split(x, x.shape[0])]
+
+
+def _gated_per_head(write, q, k, v, beta, log_decay, w0):
+  """`_gated_one_head` for every batch element and head ([B, T, H, ...] inputs); no
+  log_decay is no gate (g = 0), no w0 the zero state."""
+  b, t, h, d_key = q.shape
+  if beta is None:
+    beta = jnp.ones(k.shape[:-1], q.dtype)
+  if w0 is None:
+    w0 = jnp.zeros((b, h, v.shape[-1], d_key), q.dtype)
+  if log_decay is None:
+    log_decay = jnp.zeros((b, t, h), q.dtype)
+  g = log_decay[..., None] if log_decay.ndim == 3 else log_decay
+  one = lambda *x: _gated_one_head(write, *x)
+  over_heads = jax.vmap(one, in_axes=(1, 1, 1, 1, 1, 0), out_axes=(1, 0))
+  return jax.vmap(over_heads)(q, k, v, beta, g, w0)
+
+
+def gated_rule(name, q, k, v, beta, log_decay, w0=None):
+  """gated_sum / gated_delta: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] (gated_sum:
+  None), log_decay [B, T, H] or [B, T, H, K]."""
+  write = {"gated_sum": sum_update, "gated_delta": delta_update}[name]
+  return _gated_per_head(write, q, k, v, beta, log_decay, w0)
+
+
+def delta_product(q, k, v, beta, log_decay=None, w0=None):
+  """q [B, T, H, K], k [B, T, H, N, K], v [B, T, H, N, V], beta [B, T, H, N]: per token the gate
+  (if any), then the N delta writes in order, then the read."""
+  return _gated_per_head(delta_update, q, k, v, beta, log_decay, w0)
 
 
 def masked_linear_attention(q, k, v):

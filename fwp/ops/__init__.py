@@ -7,6 +7,11 @@ Every rule writes before it reads:
   sum:   W_t = W_{t-1} + v_t ⊗ k_t
   delta: W_t = W_{t-1} + β_t (v_t − W_{t-1} k_t) ⊗ k_t
   fwm:   the delta update, then W_t ← W_t / max(1, ‖W_t‖_F)        (nonlinear in W)
+  gated_sum:     W_t = W_{t-1} diag(α_t) + v_t ⊗ k_t                  (RetNet, Mamba-2, GLA)
+  gated_delta:   W' = W_{t-1} diag(α_t); W_t = W' + β_t (v_t − W' k_t) ⊗ k_t  (Gated DeltaNet, KDA)
+  delta_product: the optional gate, then N delta writes per token   (DeltaProduct)
+  with α_t = exp(log_decay_t), one per head ([B, T, H]) or per key channel ([B, T, H, K]); β in
+  (0, 2) gives the transitions I − β k kᵀ negative eigenvalues (for keys of unit norm).
   y_t = W_t q_t, and the returned w is W_T.
 
 Forms (picked by name, one small function each):
@@ -33,7 +38,9 @@ apply_rule and the named rules, single steps), recurrent (the scan and its backw
 
 from fwp.ops.api import (ACCUMULATE, AUTO, AUTO_CHUNK, FORMS, FWM_FORMS,  # noqa: F401
                          PARALLEL_MAX_T, RULES, apply_rule, choose_chunk_size, choose_form,
-                         delta_rule, delta_rule_step, fwm_rule, fwm_rule_step, sum_rule,
+                         delta_product_rule, delta_product_rule_step, delta_rule,
+                         delta_rule_step, fwm_rule, fwm_rule_step, gated_delta_rule,
+                         gated_delta_rule_step, gated_sum_rule, gated_sum_rule_step, sum_rule,
                          sum_rule_step, validate)
 from fwp.ops.chunked import unit_lower_inverse  # noqa: F401
 from fwp.ops.readout import (QUERY_SEGMENT, final_state, read_coefficients,  # noqa: F401

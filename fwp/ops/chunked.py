@@ -6,6 +6,15 @@ Inside a block of C steps starting from state W0 (rows of Q, K, V, U are time st
   delta:  the write u_t = β_t (v_t − W_{t-1} k_t) satisfies (I + tril(diag(β) KKᵀ, −1)) U =
           diag(β)(V − K W0ᵀ), a unit lower-triangular system; then
           Y = Q W0ᵀ + tril(QKᵀ) U,              W = W0 + Uᵀ K
+With log-decays g (the gated rules, W_t = W_{t-1} diag(α_t) + ..., α = exp(g)) and b_t their
+cumulative sum within the block, every product above takes the decay between its two times,
+exp(b_t − b_s) for s ≤ t (never the exp of a positive number: b falls with t), and the reads of
+W0 take exp(b_t):
+  gated sum:   Y = (Q ⊙ e^b) W0ᵀ + D(Q, K) V,   W = W0 diag(e^{b_C}) + Vᵀ (K ⊙ e^{b_C − b})
+  gated delta: (I + tril(diag(β) D(K, K), −1)) U = diag(β)(V − (K ⊙ e^b) W0ᵀ); Y and W as above
+               with U for V,
+where D(X, Y)_ts = Σ_k x_tk y_sk e^{b_tk − b_sk} for s ≤ t and 0 above (b per key channel, or one
+per head).
 Blocks use the layout [B, H, T, ·] so every product is a batched matmul.
 """
 
@@ -89,16 +98,62 @@ def delta_block(w0, q, k, v, beta):
   return _block_read(w0, q, k, u), _add_writes(w0, u, k)
 
 
-def chunked(block: Callable, w0, q, k, v, beta, chunk_size):
+def decayed_scores(x, y, b, strict=False):
+  """D [B, H, C, C]: D_ts = Σ_k x_tk y_sk exp(b_tk − b_sk) for s ≤ t (s < t when `strict`), 0
+  above, for x, y [B, H, C, K] and cumulative log-decays b [B, H, C, 1] (one per head) or
+  [B, H, C, K] (per key channel). The decays are differences, masked before the exp, so no
+  entry is the exp of a positive number."""
+  c = x.shape[-2]
+  mask = jnp.tril(jnp.ones((c, c), bool), -1 if strict else 0)
+  if b.shape[-1] == 1:
+    diff = jnp.where(mask, b[..., :, None, 0] - b[..., None, :, 0], -jnp.inf)
+    return jnp.einsum("bhck,bhsk->bhcs", x, y) * jnp.exp(diff)
+  diff = jnp.where(mask[..., None], b[..., :, None, :] - b[..., None, :, :], -jnp.inf)
+  return jnp.einsum("bhck,bhsk,bhcsk->bhcs", x, y, jnp.exp(diff))
+
+
+def _gated_parts(w0, q, k, g):
+  """The gated blocks' shared pieces: the decayed reads of W0 (Q ⊙ e^b) W0ᵀ as a function, the
+  keys decayed to the block's end, K ⊙ e^{b_C − b}, and W0 decayed through the block."""
+  b = jnp.cumsum(g, axis=-2)
+  decay_end = jnp.exp(b[..., -1:, :] - b)                     # ≤ 1
+  read_w0 = lambda x: jnp.einsum("bhck,bhvk->bhcv", x * jnp.exp(b), w0)
+  w0_end = None if w0 is None else w0 * jnp.exp(b[..., -1, :])[..., None, :]
+  return b, read_w0, k * decay_end, w0_end
+
+
+def _gated_read(w0, q, k, u, b, read_w0):
+  if q is None:
+    return None
+  y = jnp.einsum("bhcs,bhsv->bhcv", decayed_scores(q, k, b), u)
+  return y if w0 is None else y + read_w0(q)
+
+
+def gated_sum_block(w0, q, k, v, beta, g):
+  del beta
+  b, read_w0, k_end, w0_end = _gated_parts(w0, q, k, g)
+  return _gated_read(w0, q, k, v, b, read_w0), _add_writes(w0_end, v, k_end)
+
+
+def gated_delta_block(w0, q, k, v, beta, g):
+  b, read_w0, k_end, w0_end = _gated_parts(w0, q, k, g)
+  a = jnp.eye(k.shape[-2], dtype=k.dtype) + beta[..., :, None] * decayed_scores(k, k, b, True)
+  rhs = beta[..., None] * (v if w0 is None else v - read_w0(k))
+  u = unit_lower_inverse(a) @ rhs
+  return _gated_read(w0, q, k, u, b, read_w0), _add_writes(w0_end, u, k_end)
+
+
+def chunked(block: Callable, w0, q, k, v, beta, chunk_size, g=None):
   """`block` over the sequence cut into chunks of `chunk_size` (one chunk: the parallel form),
-  carrying W across chunks with a scan. Public layout in and out, as `recurrent`."""
+  carrying W across chunks with a scan. Public layout in and out, as `recurrent`; g, the gated
+  rules' log-decays [B, T, H, 1 or K], is passed to `block` last."""
   t = k.shape[1]
   size = min(chunk_size, t)
   num_blocks = -(-t // size)
   if beta is None:
     beta = jnp.ones(k.shape[:3], k.dtype)
   blocks = lambda x: None if x is None else to_blocks(x, num_blocks, size)
-  xs = (blocks(q),) + tuple(blocks(x) for x in (k, v, beta))
+  xs = (blocks(q),) + tuple(blocks(x) for x in (k, v, beta) + (() if g is None else (g,)))
 
   def body(w, x):
     y, w = block(w, *x)
@@ -113,21 +168,23 @@ def chunked(block: Callable, w0, q, k, v, beta, chunk_size):
 
 
 
-def causal_in_non_finite(block, w0, q, k, v, beta, size):
+def causal_in_non_finite(block, w0, q, k, v, beta, size, g=None):
   """The matrix forms multiply data by a causal mask, and 0 · NaN = NaN: a non-finite input
   would reach earlier outputs (and padding holding Inf, real ones). So they run on finite inputs
   (non-finite entries zeroed) and then mark what the recurrence would make non-finite, as NaN:
-  every output and the state from the first non-finite k, v, β (or initial state) on, since W
+  every output and the state from the first non-finite k, v, β, g (or initial state) on, since W
   holds it from then; a non-finite q only its own read-out."""
   finite = lambda x, axes: jnp.all(jnp.isfinite(x), axis=axes)
   bad_write = ~(finite(k, -1) & finite(v, -1))                               # [B, T, H]
   if beta is not None:
     bad_write |= ~jnp.isfinite(beta)
+  if g is not None:
+    bad_write |= ~finite(g, -1)
   bad_state = jax.lax.cummax(bad_write.astype(jnp.int8), axis=1).astype(bool)
   if w0 is not None:
     bad_state |= ~finite(w0, (-2, -1))[:, None]
   clean = lambda x: None if x is None else jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
-  y, w = chunked(block, clean(w0), clean(q), clean(k), clean(v), clean(beta), size)
+  y, w = chunked(block, clean(w0), clean(q), clean(k), clean(v), clean(beta), size, clean(g))
   w = jnp.where(bad_state[:, -1, :, None, None], jnp.nan, w)
   if y is not None:
     y = jnp.where((bad_state | ~finite(q, -1))[..., None], jnp.nan, y)

@@ -11,15 +11,16 @@ from fwp.ops.api import AUTO, apply_rule, check_shapes, choose_chunk_size, choos
 from fwp.ops.linalg import equal_segments, to_blocks
 
 
-def final_state(rule: str, k, v, beta=None, *, form: str, chunk_size: int = 64,
+def final_state(rule: str, k, v, beta=None, *, log_decay=None, form: str, chunk_size: int = 64,
                 initial_state=None, normalize_first: bool = True):
   """W_T alone, without the T read-outs: for models that read the memory only at the end.
 
-  Same forms and checks as `apply_rule`; the parallel form for the sum rule is then just
-  W0 + Vᵀ K, and the delta rule's blocks skip the QKᵀ products.
+  Same forms and checks as `apply_rule` (`log_decay`: the gated rules'); the parallel form for
+  the sum rule is then just W0 + Vᵀ K, and the delta rule's blocks skip the QKᵀ products.
   """
-  _, w = apply_rule(rule, None, k, v, beta, form=form, chunk_size=chunk_size,
-                    initial_state=initial_state, normalize_first=normalize_first)
+  _, w = apply_rule(rule, None, k, v, beta, log_decay=log_decay, form=form,
+                    chunk_size=chunk_size, initial_state=initial_state,
+                    normalize_first=normalize_first)
   return w
 
 
@@ -39,6 +40,7 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
     raise ValueError(f"q must be [batch, queries, heads, d_key] = [{k.shape[0]}, Q, "
                      f"{k.shape[2]}, {k.shape[3]}] to match k, got {q.shape}.")
   validate(rule, form, chunk_size)
+  _ungated_only(rule, "read_final")
   uses_beta = rules.get(rule).uses_beta
   if uses_beta and beta is None:
     raise ValueError(f"The {rule} rule needs beta [batch, time, heads].")
@@ -50,6 +52,15 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
                                                     k.shape[1]), chunk_size=chunk_size,
                   normalize_first=normalize_first)
   return jnp.einsum("bhvk,bqhk->bqhv", w, q)
+
+
+def _ungated_only(rule: str, name: str) -> None:
+  record = rules.get(rule)
+  if record.gated or record.writes_per_token:
+    ungated = ", ".join(n for n, r in rules.BY_NAME.items()
+                        if not (r.gated or r.writes_per_token))
+    raise ValueError(f"{name} reads the rules {ungated}; for {rule}, read "
+                     f"final_state({rule!r}, k, v, ..., log_decay=...) with the queries.")
 
 
 def _read_form(rule: str, form: str, num_queries: int, d_value: int, t: int) -> str:
@@ -77,6 +88,7 @@ def read_coefficients(rule: str, q, k, beta=None, *, form: str, d_value: int,
 
   With values that are indices (one-hot v_t = e_{id_t}), y is c scattered by id: no [B, T, V]
   array at all (the retrieval model's read)."""
+  _ungated_only(rule, "read_coefficients")
   form = _read_form(rule, form, q.shape[1], d_value, k.shape[1])
   record = rules.get(rule)
   few_queries = record.carries_queries and q.shape[1] < d_value

@@ -27,10 +27,10 @@ FWM_SEGMENT = 16
 
 
 class Step(NamedTuple):
-  """One rule's step, its inverse and its backward. `forward(w, k, v, beta)` returns (W_t, res)
-  with res a few numbers per step; `inverse(w_t, k, v, beta, res)` returns W_{t-1} (None: not
-  undone, see `_backward`);
-  `backward(w_prev, w_t, dw_t, k, v, beta, res)` returns (dW_{t-1}, dk, dv, dβ)."""
+  """One rule's step, its inverse and its backward. `forward(w, *x)` with x = (k, v, beta) (the
+  gated rules add the log-decay g [N, 1] or [N, K]) returns (W_t, res) with res a few numbers per
+  step; `inverse(w_t, *x, res)` returns W_{t-1} (None: not undone, see `_backward`);
+  `backward(w_prev, w_t, dw_t, *x, res)` returns (dW_{t-1}, dk, dv, dβ[, dg])."""
   forward: Callable
   inverse: Callable
   backward: Callable
@@ -70,10 +70,46 @@ def _fwm_backward(w_prev, w, dw, k, v, beta, res):
   return _delta_backward(w_prev, None, dp, k, v, beta, r)
 
 
+def _decay(g):
+  """α = exp(g) as a column scale of W [N, V, K]: g [N, 1] (one gate per head) or [N, K]."""
+  return jnp.exp(g)[..., None, :]
+
+
+def _decay_grad(dw_decayed, w_prev, alpha, g):
+  """∂/∂g of W_{t-1} diag(α) given its cotangent: Σ_v dW ⊙ W_{t-1} · α, summed to g's shape."""
+  dg = jnp.sum(dw_decayed * w_prev, axis=-2) * alpha[..., 0, :]
+  return jnp.sum(dg, axis=-1, keepdims=True) if g.shape[-1] == 1 else dg
+
+
+def _gated_sum_forward(w, k, v, beta, g):
+  return w * _decay(g) + outer(v, k), ()
+
+
+def _gated_sum_backward(w_prev, w, dw, k, v, beta, g, res):
+  alpha = _decay(g)
+  return (dw * alpha, vecmat(v, dw), matvec(dw, k), jnp.zeros_like(beta),
+          _decay_grad(dw, w_prev, alpha, g))
+
+
+def _gated_delta_forward(w, k, v, beta, g):
+  return _delta_forward(w * _decay(g), k, v, beta)     # W' = W diag(α), then the delta write
+
+
+def _gated_delta_backward(w_prev, w, dw, k, v, beta, g, r):
+  alpha = _decay(g)
+  dw_decayed, dk, dv, dbeta = _delta_backward(w_prev * alpha, None, dw, k, v, beta, r)
+  return dw_decayed * alpha, dk, dv, dbeta, _decay_grad(dw_decayed, w_prev, alpha, g)
+
+
 SUM = Step(_sum_forward, lambda w, k, v, beta, res: w - outer(v, k), _sum_backward)
 DELTA = Step(_delta_forward, lambda w, k, v, beta, r: w - outer(beta[..., None] * r, k),
              _delta_backward)
 FWM = Step(_fwm_forward, None, _fwm_backward)
+# The gated steps are not undone: W_{t-1} = (W_t − u kᵀ) / α divides by gates that may be
+# e^-8, which would amplify rounding 3000-fold per step; their backward reruns each segment
+# forward from its stored start, as fwm's does.
+GATED_SUM = Step(_gated_sum_forward, None, _gated_sum_backward)
+GATED_DELTA = Step(_gated_delta_forward, None, _gated_delta_backward)
 
 
 
@@ -83,10 +119,11 @@ def read(w, q):
   return None if q is None else matvec(w, q)
 
 
-def recurrent(step: Step, segment: int, w0, q, k, v, beta):
+def recurrent(step: Step, segment: int, w0, q, k, v, beta, g=None):
   """The recurrent form of the rule whose step is `step`: a scan over time in segments of at
   most `segment` steps, with the hand-written backward of `_scan`. Public layout: q, k
-  [B, T, H, K], v [B, T, H, V], beta [B, T, H] or None, w0 [B, H, V, K]; returns (y, W_T)."""
+  [B, T, H, K], v [B, T, H, V], beta [B, T, H] or None, g (the gated rules' log-decay)
+  [B, T, H, 1] or [B, T, H, K], w0 [B, H, V, K]; returns (y, W_T)."""
   b, t, h, d_key = k.shape
   d_value = v.shape[-1]
   num_segments, seg = equal_segments(t, segment)
@@ -94,11 +131,11 @@ def recurrent(step: Step, segment: int, w0, q, k, v, beta):
   if beta is None:
     beta = jnp.ones(k.shape[:3], k.dtype)
 
-  def segments(x):  # [B, T, H, ...] -> [S, seg, B·H, ...]; zero k, v, β leave W unchanged
+  def segments(x):  # [B, T, H, ...] -> [S, seg, B·H, ...]; zero k, v, β, g leave W unchanged
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jnp.moveaxis(x, 1, 0).reshape((num_segments, seg, b * h) + x.shape[3:])
 
-  xs = tuple(segments(x) for x in (k, v, beta))
+  xs = tuple(segments(x) for x in (k, v, beta) + (() if g is None else (g,)))
   qs = None if q is None else segments(q)
   y, w = _scan(step, w0.reshape(b * h, d_value, d_key), qs, xs)
   w = w.reshape(b, h, d_value, d_key)
@@ -141,8 +178,8 @@ def _backward(step, saved, cotangents):
     if q_t is not None:                 # y_t = W_t q_t
       dq = vecmat(dy_t, w)
       dw = dw + outer(dy_t, q_t)
-    dw, dk, dv, dbeta = step.backward(w_prev, w, dw, *x_t, res_t)
-    return dw, (dq, (dk, dv, dbeta))
+    dw, *dx = step.backward(w_prev, w, dw, *x_t, res_t)
+    return dw, (dq, tuple(dx))
 
   def undo(carry, x):
     w, dw = carry

@@ -27,6 +27,14 @@ class Rule:
   block: Callable | None             # the block of the matrix forms (chunked.chunked)
   carries_queries: bool              # its read after the sequence can carry q back in time
   why_recurrent_only: str = ""       # for the error naming a form it lacks
+  gated: bool = False                # takes log_decay [B, T, H] or [B, T, H, K]
+  gate_optional: bool = False        # ... or runs without one (delta_product)
+  writes_per_token: bool = False     # k, v, beta carry an axis of N writes per token
+
+
+# The gated rules' recurrent backward reruns each segment forward (their steps are not undone,
+# see recurrent.GATED_SUM) and stacks its states, so their segments are short, as fwm's are.
+GATED_SEGMENT = recurrent.FWM_SEGMENT
 
 
 BY_NAME = {
@@ -41,6 +49,17 @@ BY_NAME = {
                 min(recurrent.REMAT_SEGMENT, recurrent.FWM_SEGMENT), recurrent.FWM, None, False,
                 "its update divides W by max(1, ‖W‖_F) after every step, which is nonlinear in "
                 "W, so it cannot be unrolled into matrix products"),
+    "gated_sum": Rule("gated_sum", False, FORMS,
+                      lambda t: "parallel" if t <= PARALLEL_MAX_T else "chunked",
+                      GATED_SEGMENT, recurrent.GATED_SUM, chunked.gated_sum_block, False,
+                      gated=True),
+    "gated_delta": Rule("gated_delta", True, FORMS, lambda t: "chunked", GATED_SEGMENT,
+                        recurrent.GATED_DELTA, chunked.gated_delta_block, False, gated=True),
+    # N delta writes per token (after the token's gate, if any), then the read: the gated delta
+    # rule (or the delta rule, ungated) over the N·T writes, reading after each token's last.
+    "delta_product": Rule("delta_product", True, FORMS, lambda t: "chunked", GATED_SEGMENT,
+                          recurrent.GATED_DELTA, chunked.gated_delta_block, False, gated=True,
+                          gate_optional=True, writes_per_token=True),
 }
 RULES = tuple(BY_NAME)
 

@@ -1,5 +1,6 @@
 """Every form of every rule computes the same function as a plain loop, and as each other."""
 
+import dataclasses
 import functools
 from unittest import mock
 
@@ -45,7 +46,8 @@ def _loss_and_grads(rule, form, chunk_size, inputs, cotangents):
 
 loss_and_grads = jax.jit(_loss_and_grads, static_argnums=(0, 1, 2))
 # Traced, for the tests below the plain-loop proofs: untraced (op by op), the chunked forms take
-# ~10× as long on a CPU, and FormsEqualPlainLoopTest already proves every form both ways.
+# ~10× as long on a CPU, and FormsEqualPlainLoopTest and FormsUntracedTest prove the forms both
+# ways.
 jit_run = jax.jit(run, static_argnums=(0, 1, 2))
 
 
@@ -88,11 +90,9 @@ def _outputs_and_grads(rule, cases, inputs, cotangents):
 UNTRACED_FORMS = [("recurrent", 64), ("chunked", 5)]
 
 
-@pytest.mark.fast
-class FormsEqualPlainLoopTest(chex.TestCase):
+class _PlainLoopCheck(chex.TestCase):
   """Each form against the plain loop in float64: outputs, final state and the gradients w.r.t.
-  every input (the initial state included), traced (jit) and untraced, so the proof does not
-  depend on XLA's rewrites."""
+  every input (the initial state included)."""
 
   def _check(self, rule, cases):
     """Every case of `cases` in one (traced or untraced) call, each checked as a subtest."""
@@ -112,16 +112,16 @@ class FormsEqualPlainLoopTest(chex.TestCase):
           grads, ref = grads[:3] + grads[4:], grads_ref[:3] + grads_ref[4:]
         chex.assert_trees_all_close(grads, ref, rtol=F64_RTOL, atol=F64_ATOL)
 
+
+@pytest.mark.fast
+class FormsEqualPlainLoopTest(_PlainLoopCheck):
+  """Traced (jit): every (form, chunk size); fwm traced and untraced."""
+
   @chex.variants(with_jit=True)
   @parameterized.parameters("sum", "delta")
   def test_every_form_matches_plain_loop_float64(self, rule):
     """The six (form, chunk size) cases of FORMS, one subtest each."""
     self._check(rule, FORMS)
-
-  @chex.variants(without_jit=True)
-  @parameterized.product(rule=("sum", "delta"), form_chunk=UNTRACED_FORMS)
-  def test_form_matches_plain_loop_float64_untraced(self, rule, form_chunk):
-    self._check(rule, [form_chunk])
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_fwm_recurrent_matches_plain_loop_float64(self):
@@ -143,19 +143,36 @@ class FormsEqualPlainLoopTest(chex.TestCase):
       self._check(rule, [("auto", "auto")])
 
 
+class FormsUntracedTest(_PlainLoopCheck):
+  """Untraced (op by op), so the proofs do not depend on XLA's rewrites (UNTRACED_FORMS).
+  Default tier: the delta rule's chunks untraced take ~11 s here."""
+
+  @chex.variants(without_jit=True)
+  @parameterized.product(rule=("sum", "delta"), form_chunk=UNTRACED_FORMS)
+  def test_form_matches_plain_loop_float64_untraced(self, rule, form_chunk):
+    self._check(rule, [form_chunk])
+
+
 @pytest.mark.fast
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
 def test_recurrent_segments_under_remat_match_plain_loop(rule, monkeypatch):
   """The recurrent form's backward restarts from a stored state every REMAT_SEGMENT steps; with 5
   over T = 13 (three segments of 5, the last padded by 2) outputs, state and gradients are
   unchanged."""
-  monkeypatch.setattr(ops, "REMAT_SEGMENT", 5)
+  # The records hold the segment (read at trace time); fwm's is min(REMAT_SEGMENT, FWM_SEGMENT).
+  record = ops.rules.BY_NAME[rule]
+  monkeypatch.setitem(ops.rules.BY_NAME, rule, dataclasses.replace(record, segment=5))
   inputs, cotangents, (y_ref, w_ref), grads_ref = _reference(rule, 13)
   with helpers.x64():
-    y, w = jit_run(rule, "recurrent", 64, *inputs)
+    # Fresh traces (the module's jitted functions may hold one with the record's segment), and
+    # the segments really are three: a scan over them of length 3.
+    assert "length=3" in str(jax.make_jaxpr(functools.partial(run, rule, "recurrent", 64))(
+        *inputs))
+    y, w = jax.jit(run, static_argnums=(0, 1, 2))(rule, "recurrent", 64, *inputs)
     chex.assert_trees_all_close(y, y_ref, rtol=F64_RTOL, atol=F64_ATOL)
     chex.assert_trees_all_close(w, w_ref, rtol=F64_RTOL, atol=F64_ATOL)
-    _, grads = loss_and_grads(rule, "recurrent", 64, inputs, cotangents)
+    _, grads = jax.jit(_loss_and_grads, static_argnums=(0, 1, 2))(rule, "recurrent", 64,
+                                                                   inputs, cotangents)
     keep = [0, 1, 2, 4] if rule == "sum" else [0, 1, 2, 3, 4]
     chex.assert_trees_all_close([grads[i] for i in keep], [grads_ref[i] for i in keep],
                                 rtol=F64_RTOL, atol=F64_ATOL)
@@ -184,7 +201,6 @@ def test_recurrent_backward_float32_long_sequence(rule):
                            "float32 grads")
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_forms_agree_float32(rule, subtests):
   """float32 tolerance, documented at F32_RTOL: every form against the recurrent form (all forms
@@ -371,31 +387,32 @@ def test_final_state_alone_matches_full_run(rule, subtests):
 
 @pytest.mark.fast
 @pytest.mark.parametrize("rule", ["sum", "delta", "fwm"])
-@pytest.mark.parametrize("num_queries", [1, 5])
-def test_read_final_is_final_state_times_queries(rule, num_queries, subtests):
-  """Fewer queries than value dimensions (4) takes the delta rule's recurrent read-out through
-  the queries carried back in time; more builds W_T. Both must equal W_T q."""
+def test_read_final_is_final_state_times_queries(rule, subtests):
+  """Fewer queries (1) than value dimensions (4) takes the delta rule's recurrent read-out
+  through the queries carried back in time; more (5) builds W_T. Both must equal W_T q. Both
+  query counts and every form in one compile."""
   forms = ([("recurrent", 64)] if rule == "fwm" else FORMS) + [("auto", "auto")]
   with helpers.x64():
     _, k, v, beta, _ = helpers.random_inputs(14, t=T, d_value=4)
-    queries = jnp.asarray(np.random.default_rng(15).normal(size=(2, num_queries, 2,
-                                                                   k.shape[-1])))
+    rng = np.random.default_rng(15)
+    queries = {n: jnp.asarray(rng.normal(size=(2, n, 2, k.shape[-1]))) for n in (1, 5)}
     _, w_ref = reference.rule(rule, k, k, v, None if rule == "sum" else beta)
-    expected = jnp.einsum("bhvk,bqhk->bqhv", w_ref, queries)
 
-    @jax.jit   # traced, every form in one compile: untraced, the forms are proved above
-    def reads_and_grads(*args):
-      def one(form, chunk_size):
+    @jax.jit   # traced: untraced, the forms are proved above
+    def reads_and_grads(queries, k, v, beta):
+      def one(form, chunk_size, q):
         read = lambda *a: ops.read_final(rule, *a, form=form, chunk_size=chunk_size)
-        return read(*args), jax.grad(lambda *a: jnp.sum(read(*a) ** 2),
-                                     argnums=(0, 1, 2, 3))(*args)
-      return [one(f, c) for f, c in forms]
+        return read(q, k, v, beta), jax.grad(lambda *a: jnp.sum(read(*a) ** 2),
+                                             argnums=(0, 1, 2, 3))(q, k, v, beta)
+      return {n: [one(f, c, q) for f, c in forms] for n, q in queries.items()}
 
     results = reads_and_grads(queries, k, v, beta)
-    grads_ref = results[0][1]   # the recurrent read's hand-written backward against the rest
-    for (form, chunk_size), (y, grads) in zip(forms, results):
-      with subtests.test(form=form, chunk_size=chunk_size):
-        chex.assert_trees_all_close(y, expected, rtol=F64_RTOL, atol=F64_ATOL)
+    expected = {n: jnp.einsum("bhvk,bqhk->bqhv", w_ref, q) for n, q in queries.items()}
+  for n, per_form in results.items():
+    grads_ref = per_form[0][1]   # the recurrent read's hand-written backward against the rest
+    for (form, chunk_size), (y, grads) in zip(forms, per_form):
+      with subtests.test(num_queries=n, form=form, chunk_size=chunk_size):
+        chex.assert_trees_all_close(y, expected[n], rtol=F64_RTOL, atol=F64_ATOL)
         chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
 
 
@@ -437,17 +454,20 @@ def test_fwm_first_write_unnormalised_matches_plain_loop_float64():
       first = reference.rule("delta", q[:, :1], k[:, :1], v[:, :1], beta[:, :1])
       rest = reference.rule("fwm", q[:, 1:], k[:, 1:], v[:, 1:], beta[:, 1:], first[1])
       return jnp.concatenate([first[0], rest[0]], axis=1), rest[1]
-    @jax.jit
-    def fwp(q, k, v, beta):
-      return ops.fwm_rule(q, k, v, beta, normalize_first=False)
     def loss(fn):
       def scalar(*a):
         y, w = fn(*a)
-        return jnp.sum(y ** 2) + jnp.sum(w)
+        return jnp.sum(y ** 2) + jnp.sum(w), (y, w)
       return scalar
-    chex.assert_trees_all_close(fwp(q, k, v, beta), loop(q, k, v, beta), rtol=F64_RTOL,
-                                atol=F64_ATOL)
-    grads = [jax.jit(jax.grad(loss(fwp), argnums=(0, 1, 2, 3)))(q, k, v, beta),
-             jax.grad(loss(loop), argnums=(0, 1, 2, 3))(q, k, v, beta)]
-    chex.assert_trees_all_close(grads[0], grads[1], rtol=F64_RTOL, atol=F64_ATOL)
-    assert not np.allclose(fwp(q, k, v, beta)[1], jax.jit(ops.fwm_rule)(q, k, v, beta)[1])
+
+    @jax.jit   # outputs, gradients and the normalised first write's state in one compile
+    def fwp(q, k, v, beta):
+      plain = lambda *a: ops.fwm_rule(*a, normalize_first=False)
+      grads, out = jax.grad(loss(plain), argnums=(0, 1, 2, 3), has_aux=True)(q, k, v, beta)
+      return out, grads, ops.fwm_rule(q, k, v, beta)[1]
+
+    out, grads, w_normalised = fwp(q, k, v, beta)
+    grads_ref, out_ref = jax.grad(loss(loop), argnums=(0, 1, 2, 3), has_aux=True)(q, k, v, beta)
+    chex.assert_trees_all_close(out, out_ref, rtol=F64_RTOL, atol=F64_ATOL)
+    chex.assert_trees_all_close(grads, grads_ref, rtol=F64_RTOL, atol=F64_ATOL)
+    assert not np.allclose(out[1], w_normalised)
