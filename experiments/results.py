@@ -65,6 +65,17 @@ def write_csv(rows: list[dict], path: str, columns) -> None:
     writer.writerows(rows)
 
 
+def write_markdown(out: str, name: str, lines: list[str]) -> str:
+  """out/name.md from `lines` (one trailing newline), also printed; returns the path."""
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, f"{name}.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines).rstrip("\n") + "\n")
+  print("\n".join(lines))
+  print(f"Wrote {path}")
+  return path
+
+
 def write_all(out: str, name: str, rows: list[dict], columns, markdown: str,
               plot: Callable[[list[dict], str], None]) -> None:
   """out/name.csv, out/name.md (the given text) and out/name.png (drawn by `plot`)."""

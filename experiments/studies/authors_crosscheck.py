@@ -35,6 +35,8 @@ import tempfile
 
 from absl import app, flags
 
+from experiments import results
+
 _AUTHORS_CODE = flags.DEFINE_string("authors_code", None,
                                     "ischlag/fast-weight-transformers' synthetic/ directory.")
 _LMTOOL_CODE = flags.DEFINE_string("lmtool_code", None, "IDSIA/lmtool-fwp's src/ directory.")
@@ -248,12 +250,7 @@ def main(argv):
     lines += _retrieval_section(failures) + [""]
   if _LMTOOL_CODE.value:
     lines += _lm_section(failures) + [""]
-  os.makedirs(_OUT.value, exist_ok=True)
-  path = os.path.join(_OUT.value, "authors_crosscheck.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines).rstrip("\n") + "\n")
-  print("\n".join(lines))
-  print(f"Wrote {path}")
+  results.write_markdown(_OUT.value, "authors_crosscheck", lines)
   if failures:
     raise SystemExit(f"fwp's defaults differ from the authors' code: {', '.join(failures)}")
 

@@ -119,3 +119,14 @@ def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path, flag
   assert result.returncode != 0
   assert message in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_fla_crosscheck_names_a_wrong_checkout_before_writing(tmp_path):
+  """The FLA cross-check runs FLA's torch references (torch is not a requirement): CI checks
+  that a directory that is not FLA's checkout is named before anything is written."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.studies.fla_crosscheck", f"--fla_code={tmp_path}",
+       f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "is not a checkout of fla-org/flash-linear-attention" in result.stderr
+  assert not (tmp_path / "out").exists()
