@@ -3,7 +3,7 @@
 #
 # Run it whole (`python docs/tour.py`, about a minute on a 2-core CPU) or cell by cell in an editor
 # that knows `# %%` cells (VS Code, PyCharm, Jupytext). The tests run it small
-# (`FWP_TOUR_STEPS=8 FWP_TOUR_MAX_KEYS=200`), so it never rots. Three stops:
+# (`FWP_TOUR_STEPS=8 FWP_TOUR_MAX_KEYS=60`), so it never rots. Three stops:
 #
 # 1. one rule, three forms: the recurrent scan, the parallel matrix products and the chunked form
 #    compute the same function (float64);

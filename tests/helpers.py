@@ -155,7 +155,7 @@ def strip_timing(metrics):
 
 def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=3):
   """Kills a run after `lines` evals, relaunches it, and compares metrics and final state with a
-  run left alone: bitwise (timing fields aside)."""
+  run left alone: bitwise (timing fields aside). Returns the run left alone's workdir."""
   alone, killed = tmp_path / "alone", tmp_path / "killed"
   assert launch(*args, f"--workdir={alone}").returncode == 0
   proc = start_launch(killed, args)
@@ -169,6 +169,7 @@ def sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=3):
   assert strip_timing(read_metrics(alone)) == strip_timing(read_metrics(killed))
   for a, b in zip(final_params(alone), final_params(killed)):
     np.testing.assert_array_equal(a, b)
+  return alone
 
 
 def device_env(devices, extra=""):

@@ -53,11 +53,19 @@ def test_a_small_lm_learns_and_generates(tmp_path):
 CARRY = ["--config.carry_state=True", "--config.model.positional=none"]
 
 
-def test_sigkilled_lm_run_resumes_bitwise(tmp_path):
-  """Parameters, optimizer and the carried fast weights (helpers.final_params reads all three)."""
+def test_sigkilled_lm_run_resumes_bitwise_and_four_devices_train_like_one(tmp_path):
+  """Parameters, optimizer and the carried fast weights (helpers.final_params reads all three)
+  resume bitwise; then the same run on a 4-device data mesh (the host batch and the carried
+  fast weights split over it) has the losses of the one-device run left alone."""
   args = [f"--config={CONFIG}:dpfp1-sum", *TINY, *CARRY, "--config.max_steps=40",
           "--config.eval_every=10", "--config.checkpoint_every=10", "--config.sliding_stride=0"]
-  sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=2)
+  alone = sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=2)
+  four = metrics_on_devices(tmp_path, args, counts=(4,))[4]
+  one = read_metrics(alone)
+  assert [m["step"] for m in four] == [m["step"] for m in one] == [10, 20, 30, 40]
+  for a, b in zip(four, one):
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -71,17 +79,6 @@ def test_bad_lm_flags_fail_at_parsing(args, message):
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not os.path.exists("/nonexistent/never-written")
-
-
-def test_lm_on_four_simulated_devices_trains_like_one(tmp_path):
-  """The host batch and the carried fast weights are split over a 4-device data mesh; losses
-  match one device."""
-  args = [f"--config={CONFIG}:linear-delta", *TINY, *CARRY, "--config.max_steps=20",
-          "--config.eval_every=10", "--config.sliding_stride=0"]
-  metrics = metrics_on_devices(tmp_path, args)
-  for a, b in zip(metrics[4], metrics[1]):
-    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-    assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
 
 
 def test_word_level_wikitext_run_end_to_end(tmp_path):

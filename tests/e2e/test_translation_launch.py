@@ -61,25 +61,21 @@ def test_a_small_model_learns_to_translate(tmp_path):
   assert "| linear-delta | 1 | 300 | 300 |" in open(written[1]).read()
 
 
-def test_sigkilled_translation_run_resumes_bitwise(tmp_path):
+def test_sigkilled_translation_run_resumes_bitwise_and_four_devices_train_like_one(tmp_path):
   """Killed after its first eval (BLEU included) and a checkpoint between evals, relaunched:
   metrics and state as a run left alone (length-bucketed batches and dropout are functions of
-  (seed, step))."""
+  (seed, step)). Then the same run over a 4-device data mesh (whole rows per device:
+  max_tokens=0, 8 rows a batch), evaluation and BLEU on the replicated parameters: the numbers
+  of the one-device run left alone."""
   data_dir = write_parallel(tmp_path / "data")
-  args = [f"--config={CONFIG}:dpfp2", *tiny(data_dir, "--config.model.dropout=0.1"),
+  args = [f"--config={CONFIG}:dpfp2", *tiny(data_dir, "--config.model.dropout=0.1",
+                                            "--config.max_tokens=0", "--config.batch_size=8"),
           "--config.max_steps=40", "--config.eval_every=20", "--config.checkpoint_every=10"]
-  sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=1)
-
-
-def test_translation_on_four_simulated_devices_trains_like_one(tmp_path):
-  """Batches of whole rows per device over a 4-device data mesh (max_tokens=0: 8 rows a batch),
-  evaluation and BLEU on the replicated parameters: the numbers of one device."""
-  data_dir = write_parallel(tmp_path / "data")
-  args = [f"--config={CONFIG}:linear-delta", *tiny(data_dir, "--config.max_tokens=0",
-                                                   "--config.batch_size=8"),
-          "--config.max_steps=20", "--config.eval_every=10"]
-  metrics = metrics_on_devices(tmp_path, args)
-  for a, b in zip(metrics[4], metrics[1]):
+  alone = sigkill_then_relaunch_matches_an_uninterrupted_run(tmp_path, args, lines=1)
+  four = metrics_on_devices(tmp_path, args, counts=(4,))[4]
+  one = read_metrics(alone)
+  assert [m["step"] for m in four] == [m["step"] for m in one] == [20, 40]
+  for a, b in zip(four, one):
     for key in ("train_loss", "eval_loss"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert a["valid_bleu"] == pytest.approx(b["valid_bleu"], abs=1e-6)

@@ -42,30 +42,34 @@ def run(workdir, mesh_size, devices=8):
   return json.loads(shards), int(count)
 
 
-def test_eight_devices_train_like_one(tmp_path):
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """SCRIPT's run on a mesh of one device (LAUNCH_ARGS' config): the baseline of the tests
+  below, made once per worker."""
+  workdir = tmp_path_factory.mktemp("one-device")
+  shards1, _ = run(workdir, 1)
+  assert set(shards1.values()) == {1}
+  return workdir
+
+
+def test_eight_devices_train_like_one_and_their_checkpoint_resumes_on_one(tmp_path, one_device):
   shards8, count = run(tmp_path / "eight", 8)
   assert count == 8 and set(shards8.values()) == {8}, shards8   # every array split 8 ways
-  shards1, _ = run(tmp_path / "one", 1)
-  assert set(shards1.values()) == {1}
-  eight, one = read_metrics(tmp_path / "eight"), read_metrics(tmp_path / "one")
+  eight, one = read_metrics(tmp_path / "eight"), read_metrics(one_device)
   assert [m["step"] for m in eight] == [m["step"] for m in one] == [20, 40]
   for a, b in zip(eight, one):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
-
-
-def test_checkpoint_saved_on_eight_devices_resumes_on_one(tmp_path):
-  run(tmp_path, 8)
-  config = json.load(open(tmp_path / "config.json"))
-  os.remove(tmp_path / "summary.json")
-  script = SCRIPT.replace("config.max_steps, ", "config.max_steps, ").replace(
-      "6, 40, 20, 20", "6, 60, 20, 20")
-  env = device_env(1)
-  result = subprocess.run([sys.executable, "-c", script, str(tmp_path), "1"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  # The 8-device run's checkpoint goes on for 20 more steps on one device.
+  workdir = tmp_path / "eight"
+  config = json.load(open(workdir / "config.json"))
+  os.remove(workdir / "summary.json")
+  script = SCRIPT.replace("6, 40, 20, 20", "6, 60, 20, 20")
+  result = subprocess.run([sys.executable, "-c", script, str(workdir), "1"], cwd=ROOT,
+                          env=device_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resuming from step 40" in result.stdout
-  assert [m["step"] for m in read_metrics(tmp_path)] == [20, 40, 60]
+  assert [m["step"] for m in read_metrics(workdir)] == [20, 40, 60]
   assert config["mesh_shape"] == [8]
 
 
@@ -86,11 +90,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# SCRIPT's config as flags.
 LAUNCH_ARGS = [f"--config={CONFIG}:dpfp1-delta", "--config.num_keys=6", "--config.max_steps=40",
                "--config.eval_every=20", "--config.checkpoint_every=20", "--config.batch_size=16"]
 
 
-def test_two_processes_on_loopback_train_like_one(tmp_path):
+def test_two_processes_on_loopback_train_like_one(tmp_path, one_device):
   """jax.distributed with two local processes (2 CPU devices each, a mesh of 4) trains the same
   model as one process on one device; only process 0 writes metrics; orbax saves across both."""
   port = _free_port()
@@ -105,9 +110,7 @@ def test_two_processes_on_loopback_train_like_one(tmp_path):
     assert p.returncode == 0, err[-3000:]
   assert "Mesh: 4 cpu device(s) over 2 process(es); batch 16 = 4 per device" in outputs[0][0]
   assert "step     20" in outputs[0][0] and "step" not in outputs[1][0]  # process 0 reports
-  single = launch(*LAUNCH_ARGS, f"--workdir={tmp_path / 'one'}")
-  assert single.returncode == 0, single.stderr[-3000:]
-  two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+  two, one = read_metrics(tmp_path / "two"), read_metrics(one_device)
   assert [m["step"] for m in two] == [m["step"] for m in one] == [20, 40]
   for a, b in zip(two, one):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

@@ -108,7 +108,7 @@ def test_fwp_installs_into_a_fresh_venv_and_imports_from_anywhere(tmp_path):
 
 
 def test_the_guided_tour_runs(tmp_path):
-  env = dict(os.environ, FWP_TOUR_STEPS="8", FWP_TOUR_MAX_KEYS="200", FWP_TOUR_OUT=str(tmp_path))
+  env = dict(os.environ, FWP_TOUR_STEPS="8", FWP_TOUR_MAX_KEYS="60", FWP_TOUR_OUT=str(tmp_path))
   result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "tour.py")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
