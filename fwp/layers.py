@@ -18,6 +18,8 @@ from flax import nnx
 from fwp import feature_maps, normalization, ops, rfwp
 
 RECURRENCES = ("none",) + rfwp.RECURRENCES
+GATES = ("head", "channel")
+GATE_RANK = 16              # the per-channel gate's low-rank projection (FLA's KDA: 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +58,36 @@ class FastWeightConfig:
   # What the fast weights are summed in (fwp.ops.ACCUMULATE): "float32" (bfloat16 inputs, float32
   # state; the default) or "input" (pure bfloat16 under bfloat16 inputs; results/precision.md).
   accumulate: str = "float32"
+  # The gated rules (gated_sum, gated_delta): where the forget gate α = exp(log_decay) acts.
+  # "head": one per head, α = exp(−exp(A_log) · softplus(W_a x + dt_bias)), as Mamba-2 and FLA's
+  # GatedDeltaNet layer; "channel": one per key channel (KDA), the same form with a rank-
+  # GATE_RANK projection W_a = W_up W_down and A_log per head, dt_bias per channel.
+  gate: str = "head"
+  # β = beta_max · σ(W_β x): 1 is the delta rule's (0, 1); 2 lets I − β k kᵀ have negative
+  # eigenvalues (Grazzi et al. 2025; the `-neg` of a model name).
+  beta_max: float = 1.0
 
   def __post_init__(self):
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
     ops.validate(self.update_rule, self.form, self.chunk_size, self.accumulate)
     record = ops.rules.get(self.update_rule)
-    if record.gated or record.writes_per_token:
-      layer_rules = ", ".join(n for n, r in ops.rules.BY_NAME.items()
-                              if not (r.gated or r.writes_per_token))
+    if record.writes_per_token:
+      layer_rules = ", ".join(n for n, r in ops.rules.BY_NAME.items() if not r.writes_per_token)
       raise ValueError(f"FastWeightAttention takes the rules {layer_rules}; {self.update_rule} "
-                       f"is in fwp.ops (ops.{self.update_rule}_rule), its layer gates are not "
-                       f"built yet.")
+                       f"is in fwp.ops (ops.{self.update_rule}_rule), its layer (N writes per "
+                       f"token) is not built yet.")
+    if self.gate not in GATES:
+      raise ValueError(f"Unknown gate {self.gate!r}; valid choices: {', '.join(GATES)}.")
+    if record.gated and (self.attention_normalized or self.recurrence != "none"):
+      raise ValueError(f"The {self.update_rule} rule's layer forgets through its gate; it takes "
+                       f"normalization 'none' or 'sum' (an attention normaliser would need the "
+                       f"same decay) and no recurrence, got normalization="
+                       f"{self.normalization!r}, recurrence={self.recurrence!r}.")
+    if isinstance(self.beta_max, bool) or not isinstance(self.beta_max, (int, float)) or not (
+        0 < self.beta_max <= 2):
+      raise ValueError(f"beta_max must be in (0, 2] (2: negative eigenvalues), got "
+                       f"{self.beta_max!r}.")
     if self.recurrence != "none" and self.accumulate != "float32":
       raise ValueError(f"The recurrent FWPs (fwp.rfwp) always accumulate in float32; "
                        f"accumulate={self.accumulate!r} is for recurrence='none'.")
@@ -112,7 +132,11 @@ class FastWeightConfig:
 
   @property
   def uses_beta(self) -> bool:
-    return self.update_rule != "sum"
+    return ops.rules.get(self.update_rule).uses_beta
+
+  @property
+  def gated(self) -> bool:
+    return ops.rules.get(self.update_rule).gated
 
   @property
   def memories(self) -> int:
@@ -150,14 +174,16 @@ class FastWeightState(NamedTuple):
 
 
 def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection=None,
-                          initial_state: FastWeightState | None = None):
-  """q, k [B, T, H, d_head] before φ; v [B, T, H, V]; beta [B, T, H] or None.
+                          initial_state: FastWeightState | None = None, log_decay=None):
+  """q, k [B, T, H, d_head] before φ; v [B, T, H, V]; beta [B, T, H] or None; log_decay (the
+  gated rules) [B, T, H] or [B, T, H, d_dot].
 
   Returns (y [B, T, H, V], FastWeightState).
   """
   q, k = feature_pair(q, k, config, projection)
   w0 = None if initial_state is None else initial_state.w
   y, w = ops.apply_rule(config.update_rule, q, k, v, beta if config.uses_beta else None,
+                        log_decay=log_decay,
                         form=config.form, chunk_size=config.chunk_size, initial_state=w0,
                         accumulate=config.accumulate,
                         normalize_first=config.fwm_normalize_first)
@@ -239,6 +265,8 @@ class FastWeightAttention(nnx.Module):
     self.v_proj = linear(heads * d_head)
     self.beta_proj = (nnx.Linear(d_model, heads, dtype=dtype, rngs=rngs)
                       if config.uses_beta else None)
+    self.gate = (ForgetGate(d_model, num_heads, config.d_dot(d_head), config.gate, rngs=rngs,
+                            dtype=dtype) if config.gated else None)
     # Delta RNN / LSTM: recurrent key and value (d_head each) and β per head and memory.
     self.rec_proj = (linear(heads * (2 * d_head + 1))
                      if config.recurrence in ("delta_rnn", "delta_lstm") else None)
@@ -290,9 +318,10 @@ class FastWeightAttention(nnx.Module):
                         initial_state=rec0)
       state = FastWeightState(None, None, rec)
     else:
-      beta = None if beta_logit is None else jax.nn.sigmoid(beta_logit)
+      beta = None if beta_logit is None else config.beta_max * jax.nn.sigmoid(beta_logit)
+      log_decay = None if self.gate is None else self.gate(x)
       y, state = fast_weight_attention(q, k, v, beta, config, projection=projection,
-                                       initial_state=initial_state)
+                                       initial_state=initial_state, log_decay=log_decay)
       if self.rec_proj is not None:
         y, rec = self._recurrent_part(y, heads(self.rec_proj(x)), rec0)
         state = state._replace(rec=rec)
@@ -307,6 +336,38 @@ class FastWeightAttention(nnx.Module):
     b, t = z.shape[:2]
     gates = lambda a: a.reshape((b, t, self.num_heads, rfwp.GATES) + a.shape[3:])
     return rfwp.delta_lstm(gates(z), gates(kr), gates(vr), gates(br), initial_state=rec0)
+
+
+class ForgetGate(nnx.Module):
+  """log α [B, T, H] ("head") or [B, T, H, d_dot] ("channel") from x [B, T, D]:
+  −exp(A_log) · softplus(W_a x + dt_bias), as FLA's GatedDeltaNet (and Mamba-2) computes it, so
+  α ∈ (0, 1). Initialised as they are: A uniform in (1, 16), dt log-uniform in (0.001, 0.1)
+  (floor 1e-4) and dt_bias its inverse softplus. "channel": W_a = W_up W_down of rank
+  GATE_RANK, A_log per head, dt_bias per channel (KDA's gate)."""
+
+  def __init__(self, d_model: int, num_heads: int, d_dot: int, kind: str, *, rngs: nnx.Rngs,
+               dtype=None):
+    self.num_heads, self.kind = num_heads, kind
+    width = num_heads * (d_dot if kind == "channel" else 1)
+    linear = lambda d_in, d_out: nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, rngs=rngs)
+    self.down = linear(d_model, GATE_RANK) if kind == "channel" else None
+    self.proj = linear(GATE_RANK if kind == "channel" else d_model, width)
+    self.a_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (num_heads,),
+                                                      minval=1.0, maxval=16.0)))
+    dt = jnp.exp(jax.random.uniform(rngs.params(), (width,), minval=math.log(1e-3),
+                                    maxval=math.log(0.1)))
+    dt = jnp.maximum(dt, 1e-4)
+    self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))       # softplus⁻¹(dt)
+
+  def __call__(self, x):
+    b, t, _ = x.shape
+    h = x if self.down is None else self.down(x)
+    a = at_least_f32(self.proj(h)) + self.dt_bias[...].astype(jnp.promote_types(x.dtype,
+                                                                                 jnp.float32))
+    rate = jnp.exp(self.a_log[...].astype(a.dtype))
+    if self.kind == "head":
+      return -rate * jax.nn.softplus(a)                              # [B, T, H]
+    return -rate[:, None] * jax.nn.softplus(a.reshape(b, t, self.num_heads, -1))
 
 
 class KVCache(NamedTuple):

@@ -19,6 +19,16 @@ LAYER_CASES = [
     dict(feature_map="identity", update_rule="sum", normalization="none"),
     dict(feature_map="dpfp", nu=1, update_rule="delta", normalization="sum_attention"),
 ]
+# The gated rules' layers (fwp.layers.ForgetGate): Gated DeltaNet-like (per-head gates, β up to
+# 2) and GLA/KDA-like (per-channel low-rank gates, here on DPFP features, d_dot ≠ d_head).
+GATED_CASES = [
+    dict(feature_map="elu_plus_one", update_rule="gated_delta", normalization="sum",
+         gate="head", beta_max=2.0),
+    dict(feature_map="dpfp", nu=1, update_rule="gated_sum", normalization="none",
+         gate="channel"),
+    dict(feature_map="elu_plus_one", update_rule="gated_delta", normalization="sum",
+         gate="channel"),
+]
 FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 3)]
 
 
@@ -43,7 +53,7 @@ def _outputs_and_grads(config):
 class LayerFormsTest(chex.TestCase):
 
   @chex.variants(with_jit=True)
-  @parameterized.parameters(*LAYER_CASES)
+  @parameterized.parameters(*LAYER_CASES, *GATED_CASES)
   def test_layer_forms_agree_float64(self, **case):
     """One layer's parameters, each form: the same outputs and parameter gradients (float64)."""
     self._check_forms(case)
@@ -108,6 +118,31 @@ def test_sum_attention_is_the_authors_delta_lm_layer_float64():
       o, state = layer(x[:, t:t + 1], initial_state=state, return_state=True)
       steps.append(o)
     np.testing.assert_allclose(np.concatenate(steps, 1), out, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("case", GATED_CASES, ids=lambda c: f"{c['update_rule']}-{c['gate']}")
+def test_gated_layer_decodes_token_by_token_float64(case):
+  """The gated layers read one token at a time from their state (T = 1 calls, the LM's decoding
+  path): the chunked pass's outputs and final state, float64; the gate really forgets
+  (0 < α < 1) and β reaches past 1 when beta_max = 2."""
+  config = layers.FastWeightConfig(form="chunked", chunk_size=3, **case)
+  with helpers.x64():
+    layer = helpers.float64(layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config,
+                                                       rngs=nnx.Rngs(2)))
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, T, D_MODEL)))
+    graphdef, weights = nnx.split(layer)
+    call = jax.jit(lambda w, x, s: nnx.merge(graphdef, w)(x, initial_state=s, return_state=True))
+    full, final = jax.jit(lambda w, x: nnx.merge(graphdef, w)(x, return_state=True))(weights, x)
+    state, outs = layer.init_state(2, dtype=jnp.float64), []
+    for t in range(T):
+      out, state = call(weights, x[:, t:t + 1], state)
+      outs.append(out)
+    chex.assert_trees_all_close((jnp.concatenate(outs, 1), state.w), (full, final.w),
+                                rtol=1e-10, atol=1e-12)
+    alpha = jnp.exp(layer.gate(x))
+    assert float(alpha.min()) > 0 and float(alpha.max()) < 1
+    if config.beta_max == 2:
+      assert float(jnp.max(2 * jax.nn.sigmoid(layer.beta_proj(x)))) > 1
 
 
 def test_fwm_layer_runs_recurrently_and_streams():
@@ -177,10 +212,19 @@ def test_additive_attention_matches_a_plain_loop():
     ("form", "fast", "valid choices: recurrent, parallel, chunked"),
     ("chunk_size", 0, "positive integer"),
     ("nu", 0, "nu >= 1"),
+    ("gate", "row", "Unknown gate 'row'; valid choices: head, channel"),
+    ("beta_max", 3.0, r"beta_max must be in \(0, 2\]"),
 ])
 def test_bad_config(field, value, message):
   with pytest.raises(ValueError, match=message):
     layers.FastWeightConfig(**{"feature_map": "dpfp", field: value})
+
+
+def test_gated_layers_name_what_they_cannot_take():
+  with pytest.raises(ValueError, match="takes normalization 'none' or 'sum'"):
+    layers.FastWeightConfig(update_rule="gated_sum", normalization="attention")
+  with pytest.raises(ValueError, match="its layer \\(N writes per token\\) is not built yet"):
+    layers.FastWeightConfig(update_rule="delta_product", normalization="sum")
 
 
 def test_bad_combinations():
