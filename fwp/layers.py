@@ -73,7 +73,7 @@ class FastWeightConfig:
     ops.validate(self.update_rule, self.form, self.chunk_size, self.accumulate)
     record = ops.rules.get(self.update_rule)
     if record.writes_per_token:
-      layer_rules = ", ".join(n for n, r in ops.rules.BY_NAME.items() if not r.writes_per_token)
+      layer_rules = ops.rules.names(lambda r: not r.writes_per_token)
       raise ValueError(f"FastWeightAttention takes the rules {layer_rules}; {self.update_rule} "
                        f"is in fwp.ops (ops.{self.update_rule}_rule), its layer (N writes per "
                        f"token) is not built yet.")
@@ -362,8 +362,8 @@ class ForgetGate(nnx.Module):
   def __call__(self, x):
     b, t, _ = x.shape
     h = x if self.down is None else self.down(x)
-    a = at_least_f32(self.proj(h)) + self.dt_bias[...].astype(jnp.promote_types(x.dtype,
-                                                                                 jnp.float32))
+    a = at_least_f32(self.proj(h))
+    a = a + self.dt_bias[...].astype(a.dtype)
     rate = jnp.exp(self.a_log[...].astype(a.dtype))
     if self.kind == "head":
       return -rate * jax.nn.softplus(a)                              # [B, T, H]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numbers
 
+import jax
 import jax.numpy as jnp
 
 from fwp.ops import chunked, recurrent, rules
@@ -111,16 +112,12 @@ def check_product_shapes(q, k, v, beta, log_decay, initial_state) -> None:
   if q is not None and q.shape != (b, t, h, d_key):
     raise ValueError(f"delta_product's q must be [batch, time, heads, d_key] = "
                      f"{(b, t, h, d_key)} (one read per token), got {q.shape}.")
-  for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("initial_state", initial_state)):
+  # The rest (dtypes, empty axes, the initial state) as for the N·T writes it runs as.
+  writes = lambda x: jax.ShapeDtypeStruct((b, t * n, h, x.shape[-1]), jnp.result_type(x))
+  check_shapes(None, writes(k), writes(v), None, initial_state)
+  for name, x in (("q", q), ("beta", beta)):
     if x is not None and not jnp.issubdtype(jnp.result_type(x), jnp.floating):
       raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
-  if min(b, t, h, d_key) == 0:
-    raise ValueError(f"delta_product needs at least one batch row, time step, head and "
-                     f"feature; got k of shape {k.shape}.")
-  expected = (b, h, v.shape[-1], d_key)
-  if initial_state is not None and initial_state.shape != expected:
-    raise ValueError(f"initial_state must be [batch, heads, d_value, d_key] = {expected}, "
-                     f"got {initial_state.shape}.")
   if log_decay is not None:
     check_log_decay(log_decay, (b, t, h, d_key))
 
@@ -191,11 +188,13 @@ def delta_product_rule_step(w, q, k, v, beta, log_decay=None):
     raise ValueError(f"delta_product_rule_step takes k [batch, heads, writes, d_key], "
                      f"v [batch, heads, writes, d_value], beta [batch, heads, writes] (N ≥ 1), "
                      f"got {k.shape}, {v.shape}, {beta.shape}.")
-  if log_decay is not None:
-    w = w * jnp.exp(_step_gate(w, log_decay))[..., None, :]
-  for i in range(k.shape[2]):
-    _check_step(w, q, k[:, :, i], v[:, :, i], beta[:, :, i])
-    w, _ = recurrent.DELTA.forward(w, k[:, :, i], v[:, :, i], beta[:, :, i])
+  _check_step(w, q, k[:, :, 0], v[:, :, 0], beta[:, :, 0])
+  for i in range(k.shape[2]):          # the gate with the first write, as _delta_product
+    x = (k[:, :, i], v[:, :, i], beta[:, :, i])
+    if i == 0 and log_decay is not None:
+      w, _ = recurrent.GATED_DELTA.forward(w, *x, _step_gate(w, log_decay))
+    else:
+      w, _ = recurrent.DELTA.forward(w, *x)
   return recurrent.read(w, q), w
 
 
@@ -222,8 +221,8 @@ def apply_rule(rule: str, q, k, v, beta=None, *, log_decay=None, form: str,
     raise ValueError(f"The {rule} rule needs log_decay [batch, time, heads] (one gate per head) "
                      f"or [batch, time, heads, d_key] (one per key channel).")
   if log_decay is not None and not record.gated:
-    gated = ", ".join(name for name, r in rules.BY_NAME.items() if r.gated)
-    raise ValueError(f"The {rule} rule takes no log_decay; the gated rules are {gated}.")
+    raise ValueError(f"The {rule} rule takes no log_decay; the gated rules are "
+                     f"{rules.names(lambda r: r.gated)}.")
   if record.writes_per_token:
     check_product_shapes(q, k, v, beta, log_decay, initial_state)
     return _delta_product(q, k, v, beta, log_decay, form, chunk_size, initial_state, accumulate)

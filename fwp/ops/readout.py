@@ -57,8 +57,7 @@ def read_final(rule: str, q, k, v, beta=None, *, form: str, chunk_size: int = 64
 def _ungated_only(rule: str, name: str) -> None:
   record = rules.get(rule)
   if record.gated or record.writes_per_token:
-    ungated = ", ".join(n for n, r in rules.BY_NAME.items()
-                        if not (r.gated or r.writes_per_token))
+    ungated = rules.names(lambda r: not (r.gated or r.writes_per_token))
     raise ValueError(f"{name} reads the rules {ungated}; for {rule}, read "
                      f"final_state({rule!r}, k, v, ..., log_decay=...) with the queries.")
 

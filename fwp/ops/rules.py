@@ -64,6 +64,11 @@ BY_NAME = {
 RULES = tuple(BY_NAME)
 
 
+def names(where: Callable[[Rule], bool]) -> str:
+  """The names of the rules for which `where` holds, comma-separated (for error messages)."""
+  return ", ".join(name for name, r in BY_NAME.items() if where(r))
+
+
 def get(name: str) -> Rule:
   if name not in BY_NAME:
     raise ValueError(f"Unknown update rule {name!r}; valid choices: {', '.join(RULES)}.")
