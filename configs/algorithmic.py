@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.favor_eps = 0.0                # FAVOR+ offset on every feature
   c.model.favor_stabilize = False        # FAVOR+ query features divided by their largest
   c.model.sum_query_eps = 0.0            # φ(q) / (Σφ(q) + eps): 0, as their Delta Net layers
+  common.add_layer_options(c.model)
   return c
 
 

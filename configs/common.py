@@ -101,7 +101,22 @@ def lm_config() -> ml_collections.ConfigDict:
   # Under dtype=bfloat16, what the fast weights are summed in: float32 (default) | input (pure
   # bfloat16; larger errors on long sequences, see results/precision.md)
   c.model.accumulate = "float32"         # under bfloat16, fast weights sum in: float32 | input
+  add_layer_options(c.model)
   return c
+
+
+def add_layer_options(m: ml_collections.ConfigDict) -> None:
+  """The modern rules' and FLA's layer fields (fwp.layers.FastWeightConfig), their defaults
+  the paper's layer; a model name sets them (configs.names)."""
+  m.gate = "head"                  # gated rules' forget gate: head | channel (KDA) | none
+  #                                  (delta_product only)
+  m.beta_max = 1.0                 # β = beta_max·σ(W_β x); 2: negative eigenvalues (-neg)
+  m.num_writes = 1                 # delta_product: delta writes per token (N)
+  m.short_conv = 0                 # width of a SiLU depthwise causal conv on q, k, v; 0: none
+  m.qk_norm = "none"               # none | l2 (φ(q), φ(k) L2-normalised, q·d^-1/2; needs
+  #                                  normalization=none)
+  m.output_norm = "none"           # none | rmsnorm (per head, over d_head)
+  m.output_gate = False            # read-out × SiLU(W_g x)
 
 
 def apply_authors_lm_details(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -213,11 +228,13 @@ def field_meanings(task: str = "") -> dict[str, str]:
   for name in files:
     with open(os.path.join(here, name), encoding="utf-8") as f:
       for line in f:
-        field = re.match(r"\s*c\.([\w.]+)\s*=[^#]*#\s*(.*)$", line)
+        # `m.` is add_layer_options' config.model.
+        field = re.match(r"\s*(c|m)\.([\w.]+)\s*=[^#]*#\s*(.*)$", line)
         more = re.match(r"\s*#\s{8,}(.*)$", line)
-        if field and field.group(1) not in meanings:
-          last = field.group(1)
-          meanings[last] = field.group(2).strip()
+        path = field and ("model." if field.group(1) == "m" else "") + field.group(2)
+        if field and path not in meanings:
+          last = path
+          meanings[last] = field.group(3).strip()
         elif more and last:
           meanings[last] += " " + more.group(1).strip()
         else:

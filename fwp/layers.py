@@ -18,8 +18,12 @@ from flax import nnx
 from fwp import feature_maps, normalization, ops, rfwp
 
 RECURRENCES = ("none",) + rfwp.RECURRENCES
-GATES = ("head", "channel")
+GATES = ("head", "channel", "none")
 GATE_RANK = 16              # the per-channel gate's low-rank projection (FLA's KDA: 16)
+QK_NORMS = ("none", "l2")
+OUTPUT_NORMS = ("none", "rmsnorm")
+L2_EPS = 1e-6               # FLA's l2norm: x / sqrt(Σx² + eps)
+RMS_EPS = 1e-5              # FLA's GatedDeltaNet norm_eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,24 +65,61 @@ class FastWeightConfig:
   # The gated rules (gated_sum, gated_delta): where the forget gate α = exp(log_decay) acts.
   # "head": one per head, α = exp(−exp(A_log) · softplus(W_a x + dt_bias)), as Mamba-2 and FLA's
   # GatedDeltaNet layer; "channel": one per key channel (KDA), the same form with a rank-
-  # GATE_RANK projection W_a = W_up W_down and A_log per head, dt_bias per channel.
+  # GATE_RANK projection W_a = W_up W_down and A_log per head, dt_bias per channel; "none":
+  # delta_product without a gate.
   gate: str = "head"
   # β = beta_max · σ(W_β x): 1 is the delta rule's (0, 1); 2 lets I − β k kᵀ have negative
   # eigenvalues (Grazzi et al. 2025; the `-neg` of a model name).
   beta_max: float = 1.0
+  # delta_product: N, the delta writes per token (N keys, values and β per head and token).
+  num_writes: int = 1
+  # FLA's DeltaNet / Gated DeltaNet layer options, all off by default. short_conv: the width of
+  # a depthwise causal convolution on each of q, k, v's projections, then SiLU (FLA's
+  # ShortConvolution(activation="silu"); width 4 there), carrying its last width − 1 inputs in
+  # the decoding state. qk_norm="l2": φ(q), φ(k) divided by their L2 norm (√(Σx² + 1e-6)) and
+  # q scaled by d_dot^-1/2 (FLA's use_qk_l2norm_in_kernel and default scale); it replaces the
+  # normaliser, so it needs normalization="none". output_norm="rmsnorm": each head's read-out
+  # RMS-normalised over its d_head values (eps 1e-5, a learned scale); output_gate: the
+  # read-out times SiLU(W_g x) (with both: FLA's FusedRMSNormGated).
+  short_conv: int = 0
+  qk_norm: str = "none"
+  output_norm: str = "none"
+  output_gate: bool = False
 
   def __post_init__(self):
     feature_maps.check_name(self.feature_map)
     normalization.check_name(self.normalization)
     ops.validate(self.update_rule, self.form, self.chunk_size, self.accumulate)
     record = ops.rules.get(self.update_rule)
-    if record.writes_per_token:
-      layer_rules = ops.rules.names(lambda r: not r.writes_per_token)
-      raise ValueError(f"FastWeightAttention takes the rules {layer_rules}; {self.update_rule} "
-                       f"is in fwp.ops (ops.{self.update_rule}_rule), its layer (N writes per "
-                       f"token) is not built yet.")
+    writes = self.num_writes
+    if isinstance(writes, bool) or not isinstance(writes, int) or writes < 1 or (
+        writes > 1 and not record.writes_per_token):
+      raise ValueError(f"num_writes is delta_product's N >= 1 (every other rule writes once per "
+                       f"token: 1), got num_writes={writes!r} with update_rule="
+                       f"{self.update_rule!r}.")
+    if self.qk_norm not in QK_NORMS:
+      raise ValueError(f"Unknown qk_norm {self.qk_norm!r}; valid choices: {', '.join(QK_NORMS)}.")
+    if self.qk_norm != "none" and self.normalization != "none":
+      raise ValueError(f"qk_norm={self.qk_norm!r} normalises φ(q), φ(k) itself; it needs "
+                       f"normalization 'none', got {self.normalization!r}.")
+    if self.output_norm not in OUTPUT_NORMS:
+      raise ValueError(f"Unknown output_norm {self.output_norm!r}; valid choices: "
+                       f"{', '.join(OUTPUT_NORMS)}.")
+    if not isinstance(self.output_gate, bool):
+      raise ValueError(f"output_gate must be True or False, got {self.output_gate!r}.")
+    if isinstance(self.short_conv, bool) or not isinstance(self.short_conv, int) or (
+        self.short_conv < 0):
+      raise ValueError(f"short_conv is a convolution width >= 1, or 0 for none (FLA's: 4), got "
+                       f"{self.short_conv!r}.")
+    extras = self.short_conv or self.output_gate or self.output_norm != "none"
+    if extras and self.recurrence != "none":
+      raise ValueError(f"short_conv, output_norm and output_gate are options of the fast weight "
+                       f"layer, not of the recurrent FWPs; got recurrence={self.recurrence!r}.")
     if self.gate not in GATES:
       raise ValueError(f"Unknown gate {self.gate!r}; valid choices: {', '.join(GATES)}.")
+    if self.gate == "none" and record.gated and not record.gate_optional:
+      raise ValueError(f"The {self.update_rule} rule needs a forget gate: gate 'head' or "
+                       f"'channel' ('none' is for delta_product, whose gate is optional).")
     if record.gated and (self.attention_normalized or self.recurrence != "none"):
       raise ValueError(f"The {self.update_rule} rule's layer forgets through its gate; it takes "
                        f"normalization 'none' or 'sum' (an attention normaliser would need the "
@@ -136,7 +177,8 @@ class FastWeightConfig:
 
   @property
   def gated(self) -> bool:
-    return ops.rules.get(self.update_rule).gated
+    """Whether the layer has a forget gate (delta_product's is optional: gate="none")."""
+    return ops.rules.get(self.update_rule).gated and self.gate != "none"
 
   @property
   def memories(self) -> int:
@@ -167,10 +209,12 @@ def lookup(embed: nnx.Embed, ids) -> jax.Array:
 class FastWeightState(NamedTuple):
   """The fast weights after the last step: w [B, H, V, d_dot]; z [B, H, 1, d_dot] is the attention
   normaliser's running key sum (None for other normalisations); `rec` is a recurrent FWP's state
-  (fwp.rfwp: DeltaRNNState, DeltaLSTMState, or RDNState, which holds the RDN's W, w is None)."""
+  (fwp.rfwp: DeltaRNNState, DeltaLSTMState, or RDNState, which holds the RDN's W, w is None);
+  `conv` the short convolutions' inputs so far (None: a sequence start, zeros)."""
   w: jax.Array | None
   z: jax.Array | None = None
   rec: tuple | None = None
+  conv: tuple | None = None       # short_conv: q, k, v's last width − 1 inputs [B, width − 1, C]
 
 
 def fast_weight_attention(q, k, v, beta, config: FastWeightConfig, *, projection=None,
@@ -210,6 +254,9 @@ def feature_function(config: FastWeightConfig, projection=None):
     stabilize = is_query and config.favor_stabilize and config.normalization != "none"
     x = feature_maps.apply(config.feature_map, x, nu=config.nu, projection=projection,
                            is_query=stabilize, **config.favor_options)
+    if config.qk_norm == "l2":
+      x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_EPS)
+      return x * x.shape[-1] ** -0.5 if is_query else x
     if not config.sum_normalized:
       return x
     return normalization.sum_normalize(x, config.sum_query_eps if is_query else 0.0)
@@ -260,11 +307,18 @@ class FastWeightAttention(nnx.Module):
     self.num_heads, self.d_head, self.config = num_heads, d_head, config
     linear = lambda d_out: nnx.Linear(d_model, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     heads = num_heads * config.memories
+    writes = config.num_writes           # delta_product's N keys, values and β per head
     self.q_proj = linear(heads * d_head)
-    self.k_proj = linear(heads * d_head)
-    self.v_proj = linear(heads * d_head)
-    self.beta_proj = (nnx.Linear(d_model, heads, dtype=dtype, rngs=rngs)
+    self.k_proj = linear(heads * writes * d_head)
+    self.v_proj = linear(heads * writes * d_head)
+    self.beta_proj = (nnx.Linear(d_model, heads * writes, dtype=dtype, rngs=rngs)
                       if config.uses_beta else None)
+    conv = lambda width: ShortConv(width, config.short_conv, rngs=rngs)
+    self.convs = (nnx.List([conv(heads * d_head), conv(heads * writes * d_head),
+                            conv(heads * writes * d_head)]) if config.short_conv else None)
+    self.output_gate = linear(num_heads * d_head) if config.output_gate else None
+    self.output_scale = (nnx.Param(jnp.ones((d_head,))) if config.output_norm == "rmsnorm"
+                         else None)
     self.gate = (ForgetGate(d_model, num_heads, config.d_dot(d_head), config.gate, rngs=rngs,
                             dtype=dtype) if config.gated else None)
     # Delta RNN / LSTM: recurrent key and value (d_head each) and β per head and memory.
@@ -298,7 +352,9 @@ class FastWeightAttention(nnx.Module):
            "delta_rnn": rfwp.DeltaRNNState(zeros(h, v, v), zeros(h, v)),
            "delta_lstm": rfwp.DeltaLSTMState(zeros(h, rfwp.GATES, v, v), zeros(h, v),
                                              zeros(h, v))}[c.recurrence]
-    return FastWeightState(w, z, rec)
+    conv = (None if self.convs is None else
+            tuple(zeros(c.short_conv - 1, m.kernel.shape[1]) for m in self.convs))
+    return FastWeightState(w, z, rec, conv)
 
   def __call__(self, x, *, initial_state: FastWeightState | None = None,
                return_state: bool = False, projection_key: jax.Array | None = None):
@@ -307,8 +363,23 @@ class FastWeightAttention(nnx.Module):
     config, memories = self.config, self.config.memories
     # The projections may run in bfloat16 (dtype=); the memory is always at least float32.
     heads = lambda y, n=self.num_heads * memories: at_least_f32(y).reshape(b, t, n, -1)
-    q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    conv = None
+    if self.convs is not None:
+      tails = (None,) * 3 if initial_state is None or initial_state.conv is None else (
+          initial_state.conv)
+      (q, tq), (k, tk), (v, tv) = (m(a, tail) for m, a, tail in zip(self.convs, (q, k, v),
+                                                                    tails))
+      conv = (tq, tk, tv)
     beta_logit = (at_least_f32(self.beta_proj(x)) if self.beta_proj is not None else None)
+    if config.num_writes > 1:
+      # FLA's GatedDeltaProduct layout: the N writes outermost in each projection.
+      writes = lambda y: jnp.moveaxis(at_least_f32(y).reshape(b, t, config.num_writes,
+                                                              self.num_heads, -1), 2, 3)
+      q, k, v = heads(q), writes(k), writes(v)
+      beta_logit = None if beta_logit is None else writes(beta_logit)[..., 0]
+    else:
+      q, k, v = heads(q), heads(k), heads(v)
     projection = call_projection(self.projection, projection_key, config, self.d_head,
                                  q.dtype)
     rec0 = None if initial_state is None else initial_state.rec
@@ -325,8 +396,20 @@ class FastWeightAttention(nnx.Module):
       if self.rec_proj is not None:
         y, rec = self._recurrent_part(y, heads(self.rec_proj(x)), rec0)
         state = state._replace(rec=rec)
+      state = state._replace(conv=conv)
+    y = self._output(y, x)
     out = self.out_proj(y.reshape(b, t, -1))
     return (out, state) if return_state else out
+
+  def _output(self, y, x):
+    """The read-out y [B, T, H, V] after the options: per-head RMSNorm, then × SiLU(W_g x)."""
+    if self.output_scale is not None:
+      y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + RMS_EPS)
+      y = y * self.output_scale[...].astype(y.dtype)
+    if self.output_gate is not None:
+      g = at_least_f32(self.output_gate(x)).reshape(y.shape)
+      y = y * jax.nn.silu(g)
+    return y
 
   def _recurrent_part(self, z, rec_in, rec0):
     """The Delta RNN / LSTM recurrence on the Delta Nets' outputs z [B, T, H·memories, V]."""
@@ -338,11 +421,33 @@ class FastWeightAttention(nnx.Module):
     return rfwp.delta_lstm(gates(z), gates(kr), gates(vr), gates(br), initial_state=rec0)
 
 
+class ShortConv(nnx.Module):
+  """A depthwise causal convolution of width W over time, then SiLU, on x [B, T, C]: FLA's
+  ShortConvolution (bias-free, activation "silu"), y_t = SiLU(Σ_j w_j ⊙ x_{t−W+1+j}), with
+  x before the sequence the `tail` [B, W − 1, C] of inputs carried from a previous call (zeros
+  at a sequence start). Returns (y, the new tail). Initialised as torch's Conv1d with one input
+  channel per group: U(±1/√W)."""
+
+  def __init__(self, channels: int, width: int, *, rngs: nnx.Rngs):
+    bound = 1.0 / math.sqrt(width)
+    self.kernel = nnx.Param(jax.random.uniform(rngs.params(), (width, channels), minval=-bound,
+                                               maxval=bound))
+
+  def __call__(self, x, tail=None):
+    width, t = self.kernel.shape[0], x.shape[1]
+    if tail is None:
+      tail = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
+    xs = jnp.concatenate([tail.astype(x.dtype), x], axis=1)         # [B, W − 1 + T, C]
+    kernel = self.kernel[...].astype(x.dtype)
+    y = sum(kernel[j] * xs[:, j:j + t] for j in range(width))
+    return jax.nn.silu(y), xs[:, xs.shape[1] - (width - 1):]
+
+
 class ForgetGate(nnx.Module):
   """log α [B, T, H] ("head") or [B, T, H, d_dot] ("channel") from x [B, T, D]:
   −exp(A_log) · softplus(W_a x + dt_bias), as FLA's GatedDeltaNet (and Mamba-2) computes it, so
-  α ∈ (0, 1). Initialised as they are: A uniform in (1, 16), dt log-uniform in (0.001, 0.1)
-  (floor 1e-4) and dt_bias its inverse softplus. "channel": W_a = W_up W_down of rank
+  α ∈ (0, 1). Initialised as FLA's GatedDeltaNet: A uniform in (0, 16) (Mamba-2's: (1, 16)),
+  dt log-uniform in (0.001, 0.1) (floor 1e-4) and dt_bias its inverse softplus. "channel": W_a = W_up W_down of rank
   GATE_RANK, A_log per head, dt_bias per channel (KDA's gate)."""
 
   def __init__(self, d_model: int, num_heads: int, d_dot: int, kind: str, *, rngs: nnx.Rngs,
@@ -353,7 +458,7 @@ class ForgetGate(nnx.Module):
     self.down = linear(d_model, GATE_RANK) if kind == "channel" else None
     self.proj = linear(GATE_RANK if kind == "channel" else d_model, width)
     self.a_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (num_heads,),
-                                                      minval=1.0, maxval=16.0)))
+                                                      minval=0.0, maxval=16.0)))
     dt = jnp.exp(jax.random.uniform(rngs.params(), (width,), minval=math.log(1e-3),
                                     maxval=math.log(0.1)))
     dt = jnp.maximum(dt, 1e-4)

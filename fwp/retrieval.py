@@ -21,6 +21,8 @@ from fwp import feature_maps, layers, normalization, ops, rfwp
 
 
 BETA_INITS = ("torch", "flax")
+RULES = ("sum", "delta", "fwm", "softmax", "additive")     # update_rule (softmax, additive: no
+#                                                            fast weights)
 
 
 class RetrievalModel(nnx.Module):

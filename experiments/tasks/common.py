@@ -23,7 +23,10 @@ def chunk_size(value) -> int | str:
 # Model fields added after runs existed, with the value every run before them computed with: a
 # config.json without the field (generate and the reports read those) means that value.
 BEFORE = {"favor_scaling": "performer", "favor_eps": 0.0, "favor_stabilize": True,
-          "sum_query_eps": 0.0, "fwm_normalize_first": True, "favor_projection": "orthogonal"}
+          "sum_query_eps": 0.0, "fwm_normalize_first": True, "favor_projection": "orthogonal",
+          **(LAYER_OPTIONS := {"gate": "head", "beta_max": 1.0, "num_writes": 1,
+                               "short_conv": 0, "qk_norm": "none", "output_norm": "none",
+                               "output_gate": False})}
 
 
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
@@ -54,8 +57,12 @@ def inert_fields(flat: dict) -> set[str]:
     inert |= {"model.fwm_normalize_first", "model.readout_affine", "model.readout_eps"}
   if get("normalization") not in ("sum", "sum_attention"):   # the sum-normalised queries
     inert.add("model.sum_query_eps")
-  if get("update_rule") in ("sum",) + tuple(ATTENTION_BASELINES):
-    inert.add("model.beta_init")          # no β
+  if get("update_rule") in ("sum", "gated_sum") + tuple(ATTENTION_BASELINES):
+    inert |= {"model.beta_init", "model.beta_max"}          # no β
+  if get("update_rule") not in ("gated_sum", "gated_delta", "delta_product"):
+    inert.add("model.gate")
+  if get("update_rule") != "delta_product":
+    inert.add("model.num_writes")
   return inert
 
 

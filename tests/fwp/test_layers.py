@@ -28,6 +28,14 @@ GATED_CASES = [
          gate="channel"),
     dict(feature_map="elu_plus_one", update_rule="gated_delta", normalization="sum",
          gate="channel"),
+    # FLA's Gated DeltaNet layer: SiLU short convolutions, L2 q/k, RMSNorm and output gate.
+    dict(feature_map="identity", update_rule="gated_delta", normalization="none", gate="head",
+         short_conv=4, qk_norm="l2", output_norm="rmsnorm", output_gate=True),
+    # DeltaProduct layers: N = 2 with a gate and negative eigenvalues, N = 3 ungated.
+    dict(feature_map="identity", update_rule="delta_product", num_writes=2, gate="head",
+         normalization="none", beta_max=2.0, short_conv=3, qk_norm="l2", output_norm="rmsnorm"),
+    dict(feature_map="elu_plus_one", update_rule="delta_product", num_writes=3, gate="none",
+         normalization="sum"),
 ]
 FORMS = [("recurrent", 64), ("parallel", 64), ("chunked", 3)]
 
@@ -120,11 +128,17 @@ def test_sum_attention_is_the_authors_delta_lm_layer_float64():
     np.testing.assert_allclose(np.concatenate(steps, 1), out, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("case", GATED_CASES, ids=lambda c: f"{c['update_rule']}-{c['gate']}")
+def _case_id(case):
+  return "-".join([case["update_rule"] + str(case.get("num_writes", "")), case["gate"]] +
+                  (["conv"] if case.get("short_conv") else []))
+
+
+@pytest.mark.parametrize("case", GATED_CASES, ids=_case_id)
 def test_gated_layer_decodes_token_by_token_float64(case):
   """The gated layers read one token at a time from their state (T = 1 calls, the LM's decoding
-  path): the chunked pass's outputs and final state, float64; the gate really forgets
-  (0 < α < 1) and β reaches past 1 when beta_max = 2."""
+  path): the chunked pass's outputs and final state (fast weights and the short convolutions'
+  inputs), float64; the gate really forgets (0 < α < 1) and β reaches past 1 when
+  beta_max = 2."""
   config = layers.FastWeightConfig(form="chunked", chunk_size=3, **case)
   with helpers.x64():
     layer = helpers.float64(layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config,
@@ -137,10 +151,12 @@ def test_gated_layer_decodes_token_by_token_float64(case):
     for t in range(T):
       out, state = call(weights, x[:, t:t + 1], state)
       outs.append(out)
-    chex.assert_trees_all_close((jnp.concatenate(outs, 1), state.w), (full, final.w),
-                                rtol=1e-10, atol=1e-12)
-    alpha = jnp.exp(layer.gate(x))
-    assert float(alpha.min()) > 0 and float(alpha.max()) < 1
+    chex.assert_trees_all_close((jnp.concatenate(outs, 1), state.w, state.conv),
+                                (full, final.w, final.conv), rtol=1e-10, atol=1e-12)
+    assert (state.conv is None) == (not config.short_conv)
+    if config.gated:
+      alpha = jnp.exp(layer.gate(x))
+      assert float(alpha.min()) > 0 and float(alpha.max()) < 1
     if config.beta_max == 2:
       assert float(jnp.max(2 * jax.nn.sigmoid(layer.beta_proj(x)))) > 1
 
@@ -220,11 +236,72 @@ def test_bad_config(field, value, message):
     layers.FastWeightConfig(**{"feature_map": "dpfp", field: value})
 
 
-def test_gated_layers_name_what_they_cannot_take():
-  with pytest.raises(ValueError, match="takes normalization 'none' or 'sum'"):
-    layers.FastWeightConfig(update_rule="gated_sum", normalization="attention")
-  with pytest.raises(ValueError, match="its layer \\(N writes per token\\) is not built yet"):
-    layers.FastWeightConfig(update_rule="delta_product", normalization="sum")
+@pytest.mark.parametrize("fields,message", [
+    (dict(update_rule="gated_sum", normalization="attention"),
+     "takes normalization 'none' or 'sum'"),
+    (dict(update_rule="delta", num_writes=2), "num_writes is delta_product's N >= 1"),
+    (dict(update_rule="delta_product", num_writes=0), "got num_writes=0"),
+    (dict(update_rule="gated_delta", gate="none"), "needs a forget gate"),
+    (dict(update_rule="delta", qk_norm="l2"), "it needs normalization 'none', got 'sum'"),
+    (dict(update_rule="delta", qk_norm="rms"), "Unknown qk_norm 'rms'; valid choices: none, l2"),
+    (dict(update_rule="delta", output_norm="layer"),
+     "Unknown output_norm 'layer'; valid choices: none, rmsnorm"),
+    (dict(update_rule="delta", output_gate=1), "output_gate must be True or False"),
+    (dict(update_rule="delta", short_conv=-1), "convolution width >= 1, or 0"),
+    (dict(update_rule="delta", short_conv=4, recurrence="delta_rnn"),
+     "not of the recurrent FWPs"),
+])
+def test_gated_layers_name_what_they_cannot_take(fields, message):
+  with pytest.raises(ValueError, match=message):
+    layers.FastWeightConfig(**dict(dict(normalization="sum"), **fields))
+
+
+def test_fla_gated_deltanet_layer_is_a_plain_loop_float64():
+  """FLA's GatedDeltaNet layer, written out per head as a loop a reader can check: SiLU of a
+  width-4 depthwise causal convolution on each of q, k, v; q, k L2-normalised, q scaled by
+  d^-1/2; α = exp(−e^A_log softplus(W_a x + dt_bias)), β = 2σ(W_β x);
+  W_t = α_t W + β_t (v_t − α_t W k_t) k_tᵀ, y_t = W_t q_t; per-head RMSNorm × SiLU(W_g x)."""
+  config = layers.FastWeightConfig(feature_map="identity", update_rule="gated_delta",
+                                   normalization="none", beta_max=2.0, short_conv=4,
+                                   qk_norm="l2", output_norm="rmsnorm", output_gate=True,
+                                   form="chunked", chunk_size=3)
+  with helpers.x64():
+    layer = helpers.float64(layers.FastWeightAttention(D_MODEL, HEADS, D_HEAD, config,
+                                                       rngs=nnx.Rngs(4)))
+    layer.output_scale[...] = jnp.linspace(0.5, 1.5, D_HEAD)       # not the ones it starts as
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, T, D_MODEL)))
+    out = np.asarray(layer(x))
+    silu = lambda a: a / (1 + np.exp(-a))
+    sigmoid = lambda a: 1 / (1 + np.exp(-a))
+
+    def conv(proj, module):
+      a, w = np.asarray(proj(x)), np.asarray(module.kernel[...])      # [B, T, C], [4, C]
+      padded = np.concatenate([np.zeros((2, 3, a.shape[2])), a], 1)
+      return silu(np.stack([sum(w[j] * padded[:, t + j] for j in range(4))
+                            for t in range(T)], 1))
+
+    heads = lambda a: a.reshape(2, T, HEADS, D_HEAD)
+    q, k, v = (heads(conv(p, m)) for p, m in zip((layer.q_proj, layer.k_proj, layer.v_proj),
+                                                 layer.convs))
+    beta = 2 * sigmoid(np.asarray(layer.beta_proj(x)))
+    gate = layer.gate
+    a = np.asarray(gate.proj(x)) + np.asarray(gate.dt_bias[...])
+    alpha = np.exp(-np.exp(np.asarray(gate.a_log[...])) * np.log1p(np.exp(a)))
+    l2 = lambda a: a / np.sqrt(np.sum(a * a) + 1e-6)
+    g = heads(np.asarray(layer.output_gate(x)))
+    y = np.zeros((2, T, HEADS, D_HEAD))
+    for b in range(2):
+      for h in range(HEADS):
+        w = np.zeros((D_HEAD, D_HEAD))
+        for t in range(T):
+          kt, qt = l2(k[b, t, h]), l2(q[b, t, h]) / np.sqrt(D_HEAD)
+          w = alpha[b, t, h] * w
+          w = w + beta[b, t, h] * np.outer(v[b, t, h] - w @ kt, kt)
+          o = w @ qt
+          o = o / np.sqrt(np.mean(o * o) + 1e-5) * np.linspace(0.5, 1.5, D_HEAD)
+          y[b, t, h] = o * silu(g[b, t, h])
+    expected = np.asarray(layer.out_proj(jnp.asarray(y.reshape(2, T, -1))))
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-13)
 
 
 def test_bad_combinations():

@@ -31,6 +31,12 @@ MODELS = {
     "dpfp2-rdn": FW("dpfp", nu=2, update_rule="delta", normalization="sum", recurrence="rdn"),
     "linear-delta_lstm": FW("elu_plus_one", update_rule="delta", normalization="sum",
                             recurrence="delta_lstm"),
+    # The modern rules: FLA's Gated DeltaNet layer (its short convolutions carry state too), and
+    # DeltaProduct (N = 2) under a per-channel gate with β up to 2.
+    "fla-gated_delta": FW("identity", update_rule="gated_delta", normalization="none",
+                          short_conv=4, qk_norm="l2", output_norm="rmsnorm", output_gate=True),
+    "linear-delta_product2-neg": FW("elu_plus_one", update_rule="delta_product", num_writes=2,
+                                    gate="channel", beta_max=2.0, normalization="sum"),
 }
 FORMS = (("recurrent", 64), ("parallel", 64), ("chunked", 3))
 
@@ -42,7 +48,8 @@ DECODE_CASES = [("transformer", None, None), ("additive", None, None), ("tanh-fw
                 ("linear-delta", "chunked", 3), ("linear-sum-attention", "recurrent", 64),
                 ("fwp91-sum", "parallel", 64), ("dpfp2-sum", "chunked", 3),
                 ("favor4-delta", "parallel", 64), ("linear-delta_rnn", "chunked", 3),
-                ("dpfp2-rdn", None, None), ("linear-delta_lstm", "chunked", 3)]
+                ("dpfp2-rdn", None, None), ("linear-delta_lstm", "chunked", 3),
+                ("fla-gated_delta", "chunked", 3), ("linear-delta_product2-neg", "chunked", 3)]
 
 
 def build(name, form=None, chunk=64, **overrides):

@@ -10,7 +10,9 @@ from configs import associative_recall, common, names
 pytestmark = pytest.mark.fast   # the model-name tables: no compile
 
 SHORT = {"feature_map": "fm", "nu": "nu", "num_features": "m", "update_rule": "rule",
-         "normalization": "norm", "recurrence": "rec", "form": "form"}
+         "normalization": "norm", "recurrence": "rec", "form": "form", "gate": "gate",
+         "num_writes": "N", "beta_max": "beta_max", "short_conv": "conv", "qk_norm": "qk",
+         "output_norm": "onorm", "output_gate": "ogate"}
 
 
 def row(fields: dict) -> str:
@@ -84,6 +86,21 @@ LM_SAMPLE = {
     "favor16-delta": "fm=favor_plus m=16 rule=delta norm=sum",
     "favor3-sum": "fm=favor_plus m=3 rule=sum norm=attention",
     "dpfp1-rdn": "fm=dpfp nu=1 rule=delta norm=sum rec=rdn",
+    # The modern rules (issue 44) and FLA's layer.
+    "linear-gated_sum": "fm=elu_plus_one rule=gated_sum norm=sum gate=head",
+    "linear-gated_delta": "fm=elu_plus_one rule=gated_delta norm=sum gate=head",
+    "linear-gated_delta-neg": "fm=elu_plus_one rule=gated_delta norm=sum gate=head beta_max=2.0",
+    "linear-kda": "fm=elu_plus_one rule=gated_delta norm=sum gate=channel",
+    "linear-delta-neg": "fm=elu_plus_one rule=delta norm=sum beta_max=2.0",
+    "dpfp2-delta_product3": "fm=dpfp nu=2 rule=delta_product norm=sum gate=none N=3",
+    "linear-delta_product2-neg": ("fm=elu_plus_one rule=delta_product norm=sum gate=none N=2 "
+                                  "beta_max=2.0"),
+    "tanh-kda": "fm=tanh rule=gated_delta norm=none gate=channel",
+    "fla-gated_delta": ("fm=identity rule=gated_delta norm=none gate=head conv=4 qk=l2 "
+                        "onorm=rmsnorm ogate=True"),
+    "fla-delta": "fm=identity rule=delta norm=none conv=4 qk=l2 onorm=rmsnorm ogate=False",
+    "fla-delta_product2-neg": ("fm=identity rule=delta_product norm=none gate=none N=2 "
+                               "beta_max=2.0 conv=4 qk=l2 onorm=rmsnorm ogate=True"),
 }
 
 
@@ -122,7 +139,11 @@ def test_the_config_files_apply_what_the_parser_resolves():
     (names.RETRIEVAL, "transformer"), (names.RETRIEVAL, "tanh-delta"),
     (names.RETRIEVAL, "favor16-sum"), (names.RETRIEVAL, "dpfp4-sum"),
     (names.LM, "softmax"), (names.LM, "dpfp0-sum"), (names.LM, "linear"),
-    (names.LM, "linear-foo"), (names.LM, "favor-sum")])
+    (names.LM, "linear-foo"), (names.LM, "favor-sum"), (names.LM, "linear-sum-neg"),
+    (names.LM, "linear-delta_rnn-neg"), (names.LM, "linear-delta_product0"),
+    (names.LM, "fla-sum"), (names.LM, "fla-fwm"), (names.LM, "fla-rdn"),
+    (names.RETRIEVAL, "linear-gated_delta"), (names.RETRIEVAL, "fla-delta"),
+    (names.RETRIEVAL, "linear-delta-neg")])
 def test_names_outside_a_policy_are_refused_with_the_choices(policy, name):
   with pytest.raises(ValueError, match=f"Unknown model '{name}'; valid choices: "
                                        f"{policy.softmax}, additive"):

@@ -62,6 +62,16 @@ def validate(config) -> None:
     raise ValueError(f"Unknown config.model.beta_init {options['beta_init']!r}; valid choices: "
                      f"{', '.join(retrieval.BETA_INITS)}.")
   common.fast_weight_config(config.model)
+  rule = config.model.update_rule
+  if rule not in retrieval.RULES:
+    raise ValueError(f"The retrieval model takes update_rule {', '.join(retrieval.RULES)}, got "
+                     f"{rule!r} (the modern rules' layers are in the LM and algorithmic "
+                     f"families).")
+  for name, default in common.LAYER_OPTIONS.items():
+    if name != "gate" and config.model.get(name, default) != default:
+      raise ValueError(f"config.model.{name} is a layer option of the LM and algorithmic "
+                       f"families; the paper's retrieval model has none: leave it "
+                       f"{default!r}, got {config.model[name]!r}.")
 
 
 def build_model(config, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
