@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from typing import Callable
+
+
+def commit(directory: str | None = None) -> str:
+  """The short commit of the git checkout holding `directory` (default: fwp's), or "unknown"."""
+  here = directory or os.path.dirname(os.path.abspath(__file__))
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True, cwd=here).stdout.strip() or "unknown"
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def made_by(module: str) -> str:
+  """"Made by `python -m module <this process's flags>` at fwp commit c." for a results file."""
+  command = " ".join(["python -m", module] + sys.argv[1:])
+  return f"Made by `{command}` at fwp commit {commit()}."
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -31,6 +31,7 @@ import sys
 from absl import app, flags
 
 from configs import associative_recall
+from experiments import results
 from experiments.studies import timing
 from experiments.tasks import associative_recall as retrieval_task
 
@@ -109,7 +110,7 @@ def time_authors_step(case: str, repeats: int) -> dict:
 
 def markdown(machine, rows, shape) -> str:
   b, h, dk, dv = shape
-  lines = [timing.machine_line(machine)]
+  lines = [results.made_by("experiments.studies.bench"), "", timing.machine_line(machine)]
   if any(r["kind"] == "op" for r in rows):
     lines += ["", f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
               f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled "

@@ -115,15 +115,6 @@ def _relative(ours, theirs):
   return float(np.max(np.abs(np.asarray(ours) - theirs)) / max(np.max(np.abs(theirs)), 1e-300))
 
 
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
 def main(argv):
   del argv
   import jax
@@ -144,13 +135,11 @@ def main(argv):
     subprocess.run([_FLA_PYTHON.value, script, f"--code={_FLA_CODE.value}", f"--cases={tmp}"],
                    check=True)
     outs = [dict(np.load(os.path.join(tmp, f"{i:03d}.out.npz"))) for i in range(len(rows))]
-  fla_commit = _FLA_REVISION.value or subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=_FLA_CODE.value, capture_output=True,
-      text=True).stdout.strip() or "unknown"
+  fla_commit = _FLA_REVISION.value or results.commit(_FLA_CODE.value)
   lines = ["# fwp against flash-linear-attention's naive references (float64)", "",
            f"Made by `python -m experiments.studies.fla_crosscheck --fla_code=<checkout> "
            f"--fla_python=<a Python with torch>` (the module docstring has the whole recipe) "
-           f"at fwp commit {_commit()}, against fla-org/flash-linear-attention "
+           f"at fwp commit {results.commit()}, against fla-org/flash-linear-attention "
            f"{fla_commit} (its naive.py files, float32 casts made float64). Inputs: B = {B}, "
            f"T = {T}, H = {H}, K = {K}, V = {V}, unit-norm keys, β in (0, 2), log-decays in "
            f"(−1, 0), an initial state where FLA's function takes one. Relative difference: "

@@ -93,9 +93,14 @@ def time_op(rule, form, t, chunk_size, shape, repeats, peak_rate):
   v = jax.random.normal(keys[2], (b, t, h, dv))
   beta = jax.nn.sigmoid(jax.random.normal(keys[3], (b, t, h)))
   cot = jax.random.normal(keys[4], (b, t, h, dv))
+  # The gated rules: one log-decay per head, −softplus of a normal draw (α ∈ (0, 1)).
+  gated = ops.rules.get(rule).gated
+  log_decay = (-jax.nn.softplus(jax.random.normal(jax.random.fold_in(keys[3], 1), (b, t, h)))
+               if gated else None)
 
   def forward(q, k, v, beta):
-    return ops.apply_rule(rule, q, k, v, beta, form=form, chunk_size=chunk_size)[0]
+    return ops.apply_rule(rule, q, k, v, beta, log_decay=log_decay, form=form,
+                          chunk_size=chunk_size)[0]
 
   def loss(q, k, v, beta):
     return jnp.sum(forward(q, k, v, beta) * cot)

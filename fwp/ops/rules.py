@@ -34,6 +34,9 @@ class Rule:
 
 # The gated rules' recurrent backward reruns each segment forward (their steps are not undone,
 # see recurrent.GATED_SUM) and stacks its states, so their segments are short, as fwm's are.
+# Their `auto` forms are measured as the ungated rules' were (results/bench_gated.md, same CPU):
+# gated_sum's parallel form wins to T = 128 and ties chunks of 32 at 256; gated_delta's chunks
+# win at every T from 64 (the parallel form inverts a T×T system), and chunks of 32 beat 64.
 GATED_SEGMENT = recurrent.FWM_SEGMENT
 
 
