@@ -34,9 +34,11 @@ class Rule:
 
 # The gated rules' recurrent backward reruns each segment forward (their steps are not undone,
 # see recurrent.GATED_SUM) and stacks its states, so their segments are short, as fwm's are.
-# Their `auto` forms are measured as the ungated rules' were (results/bench_gated.md, same CPU):
-# gated_sum's parallel form wins to T = 128 and ties chunks of 32 at 256; gated_delta's chunks
-# win at every T from 64 (the parallel form inverts a T×T system), and chunks of 32 beat 64.
+# Their `auto` forms as the ungated rules' (measured in results/bench_gated.md, this CPU, two
+# runs): gated_sum's parallel form is as fast as chunks to T = 128-256 and 2-5x slower at 1024;
+# gated_delta's chunks win from T = 256 (the parallel form inverts a T×T system) and at T <= 128
+# the two runs disagree (parallel at 0.5x and 1.3x the chunks' time), so it keeps the delta
+# rule's choice, chunks at every T.
 GATED_SEGMENT = recurrent.FWM_SEGMENT
 
 
