@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.chunk_size = "64"              # an integer or "auto" (a string, so a flag can say auto)
   c.model.redraw_projection = True       # FAVOR+: a fresh projection every forward pass
   c.model.recurrence = "none"            # none | delta_rnn | rdn | delta_lstm (fwp.rfwp)
+  c.model.gate = "head"                  # gated_sum, gated_delta: head (one α per memory) | channel
   # The authors' model (synthetic/linearAttention.py), each difference fwp offers an option:
   c.model.qk_bias = True                 # W_k, W_q have biases (nn.Linear); False: fwp before
   c.model.favor_scaling = "none"         # FAVOR+ estimates exp(q·k); performer: x·d^(-1/4) first

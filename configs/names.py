@@ -18,7 +18,8 @@ and no normaliser, a per-head RMSNorm of the read-out, and (all but delta: FLA's
 none) an output gate; fla-gated_delta is FLA's GatedDeltaNet layer.
 
 Where the families differ, their Policy says so, each difference named:
-  retrieval  the paper's curves only: phi ∈ linear, dpfp1-3, favor64/128/512, tanh; tanh only
+  retrieval  the paper's curves, and gated_sum, gated_delta (one gate per memory): phi ∈ linear,
+             dpfp1-3, favor64/128/512, tanh; tanh only
              with sum (attention-normalised, as the paper's Figure) and fwm, since tanh
              features are not positive and cannot be sum-normalised; softmax is `softmax`
   lm         any dpfp<ν>, favor<m>; tanh with every rule, unnormalised (its features may be
@@ -57,18 +58,20 @@ class Policy:
   sum_normalization: str = "attention"   # the sum rule's normaliser
   gated: tuple[str, ...] = ()            # the modern rules taken (GATED's names, PRODUCT)
   fla: bool = False                      # phi `fla` (FLA's layer options)
+  neg: bool = False                      # the -neg suffix (β ∈ (0, 2))
 
 
 RETRIEVAL = Policy(softmax="softmax",
                    phis=("linear", "dpfp1", "dpfp2", "dpfp3", "favor64", "favor128", "favor512",
                          "tanh"),
-                   tanh_rules=("sum", "fwm"), tanh_normalization=None)
+                   tanh_rules=("sum", "fwm"), tanh_normalization=None,
+                   gated=("gated_sum", "gated_delta"))
 MODERN = tuple(GATED) + (PRODUCT,)
 LM = Policy(softmax="transformer", phis=None, tanh_rules=RULES + RECURRENT + MODERN,
-            tanh_normalization="none", gated=MODERN, fla=True)
+            tanh_normalization="none", gated=MODERN, fla=True, neg=True)
 ALGORITHMIC = Policy(softmax="transformer", phis=None, tanh_rules=RULES + RECURRENT + MODERN,
                      tanh_normalization="none", sum_normalization="none", gated=MODERN,
-                     fla=True)
+                     fla=True, neg=True)
 
 
 def _phi_fields(phi: str) -> dict | None:
@@ -98,7 +101,7 @@ def describe(policy: Policy) -> str:
           f" (tanh: {' or '.join(policy.tanh_rules)} only; tanh features are not positive, so "
           f"they cannot be sum-normalised)")
   neg = (f"; {NEG} after a rule with β for β ∈ (0, 2), e.g. linear-gated_delta{NEG}"
-         if policy.gated else "")
+         if policy.neg else "")
   return (f"{policy.softmax}, additive (Bahdanau attention), fwp91-sum (the 1991 fast weight "
           f"programmer: φ = identity, no normalisation), or <phi>-<rule> with phi in {phis} and "
           f"rule in {', '.join(_rules(policy))}{tanh}{neg}")
@@ -132,7 +135,7 @@ def model_fields(name: str, policy: Policy) -> dict:
   if name == "fwp91-sum":
     return {"feature_map": "identity", "update_rule": "sum", "normalization": "none"}
   phi, _, rule = name.partition("-")
-  neg = bool(policy.gated) and rule.endswith(NEG)
+  neg = policy.neg and rule.endswith(NEG)
   rule = rule[:-len(NEG)] if neg else rule
   if phi == "fla" and policy.fla:
     fields = dict(FLA)

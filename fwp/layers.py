@@ -465,9 +465,14 @@ class ForgetGate(nnx.Module):
     self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))       # softplus⁻¹(dt)
 
   def __call__(self, x):
-    b, t, _ = x.shape
     h = x if self.down is None else self.down(x)
-    a = at_least_f32(self.proj(h))
+    return self.log_decay(self.proj(h))
+
+  def log_decay(self, a):
+    """log α from the projection's output a = W_a x [B, T, width] (a model that projects its
+    input its own way, fwp.retrieval, calls this)."""
+    b, t, _ = a.shape
+    a = at_least_f32(a)
     a = a + self.dt_bias[...].astype(a.dtype)
     rate = jnp.exp(self.a_log[...].astype(a.dtype))
     if self.kind == "head":

@@ -21,8 +21,8 @@ from fwp import feature_maps, layers, normalization, ops, rfwp
 
 
 BETA_INITS = ("torch", "flax")
-RULES = ("sum", "delta", "fwm", "softmax", "additive")     # update_rule (softmax, additive: no
-#                                                            fast weights)
+# update_rule (softmax, additive: no fast weights; the gated rules: a forget gate on W).
+RULES = ("sum", "delta", "fwm", "gated_sum", "gated_delta", "softmax", "additive")
 
 
 class RetrievalModel(nnx.Module):
@@ -66,6 +66,11 @@ class RetrievalModel(nnx.Module):
     layers.check_scoring(scoring)
     self.score_weight = (nnx.Param(nnx.initializers.normal(d ** -0.5)(rngs.params(), (d,)))
                          if fast_weight is None and scoring == "additive" else None)
+    # The gated rules: α_t = exp(−e^A_log softplus(W_a x_t + dt_bias)) (layers.ForgetGate) on
+    # the written pairs' inputs x_t, one per memory or per key channel.
+    self.gate = (layers.ForgetGate(num_keys + e, 1, fast_weight.d_dot(d), fast_weight.gate,
+                                   rngs=rngs) if fast_weight is not None and fast_weight.gated
+                 else None)
     self.recurrent = (RecurrentParts(num_keys, e, d, fast_weight, rngs)
                       if fast_weight is not None and fast_weight.recurrence != "none" else None)
     favor = fast_weight is not None and feature_maps.get(fast_weight.feature_map).needs_projection
@@ -103,6 +108,11 @@ class RetrievalModel(nnx.Module):
     beta = (jax.nn.sigmoid(self._input_projection(self.beta_proj, keys, values))  # [B, T, 1]
             if self.beta_proj is not None else None)
     one_head = lambda a: a[:, :, None]
+    if self.gate is not None:      # the gate reaches every entry of W: W_T, then its reads
+      w = ops.final_state(config.update_rule, one_head(phi_k), one_head(v), beta,
+                          log_decay=self._log_decay(keys, values), form=config.form,
+                          chunk_size=config.chunk_size)                    # [B, 1, S, d_dot]
+      return jnp.einsum("bvk,bqk->bqv", w[:, 0], phi_q)
     c = ops.read_coefficients(config.update_rule, one_head(phi_q), one_head(phi_k), beta,
                               form=config.form, d_value=self.num_keys,
                               chunk_size=config.chunk_size)                    # [B, Q, 1, T]
@@ -119,6 +129,13 @@ class RetrievalModel(nnx.Module):
       y = self.layer_norm(y)
     return y
 
+
+  def _log_decay(self, keys, values):
+    """The forget gate's log α [B, T, 1] or [B, T, 1, d_dot] of each written pair."""
+    gate = self.gate
+    if gate.down is None:
+      return gate.log_decay(self._input_projection(gate.proj, keys, values))
+    return gate.log_decay(gate.proj(self._input_projection(gate.down, keys, values)))
 
   def _recurrent_read(self, keys, values, queries, v, k, projection):
     """A recurrent FWP reads at every written step (its output y_t is fed back), so each written

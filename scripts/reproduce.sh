@@ -10,6 +10,10 @@
 #                                        # into runs/knee; the report merges it into results/
 #   GRID=custom SETTINGS=2 S2=num_keys=40 SETTING2="dpfp1-delta" SEEDS=1,2 STEPS=500 \
 #     bash scripts/reproduce.sh          # any sub-grid (S1/S2: sweeps; SETTING1/2: curve lists)
+#   GRID=forget bash scripts/reproduce.sh  # does a forget gate help the sum rule where keys
+#                                        # repeat? setting 2, sum and delta with and without a
+#                                        # gate, S = 20..120, 3 seeds, into runs/forget and
+#                                        # results/forget/ (docs/rules.md)
 # Relaunching resumes: finished points are skipped, interrupted ones continue. PARALLEL sets how
 # many points of one sweep run at once (local processes). The small files of every finished run
 # are kept in results/runs/<name of RUNS>/ (experiments.records) and restored at the start, so a
@@ -24,12 +28,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 VARIANT=${VARIANT:-before}
 case $VARIANT in
-  before) SUFFIX=:before; TAG=""; OUT=results ;;
-  authors) SUFFIX=""; TAG=-authors; OUT=results/authors ;;
+  before) SUFFIX=:before; TAG=""; DEFAULT_OUT=results ;;
+  authors) SUFFIX=""; TAG=-authors; DEFAULT_OUT=results/authors ;;
   *) echo "VARIANT must be before or authors, got '$VARIANT'" >&2; exit 2 ;;
 esac
-if [[ "${GRID:-budget}" == knee ]]; then RUNS=${RUNS:-runs/knee$TAG}; else
-  RUNS=${RUNS:-runs/reproduce$TAG}; fi
+OUT=${OUT:-$DEFAULT_OUT}
+case ${GRID:-budget} in
+  knee) RUNS=${RUNS:-runs/knee$TAG} ;;
+  forget) RUNS=${RUNS:-runs/forget$TAG}; OUT=${OUT%/}/forget ;;
+  *) RUNS=${RUNS:-runs/reproduce$TAG} ;;
+esac
 PARALLEL=${PARALLEL:-2}
 RECORDS=results/runs/$(basename "$RUNS")
 PREVIOUS=()
@@ -67,6 +75,18 @@ elif [[ "${GRID:-budget}" == knee ]]; then
   grid 2 "dpfp1-fwm tanh-fwm" "num_keys=20,40" 1,2,3 "$K"
   # Points run here replace the committed budget-grid rows for the same (curve, S, seed).
   [[ -f $OUT/associative_recall.csv ]] && PREVIOUS=(--previous=$OUT/associative_recall.csv)
+elif [[ "${GRID:-budget}" == forget ]]; then
+  # The knee grid's stopping rule and budget; the gated curves beside their ungated rules (the
+  # gated ones sum-normalise φ as the delta rule does: linear-sum-sum isolates the gate).
+  K=${KNEE_STEPS:-20000}
+  grid 2 "linear-gated_sum linear-sum dpfp1-gated_sum dpfp1-sum" "num_keys=20,40,60,80,120" \
+    1,2,3 "$K"
+  # The control: the sum rule sum-normalised as the gated curves are, labelled sumnorm.
+  "$PY" launch.py --config="configs/associative_recall.py:linear-sum$SUFFIX" --config.setting=2 \
+    --config.model.normalization=sum --config.curve=linear-sum-sumnorm --config.max_steps="$K" \
+    --sweep=num_keys=20,40,60,80,120 --seeds=1,2,3 --parallel="$PARALLEL" \
+    --workdir="$RUNS/setting2/linear-sum-sumnorm"
+  grid 2 "linear-gated_delta linear-delta" "num_keys=20,40,60,80,120" 1,2,3 "$K"
 elif [[ "${GRID:-budget}" == custom ]]; then
   for setting in ${SETTINGS:-1 2}; do
     if [[ $setting == 1 ]]; then

@@ -31,7 +31,8 @@ def traced(model):
 class ModelFormsTest(chex.TestCase):
 
   @chex.variants(with_jit=True)
-  @parameterized.parameters("linear-sum", "dpfp2-delta", "favor64-sum")
+  @parameterized.parameters("linear-sum", "dpfp2-delta", "favor64-sum", "linear-gated_sum",
+                            "dpfp1-gated_delta")
   def test_model_forms_agree_with_gradients(self, curve):
     """The retrieval model's loss and parameter gradients are the same in every form (float64)."""
     self._check_forms(curve)
@@ -65,6 +66,45 @@ class ModelFormsTest(chex.TestCase):
       with self.subTest(form=form):
         chex.assert_tree_all_finite(got[1])
         chex.assert_trees_all_close(got, results[0], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("curve,gate", [("linear-gated_sum", "head"),
+                                        ("linear-gated_delta", "channel")])
+def test_gated_retrieval_reads_a_plain_loop_float64(curve, gate):
+  """A gated retrieval model, written out as a loop: x_t = [onehot(v_t); embed(k_t)], φ̂ the
+  sum-normalised φ, α_t = exp(−e^A_log softplus(W_a x_t + dt_bias)) (per memory or per key
+  channel), W_t = W_{t−1} diag(α_t) + (v_t − β_t W_{t−1} diag(α_t) φ̂k_t) φ̂k_tᵀ for the gated
+  delta rule (β = 1 for the sum), and ŷ = W_T φ̂q of every query."""
+  with helpers.x64():
+    config, model = _model(curve, gate=gate)
+    model = helpers.float64(model)
+    batch = data.train_batch(0, 0, batch_size=2, num_keys=6, setting=2)
+    keys, values, queries = batch["keys"], batch["values"], batch["queries"]
+    y = np.asarray(model(keys, values, queries))
+    x = np.concatenate([np.eye(6)[np.asarray(values)],
+                        np.asarray(model.embed.embedding[...])[np.asarray(keys)]], -1)
+    linear = lambda l, a: a @ np.asarray(l.kernel[...]) + (0 if l.bias is None else
+                                                          np.asarray(l.bias[...]))
+    elu1 = lambda a: np.where(a > 0, a + 1, np.exp(a))
+    phi_k = elu1(linear(model.k_proj, x))
+    phi_k = phi_k / phi_k.sum(-1, keepdims=True)                    # keys: no eps
+    phi_q = elu1(linear(model.q_proj, np.asarray(model.embed.embedding[...])[
+        np.asarray(queries)]))
+    phi_q = phi_q / (phi_q.sum(-1, keepdims=True) + 1e-6)           # the authors' query eps
+    g = model.gate
+    a = linear(g.proj, x if g.down is None else linear(g.down, x)) + np.asarray(g.dt_bias[...])
+    alpha = np.exp(-np.exp(np.asarray(g.a_log[...])) * np.log1p(np.exp(a)))   # [B, T, 1|K]
+    beta = (1 / (1 + np.exp(-linear(model.beta_proj, x)))[..., 0]
+            if model.beta_proj is not None else None)
+    for b in range(2):
+      w = np.zeros((6, phi_k.shape[-1]))
+      for t in range(keys.shape[1]):
+        w = w * alpha[b, t]                                           # W diag(α_t)
+        v = np.eye(6)[int(values[b, t])]
+        kt = phi_k[b, t]
+        w = w + (np.outer(beta[b, t] * (v - w @ kt), kt) if beta is not None
+                 else np.outer(v, kt))
+      np.testing.assert_allclose(y[b], phi_q[b] @ w.T, rtol=1e-9, atol=1e-12)
 
 
 def test_input_projection_equals_the_concatenated_input():
