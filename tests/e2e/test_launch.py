@@ -51,8 +51,9 @@ def test_bad_flags_fail_at_parsing(args, message):
 
 
 def test_curves_parse_into_paper_models():
-  # 3 + 7 positive φ × 6 rules (sum, delta, fwm, delta_rnn, rdn, delta_lstm) + tanh-{sum, fwm}
-  assert len(associative_recall.CURVES) == 47
+  # 3 + 7 positive φ × 8 rules (sum, delta, fwm, delta_rnn, rdn, delta_lstm, gated_sum,
+  # gated_delta) + tanh-{sum, fwm}
+  assert len(associative_recall.CURVES) == 61
   assert "tanh-delta" not in associative_recall.CURVES   # listed curves are all valid
   c = associative_recall.get_config("dpfp2-delta_lstm")
   assert (c.model.update_rule, c.model.recurrence, c.model.normalization, c.setting) == (
