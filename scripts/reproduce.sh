@@ -12,7 +12,7 @@
 #     bash scripts/reproduce.sh          # any sub-grid (S1/S2: sweeps; SETTING1/2: curve lists)
 #   GRID=forget bash scripts/reproduce.sh  # does a forget gate help the sum rule where keys
 #                                        # repeat? setting 2, sum and delta with and without a
-#                                        # gate, S = 20..120, 3 seeds, into runs/forget and
+#                                        # gate, S = 20, 40, 80 (FORGET_S), 3 seeds, into runs/forget and
 #                                        # results/forget/ (docs/rules.md)
 # Relaunching resumes: finished points are skipped, interrupted ones continue. PARALLEL sets how
 # many points of one sweep run at once (local processes). The small files of every finished run
@@ -79,14 +79,14 @@ elif [[ "${GRID:-budget}" == forget ]]; then
   # The knee grid's stopping rule and budget; the gated curves beside their ungated rules (the
   # gated ones sum-normalise φ as the delta rule does: linear-sum-sum isolates the gate).
   K=${KNEE_STEPS:-20000}
-  grid 2 "linear-gated_sum linear-sum dpfp1-gated_sum dpfp1-sum" "num_keys=20,40,60,80,120" \
-    1,2,3 "$K"
+  F=${FORGET_S:-num_keys=20,40,80}
+  grid 2 "linear-gated_sum linear-sum" "$F" 1,2,3 "$K"
   # The control: the sum rule sum-normalised as the gated curves are, labelled sumnorm.
   "$PY" launch.py --config="configs/associative_recall.py:linear-sum$SUFFIX" --config.setting=2 \
     --config.model.normalization=sum --config.curve=linear-sum-sumnorm --config.max_steps="$K" \
-    --sweep=num_keys=20,40,60,80,120 --seeds=1,2,3 --parallel="$PARALLEL" \
+    --sweep="$F" --seeds=1,2,3 --parallel="$PARALLEL" \
     --workdir="$RUNS/setting2/linear-sum-sumnorm"
-  grid 2 "linear-gated_delta linear-delta" "num_keys=20,40,60,80,120" 1,2,3 "$K"
+  grid 2 "linear-gated_delta linear-delta" "$F" 1,2,3 "$K"
 elif [[ "${GRID:-budget}" == custom ]]; then
   for setting in ${SETTINGS:-1 2}; do
     if [[ $setting == 1 ]]; then

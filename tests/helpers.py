@@ -118,6 +118,18 @@ def launch(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
+def launch_each(arg_lists, timeout=600):
+  """{tuple(args): result} for each argument list, as `launch` would return it (returncode,
+  stderr), all run by tests/launch_many.py in one process: for cases that fail at parsing."""
+  import types
+  result = subprocess.run([sys.executable, os.path.join("tests", "launch_many.py")], cwd=ROOT,
+                          input=json.dumps([list(a) for a in arg_lists]), capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {tuple(a): types.SimpleNamespace(**r)
+          for a, r in zip(arg_lists, json.loads(result.stdout))}
+
+
 def start_launch(workdir, args):
   return subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ from configs import associative_recall
 from experiments import checkpoint, report, results, sweep, train
 from experiments.tasks.associative_recall import report as retrieval_report
 from tests import helpers
-from tests.helpers import CONFIG, launch, read_metrics
+from tests.helpers import CONFIG, launch, launch_each, read_metrics
 
 @pytest.mark.slow
 def test_launch_learns_a_tiny_instance(tmp_path):
@@ -32,8 +32,7 @@ def test_launch_learns_a_tiny_instance(tmp_path):
   assert (saved["feature_map"], saved["chunk_size"]) == ("elu_plus_one", "auto")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args,message", [
+BAD_FLAGS = [
     ([f"--config={CONFIG}:relu-sum"], "Unknown curve 'relu-sum'"),
     ([f"--config={CONFIG}:linear-sum", "--config.setting=3"], "setting must be 1 or 2"),
     ([f"--config={CONFIG}:linear-sum", "--config.model.form=fast"],
@@ -42,9 +41,21 @@ def test_launch_learns_a_tiny_instance(tmp_path):
     ([f"--config={CONFIG}:linear-delta", "--config.model.chunk_size=-8"],
      "chunk_size must be a positive integer or 'auto', got '-8'"),
     ([f"--config={CONFIG}:linear-sum", "--sweep=num_keys=20:10:5"], "STOP >= START"),
-])
-def test_bad_flags_fail_at_parsing(args, message):
-  result = launch(*args, "--workdir=/nonexistent/never-written", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flags_results():
+  """Every case of test_bad_flags_fail_at_parsing in one process (tests/launch_many.py): each
+  fails at parsing, so the process start and jax import are paid once."""
+  return launch_each([args + ["--workdir=/nonexistent/never-written"]
+                      for args, _ in BAD_FLAGS], timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", BAD_FLAGS)
+def test_bad_flags_fail_at_parsing(args, message, bad_flags_results):
+  result = bad_flags_results[tuple(args + ["--workdir=/nonexistent/never-written"])]
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not os.path.exists("/nonexistent/never-written")

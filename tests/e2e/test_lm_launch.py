@@ -10,7 +10,7 @@ import pytest
 
 from experiments import report
 
-from tests.helpers import (ROOT, launch, metrics_on_devices, read_metrics,
+from tests.helpers import (ROOT, launch, launch_each, metrics_on_devices, read_metrics,
                            sigkill_then_relaunch_matches_an_uninterrupted_run)
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
@@ -68,14 +68,25 @@ def test_sigkilled_lm_run_resumes_bitwise_and_four_devices_train_like_one(tmp_pa
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_LM_FLAGS = [
     ([f"--config={CONFIG}:linear-hebb"], "Unknown model 'linear-hebb'"),
     ([f"--config={CONFIG}:linear-delta", "--config.model.dropout=1.5"], "dropout must be in"),
     (["--config=configs/wikitext103.py:small-linear-delta", "--config.data_dir=/nonexistent"],
      "'/nonexistent' is not a directory"),
-])
-def test_bad_lm_flags_fail_at_parsing(args, message):
-  result = launch(*args, "--workdir=/nonexistent/never-written", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_lm_flags_results():
+  """Every case of test_bad_lm_flags_fail_at_parsing in one process (tests/launch_many.py):
+  each fails at parsing, so the process start and jax import are paid once."""
+  return launch_each([args + ["--workdir=/nonexistent/never-written"]
+                      for args, _ in BAD_LM_FLAGS], timeout=300)
+
+
+@pytest.mark.parametrize("args,message", BAD_LM_FLAGS)
+def test_bad_lm_flags_fail_at_parsing(args, message, bad_lm_flags_results):
+  result = bad_lm_flags_results[tuple(args + ["--workdir=/nonexistent/never-written"])]
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not os.path.exists("/nonexistent/never-written")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from experiments import report
-from tests.helpers import (ROOT, launch, metrics_on_devices, read_metrics,
+from tests.helpers import (ROOT, launch, launch_each, metrics_on_devices, read_metrics,
                            sigkill_then_relaunch_matches_an_uninterrupted_run, write_parallel)
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
@@ -81,15 +81,26 @@ def test_sigkilled_translation_run_resumes_bitwise_and_four_devices_train_like_o
     assert a["valid_bleu"] == pytest.approx(b["valid_bleu"], abs=1e-6)
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_TRANSLATION_FLAGS = [
     ([f"--config={CONFIG}:bert"], "Unknown model 'bert'"),
     ([f"--config={CONFIG}:linear", "--config.beam=0"], "config.beam must be an integer >= 1"),
     ([f"--config={CONFIG}:linear", "--config.corpus=wmt14"], "give --config.data_dir"),
     ([f"--config=configs/wmt14.py:dpfp2", "--config.data_dir=/nonexistent"],
      "'/nonexistent' is not a directory"),
-])
-def test_bad_translation_flags_fail_at_parsing(args, message):
-  result = launch(*args, "--workdir=/nonexistent/never-written", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_translation_flags_results():
+  """Every case of test_bad_translation_flags_fail_at_parsing in one process
+  (tests/launch_many.py): each fails at parsing, so the process start is paid once."""
+  return launch_each([args + ["--workdir=/nonexistent/never-written"]
+                      for args, _ in BAD_TRANSLATION_FLAGS], timeout=300)
+
+
+@pytest.mark.parametrize("args,message", BAD_TRANSLATION_FLAGS)
+def test_bad_translation_flags_fail_at_parsing(args, message, bad_translation_flags_results):
+  result = bad_translation_flags_results[tuple(args + ["--workdir=/nonexistent/never-written"])]
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert not os.path.exists("/nonexistent/never-written")
