@@ -20,8 +20,13 @@ def commit(directory: str | None = None) -> str:
     return "unknown"
 
 
-def made_by(module: str) -> str:
-  """"Made by `python -m module <this process's flags>` at fwp commit c." for a results file."""
+def made_by(module: str | None = None) -> str:
+  """"Made by `python -m module <this process's flags>` at fwp commit c." for a results file
+  (`module`: default, the one this process runs, from sys.argv[0])."""
+  if module is None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.relpath(os.path.abspath(sys.argv[0]), root)
+    module = path[:-3].replace(os.sep, ".") if path.endswith(".py") else path
   command = " ".join(["python -m", module] + sys.argv[1:])
   return f"Made by `{command}` at fwp commit {commit()}."
 
@@ -100,6 +105,6 @@ def write_all(out: str, name: str, rows: list[dict], columns, markdown: str,
   os.makedirs(out, exist_ok=True)
   write_csv(rows, os.path.join(out, f"{name}.csv"), columns)
   with open(os.path.join(out, f"{name}.md"), "w") as f:
-    f.write(markdown)
+    f.write(made_by() + "\n\n" + markdown)
   plot(rows, os.path.join(out, f"{name}.png"))
   print(f"Wrote {out}/{name}.{{csv,md,png}}")

@@ -171,7 +171,7 @@ def write_markdown(rows, path):
   for setting in sorted({r["setting"] for r in rows}):
     lines += knee_table(rows, setting)
   with open(path, "w") as f:
-    f.write("\n".join(lines))
+    f.write("\n".join([results.made_by(), ""] + lines))
 
 
 def plot(rows, setting, path):

@@ -245,6 +245,6 @@ def write(runs: list[dict], out: str) -> list[str]:
   paths = [os.path.join(out, f"language_model.{ext}") for ext in ("csv", "md", "png")]
   write_csv(runs, paths[0])
   with open(paths[1], "w") as f:
-    f.write(markdown(runs))
+    f.write(results.made_by() + "\n\n" + markdown(runs))
   plot(runs, paths[2])
   return paths
