@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from tests.helpers import ROOT
@@ -136,19 +135,28 @@ def test_fla_crosscheck_names_a_wrong_checkout_before_writing(tmp_path):
 def test_maxtext_bench_reads_its_function_from_a_checkout_and_names_a_wrong_one(tmp_path):
   """The MaxText comparison (results/bench_rules.md) reads MaxText's function from its file, as
   the file has it, without importing MaxText: a directory without the file, or a file without
-  the function, is named; a function found runs with jnp and MaxText's l2norm in scope."""
-  from experiments.studies import bench_maxtext
-  with pytest.raises(ValueError, match="is not a checkout of AI-Hypercomputer/maxtext"):
-    bench_maxtext.source_file(str(tmp_path))
-  path = tmp_path / bench_maxtext.FILES[0]
-  path.parent.mkdir(parents=True)
-  path.write_text("import maxtext.everything\n\ndef other():\n  pass\n")
-  with pytest.raises(ValueError, match="defines no jax_chunk_gated_delta_rule"):
-    bench_maxtext.load_functions(bench_maxtext.source_file(str(tmp_path)))
-  path.write_text("from maxtext.layers import l2norm\n\n"
-                  "def jax_chunk_gated_delta_rule(query, key, value, g, beta, chunk_size=64,\n"
-                  "                               initial_state=None):\n"
-                  "  return l2norm(query) * jnp.sum(beta), initial_state\n")
-  fn = bench_maxtext.load_functions(str(path))["jax_chunk_gated_delta_rule"]
-  y, _ = fn(np.array([[3.0, 4.0]]), None, None, None, np.array([2.0]))
-  np.testing.assert_allclose(y, [[1.2, 1.6]], rtol=1e-5)
+  the function, is named; a function found runs with jnp and MaxText's l2norm in scope. (In a
+  process of its own: the study defines absl flags that other studies' modules define too.)"""
+  script = r"""
+import sys, numpy as np, pathlib, pytest
+from experiments.studies import bench_maxtext as b
+root = pathlib.Path(sys.argv[1])
+with pytest.raises(ValueError, match="is not a checkout of AI-Hypercomputer/maxtext"):
+  b.source_file(str(root))
+path = root / b.FILES[0]
+path.parent.mkdir(parents=True)
+path.write_text("import maxtext.everything\n\ndef other():\n  pass\n")
+with pytest.raises(ValueError, match="defines no jax_chunk_gated_delta_rule"):
+  b.load_functions(b.source_file(str(root)))
+path.write_text("from maxtext.layers import l2norm\n\n"
+                "def jax_chunk_gated_delta_rule(query, key, value, g, beta, chunk_size=64,\n"
+                "                               initial_state=None):\n"
+                "  return l2norm(query) * jnp.sum(beta), initial_state\n")
+fn = b.load_functions(str(path))["jax_chunk_gated_delta_rule"]
+y, _ = fn(np.array([[3.0, 4.0]]), None, None, None, np.array([2.0]))
+np.testing.assert_allclose(y, [[1.2, 1.6]], rtol=1e-5)
+print("ok")
+"""
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
