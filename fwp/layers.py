@@ -97,14 +97,11 @@ class FastWeightConfig:
       raise ValueError(f"num_writes is delta_product's N >= 1 (every other rule writes once per "
                        f"token: 1), got num_writes={writes!r} with update_rule="
                        f"{self.update_rule!r}.")
-    if self.qk_norm not in QK_NORMS:
-      raise ValueError(f"Unknown qk_norm {self.qk_norm!r}; valid choices: {', '.join(QK_NORMS)}.")
+    check_choice("qk_norm", self.qk_norm, QK_NORMS)
     if self.qk_norm != "none" and self.normalization != "none":
       raise ValueError(f"qk_norm={self.qk_norm!r} normalises φ(q), φ(k) itself; it needs "
                        f"normalization 'none', got {self.normalization!r}.")
-    if self.output_norm not in OUTPUT_NORMS:
-      raise ValueError(f"Unknown output_norm {self.output_norm!r}; valid choices: "
-                       f"{', '.join(OUTPUT_NORMS)}.")
+    check_choice("output_norm", self.output_norm, OUTPUT_NORMS)
     if not isinstance(self.output_gate, bool):
       raise ValueError(f"output_gate must be True or False, got {self.output_gate!r}.")
     if isinstance(self.short_conv, bool) or not isinstance(self.short_conv, int) or (
@@ -115,8 +112,7 @@ class FastWeightConfig:
     if extras and self.recurrence != "none":
       raise ValueError(f"short_conv, output_norm and output_gate are options of the fast weight "
                        f"layer, not of the recurrent FWPs; got recurrence={self.recurrence!r}.")
-    if self.gate not in GATES:
-      raise ValueError(f"Unknown gate {self.gate!r}; valid choices: {', '.join(GATES)}.")
+    check_choice("gate", self.gate, GATES)
     if self.gate == "none" and record.gated and not record.gate_optional:
       raise ValueError(f"The {self.update_rule} rule needs a forget gate: gate 'head' or "
                        f"'channel' ('none' is for delta_product, whose gate is optional).")
@@ -132,9 +128,7 @@ class FastWeightConfig:
     if self.recurrence != "none" and self.accumulate != "float32":
       raise ValueError(f"The recurrent FWPs (fwp.rfwp) always accumulate in float32; "
                        f"accumulate={self.accumulate!r} is for recurrence='none'.")
-    if self.recurrence not in RECURRENCES:
-      raise ValueError(f"Unknown recurrence {self.recurrence!r}; valid choices: "
-                       f"{', '.join(RECURRENCES)}.")
+    check_choice("recurrence", self.recurrence, RECURRENCES)
     if self.recurrence != "none" and (self.update_rule != "delta"
                                       or self.attention_normalized):
       raise ValueError(f"The {self.recurrence} recurrent FWP is built on the delta rule with sum "
@@ -145,9 +139,7 @@ class FastWeightConfig:
     if self.feature_map == "favor_plus" and self.num_features < 1:
       raise ValueError(f"favor_plus needs num_features >= 1, got {self.num_features}.")
     feature_maps.check_favor_options(self.favor_scaling, self.favor_eps)
-    if self.favor_projection not in feature_maps.PROJECTIONS:
-      raise ValueError(f"Unknown favor_projection {self.favor_projection!r}; valid choices: "
-                       f"{', '.join(feature_maps.PROJECTIONS)}.")
+    check_choice("favor_projection", self.favor_projection, feature_maps.PROJECTIONS)
     for name in ("eps", "sum_query_eps"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -372,7 +364,7 @@ class FastWeightAttention(nnx.Module):
                                                                     tails))
       conv = (tq, tk, tv)
     beta_logit = (at_least_f32(self.beta_proj(x)) if self.beta_proj is not None else None)
-    if config.num_writes > 1:
+    if ops.rules.get(config.update_rule).writes_per_token:      # delta_product, any N >= 1
       # FLA's GatedDeltaProduct layout: the N writes outermost in each projection.
       writes = lambda y: jnp.moveaxis(at_least_f32(y).reshape(b, t, config.num_writes,
                                                               self.num_heads, -1), 2, 3)
@@ -447,8 +439,8 @@ class ForgetGate(nnx.Module):
   """log α [B, T, H] ("head") or [B, T, H, d_dot] ("channel") from x [B, T, D]:
   −exp(A_log) · softplus(W_a x + dt_bias), as FLA's GatedDeltaNet (and Mamba-2) computes it, so
   α ∈ (0, 1). Initialised as FLA's GatedDeltaNet: A uniform in (0, 16) (Mamba-2's: (1, 16)),
-  dt log-uniform in (0.001, 0.1) (floor 1e-4) and dt_bias its inverse softplus. "channel": W_a = W_up W_down of rank
-  GATE_RANK, A_log per head, dt_bias per channel (KDA's gate)."""
+  dt log-uniform in (0.001, 0.1) (floor 1e-4) and dt_bias its inverse softplus. "channel":
+  W_a = W_up W_down of rank GATE_RANK, A_log per head, dt_bias per channel (KDA's gate)."""
 
   def __init__(self, d_model: int, num_heads: int, d_dot: int, kind: str, *, rngs: nnx.Rngs,
                dtype=None):
@@ -563,10 +555,14 @@ def at_least_f32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def check_choice(field: str, value, choices) -> None:
+  """ValueError naming `field`'s bad value and its valid choices."""
+  if value not in choices:
+    raise ValueError(f"Unknown {field} {value!r}; valid choices: {', '.join(choices)}.")
+
+
 def check_scoring(scoring: str) -> None:
-  if scoring not in SCORINGS:
-    raise ValueError(f"Unknown attention scoring {scoring!r}; valid choices: "
-                     f"{', '.join(SCORINGS)}.")
+  check_choice("attention scoring", scoring, SCORINGS)
 
 
 def rdn_params(rngs: nnx.Rngs, heads: int, d_value: int, d_in: int, std: float) -> nnx.List:

@@ -22,11 +22,13 @@ def chunk_size(value) -> int | str:
 
 # Model fields added after runs existed, with the value every run before them computed with: a
 # config.json without the field (generate and the reports read those) means that value.
+# The modern rules' and FLA's layer options: every run before them computed the layer's defaults.
+LAYER_OPTIONS = {name: layers.FastWeightConfig.__dataclass_fields__[name].default
+                 for name in ("gate", "beta_max", "num_writes", "short_conv", "qk_norm",
+                              "output_norm", "output_gate")}
 BEFORE = {"favor_scaling": "performer", "favor_eps": 0.0, "favor_stabilize": True,
           "sum_query_eps": 0.0, "fwm_normalize_first": True, "favor_projection": "orthogonal",
-          **(LAYER_OPTIONS := {"gate": "head", "beta_max": 1.0, "num_writes": 1,
-                               "short_conv": 0, "qk_norm": "none", "output_norm": "none",
-                               "output_gate": False})}
+          **LAYER_OPTIONS}
 
 
 def fast_weight_config(model_config) -> layers.FastWeightConfig | None:
@@ -57,11 +59,12 @@ def inert_fields(flat: dict) -> set[str]:
     inert |= {"model.fwm_normalize_first", "model.readout_affine", "model.readout_eps"}
   if get("normalization") not in ("sum", "sum_attention"):   # the sum-normalised queries
     inert.add("model.sum_query_eps")
-  if get("update_rule") in ("sum", "gated_sum") + tuple(ATTENTION_BASELINES):
+  rule = ops.rules.BY_NAME.get(get("update_rule"))      # None: an attention baseline
+  if get("update_rule") in ATTENTION_BASELINES or (rule is not None and not rule.uses_beta):
     inert |= {"model.beta_init", "model.beta_max"}          # no β
-  if get("update_rule") not in ("gated_sum", "gated_delta", "delta_product"):
+  if rule is None or not rule.gated:
     inert.add("model.gate")
-  if get("update_rule") != "delta_product":
+  if rule is None or not rule.writes_per_token:
     inert.add("model.num_writes")
   return inert
 

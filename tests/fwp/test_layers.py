@@ -256,6 +256,22 @@ def test_gated_layers_name_what_they_cannot_take(fields, message):
     layers.FastWeightConfig(**dict(dict(normalization="sum"), **fields))
 
 
+def test_a_one_write_delta_product_layer_is_the_delta_rule_layer_float64():
+  """delta_product with N = 1 (the name delta_product1) and no gate: the same parameters, drawn
+  in the same order, and the delta rule layer's outputs and final state."""
+  with helpers.x64():
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, T, D_MODEL)))
+    built = [helpers.float64(layers.FastWeightAttention(
+        D_MODEL, HEADS, D_HEAD, layers.FastWeightConfig(form="chunked", chunk_size=3,
+                                                        normalization="sum", **rule),
+        rngs=nnx.Rngs(3))) for rule in (dict(update_rule="delta"),
+                                         dict(update_rule="delta_product", num_writes=1,
+                                              gate="none"))]
+    chex.assert_trees_all_equal(nnx.state(built[0], nnx.Param), nnx.state(built[1], nnx.Param))
+    (y0, s0), (y1, s1) = (layer(x, return_state=True) for layer in built)
+    chex.assert_trees_all_close((y1, s1.w), (y0, s0.w), rtol=1e-10, atol=1e-12)
+
+
 def test_fla_gated_deltanet_layer_is_a_plain_loop_float64():
   """FLA's GatedDeltaNet layer, written out per head as a loop a reader can check: SiLU of a
   width-4 depthwise causal convolution on each of q, k, v; q, k L2-normalised, q scaled by
