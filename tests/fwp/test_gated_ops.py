@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fwp import ops
+from fwp.ops import chunked
 from tests import helpers, reference
 
 # Fast tier: the float64 proofs, steps and bad input; the untraced proofs and the float32
@@ -293,6 +294,27 @@ def test_single_steps_stream_the_recurrence(subtests):
       with subtests.test(rule=rule, gate=gate, writes=writes):
         chex.assert_trees_all_close((jnp.stack(ys, axis=1), w), (y_full, w_full),
                                     rtol=F64_RTOL, atol=F64_ATOL)
+
+
+@fast
+def test_per_channel_decayed_scores_are_the_definition_float64(subtests):
+  """fwp.ops.chunked.decayed_scores with one log-decay per key channel (computed by halves,
+  through a reference step) against its definition as a loop, D_ts = Σ_k x_tk y_sk
+  exp(b_tk − b_sk) for s ≤ t (s < t strict): block sizes 1, 2, a power of two, and sizes that
+  are not (padded), with log-decays down to −8 per step."""
+  rng = np.random.default_rng(3)
+  for c in (1, 2, 7, 16, 33):
+    x, y = rng.normal(size=(2, 1, 2, c, 4))
+    b = np.cumsum(rng.uniform(-8, 0, size=(1, 2, c, 4)), axis=-2)
+    for strict in (False, True):
+      expected = np.zeros((1, 2, c, c))
+      for h in range(2):
+        for t in range(c):
+          for s in range(t if strict else t + 1):
+            expected[0, h, t, s] = np.sum(x[0, h, t] * y[0, h, s] * np.exp(b[0, h, t] - b[0, h, s]))
+      with subtests.test(size=c, strict=strict), helpers.x64():
+        got = chunked.decayed_scores(*(jnp.asarray(a, jnp.float64) for a in (x, y, b)), strict)
+        chex.assert_trees_all_close(got, expected, rtol=1e-12, atol=1e-300)
 
 
 def test_chunked_float32_is_stable_under_strong_decay(subtests):
