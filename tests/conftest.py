@@ -7,34 +7,51 @@ import tempfile
 # Tests import the package from the repository root, however pytest is started.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# The suite is compile-bound: toy shapes, thousands of distinct XLA:CPU compiles. LLVM's
-# optimisation passes are most of a compile here and buy nothing at these sizes, so the tests
-# (and the processes they start, which inherit the environment) compile with the cheap ones:
-# measured on the 2-core CI machine, tests/fwp/test_lm.py + test_ops.py 273 s -> 192 s, a padded
-# seq2seq case 29 s -> 18 s. XLA's HLO passes (fusion, simplification) are unchanged; what
-# changes is machine code: float32 results may differ in the last bit (the golden step's losses
-# by at most 2 ulp, inside its 1e-5), float64 proofs hold at their 1e-10, and a comparison of two
-# runs (resume, devices) compares runs compiled alike. FWP_TEST_XLA_DEFAULTS=1 runs the suite
-# with XLA's defaults instead.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The suite is compile-bound: toy shapes, thousands of distinct XLA:CPU compiles (jitted
+# functions and every eager op). The tests (and the processes they start, which inherit the
+# environment) compile with XLA:CPU's cheap paths, measured on the 2-core CI machine:
+# - LLVM's expensive optimisation passes off: tests/fwp/test_lm.py + test_ops.py 273 s -> 192 s,
+#   a padded seq2seq case 29 s -> 18 s;
+# - the classic loop emitters instead of the MLIR fusion emitters, and no YNNPACK fusions (their
+#   executables are built on a kernel's first run, ~50 ms each): the delta seq2seq gradient's
+#   compile 2.95 -> 1.64 s and its model's eager init 1.8 -> 1.15 s; tests/fwp/test_seq2seq.py
+#   102 -> 83 s and test_lm.py + e2e/test_lm_launch.py 159 -> 131 s at -n 2.
+# XLA's HLO passes (fusion, simplification) are unchanged; what changes is machine code: float32
+# results may differ in the last bits (the golden step's losses stay inside its 1e-5), float64
+# proofs hold at their 1e-10, and a comparison of two runs (resume, devices) compares runs
+# compiled alike. FWP_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults instead.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                      "--xla_cpu_use_fusion_emitters=false",
+                      "--xla_cpu_experimental_ynn_fusion_type=")
+
+
+def _accepted(flags):
+  import subprocess
+  probe = subprocess.run([sys.executable, "-c", "import jax.numpy as j; j.zeros(1).block_until_ready()"],
+                         env=dict(os.environ, XLA_FLAGS=" ".join(flags)), capture_output=True, text=True)
+  return probe.returncode == 0, probe.stderr.strip().splitlines()[-1:]
 
 
 def _add_fast_compile_flags():
   """Once per session (xdist workers and the processes tests start inherit the environment):
-  XLA aborts a process on a flag it does not know, so the flags are tried in a process first and
-  left out, with a warning, by a jaxlib that lacks them."""
+  XLA aborts a process on a flag it does not know, so the flags are tried in a process first
+  (together, then one by one if that fails) and one this jaxlib refuses is left out, with a
+  warning."""
   if os.environ.get("FWP_TEST_XLA_DEFAULTS") == "1" or "FWP_TEST_XLA_FLAGS" in os.environ:
     return
-  import subprocess
-  flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
-  probe = subprocess.run([sys.executable, "-c", "import jax.numpy as j; j.zeros(1).block_until_ready()"],
-                         env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True)
-  if probe.returncode == 0:
-    os.environ["XLA_FLAGS"] = flags
-  else:
-    print(f"tests/conftest.py: this jaxlib refuses {FAST_COMPILE_FLAGS!r}; compiling with XLA's "
-          f"defaults ({probe.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
-  os.environ["FWP_TEST_XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+  given = os.environ.get("XLA_FLAGS", "").split()
+  keep = list(FAST_COMPILE_FLAGS)
+  if not _accepted(given + keep)[0]:
+    keep = []
+    for flag in FAST_COMPILE_FLAGS:
+      ok, why = _accepted(given + keep + [flag])
+      if ok:
+        keep.append(flag)
+      else:
+        print(f"tests/conftest.py: this jaxlib refuses {flag!r}; compiling without it ({why})",
+              file=sys.stderr)
+  os.environ["XLA_FLAGS"] = " ".join(given + keep)
+  os.environ["FWP_TEST_XLA_FLAGS"] = os.environ["XLA_FLAGS"]
 
 
 _add_fast_compile_flags()
