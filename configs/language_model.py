@@ -15,7 +15,7 @@ bits per byte falls from 8 to about 2 within the budget (results/language_model.
 with every detail of the authors' LM layers that these CPU configs otherwise keep as fwp's
 (torch's LayerNorm eps, their normaliser eps 1e-5, dropout on the last hidden state, their
 N(0, 0.02) init, attn_type 6's scaling for DPFP sum, their FAVOR+ draw; configs.common.
-apply_authors_lm_details, docs/departures.md): `VARIANT=authors bash scripts/lm_grid.sh`.
+apply_authors_lm_details, docs/departures.md): `python -m experiments.grid --grid=configs/grids/lm.py:authors`.
 """
 
 from configs import common

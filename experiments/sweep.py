@@ -109,30 +109,42 @@ def point_dir(workdir: str, overrides: dict) -> str:
   return os.path.join(workdir, name)
 
 
-def run_parallel(argv: list[str], num_points: int, parallel: int) -> int:
-  """Re-launches this command once per point with --sweep_index, `parallel` at a time, each
-  process single-threaded so they do not fight over cores. Returns the number of failures."""
+def single_threaded_env() -> dict:
+  """This process's environment with XLA:CPU at one thread, for processes that share the cores."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-  args = [a for a in argv if not a.startswith(("--parallel", "--sweep_index"))]
+  return env
 
+
+def run_processes(commands: list[list[str]], parallel: int, logs: list[str] | None = None,
+                  env: dict | None = None) -> list[int]:
+  """Runs each command as a process, `parallel` at a time (output to its log file when `logs`
+  is given), and returns their exit codes. SIGTERM/SIGINT is passed to every running process
+  (each saves a checkpoint and exits), no new one starts, and once they have ended SystemExit
+  (128 + the signal) is raised, so a relaunch never races a process left running."""
   running, lock, stopping = set(), threading.Lock(), []
 
-  def launch(index):
+  def start(index):
     with lock:
       if stopping:
-        return -stopping[0]              # not started: the sweep is being stopped
-      child = subprocess.Popen([sys.executable] + args + [f"--sweep_index={index}"], env=env)
+        return -stopping[0]              # not started: the processes are being stopped
+      out = None
+      if logs:
+        os.makedirs(os.path.dirname(logs[index]) or ".", exist_ok=True)
+        out = open(logs[index], "a")
+      child = subprocess.Popen(commands[index], env=env, stdout=out,
+                               stderr=subprocess.STDOUT if out else None)
       running.add(child)
-    code = child.wait()
-    with lock:
-      running.discard(child)
-    return code
+    try:
+      return child.wait()
+    finally:
+      with lock:
+        running.discard(child)
+      if out:
+        out.close()
 
   def forward(signum, frame):
-    """SIGTERM/SIGINT: pass it to every running point (each saves a checkpoint and exits), start
-    no new one, and wait for them, so a relaunch never races a child left running."""
     del frame
     with lock:
       stopping.append(signum)
@@ -142,10 +154,19 @@ def run_parallel(argv: list[str], num_points: int, parallel: int) -> int:
   previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     with futures.ThreadPoolExecutor(parallel) as pool:
-      codes = list(pool.map(launch, range(num_points)))
+      codes = list(pool.map(start, range(len(commands))))
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
   if stopping:
     raise SystemExit(128 + stopping[0])
+  return codes
+
+
+def run_parallel(argv: list[str], num_points: int, parallel: int) -> int:
+  """Re-launches this command once per point with --sweep_index, `parallel` at a time, each
+  process single-threaded so they do not fight over cores. Returns the number of failures."""
+  args = [a for a in argv if not a.startswith(("--parallel", "--sweep_index"))]
+  commands = [[sys.executable] + args + [f"--sweep_index={i}"] for i in range(num_points)]
+  codes = run_processes(commands, parallel, env=single_threaded_env())
   return sum(code != 0 for code in codes)

@@ -1,5 +1,6 @@
 """Every command the README and docs/ give still resolves: each `python -m experiments.X` names a
-module, each `launch.py --config=FILE:NAME` a config file and a name it accepts, each script and
+module, each `launch.py --config=FILE:NAME` a config file and a name it accepts, each
+`--grid=FILE[:ARG]` a grid that loads, each script and
 file path exists, and each relative link points at a file."""
 
 import glob
@@ -9,6 +10,7 @@ import re
 
 import pytest
 
+from experiments import grid
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.fast   # the docs' commands resolve: no compile
@@ -36,6 +38,8 @@ def test_every_command_resolves(page):
     config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config)
     config.get_config(name)                     # raises, naming the valid choices, if not valid
+  for path, arg in set(re.findall(r"--grid=(configs/grids/\w+\.py)(?::([\w,]+))?", text)):
+    grid.load(os.path.join(ROOT, path) + (f":{arg}" if arg else ""))   # raises if not valid
   for path in set(re.findall(r"(?:bash|python) ((?:scripts|docs)/[\w./-]+\.(?:sh|py))", text)):
     assert os.path.exists(os.path.join(ROOT, path)), f"{page}: no file {path}"
 
