@@ -15,6 +15,8 @@ import math
 
 import optax
 
+from fwp import checks
+
 
 def _cosine(config) -> optax.Schedule:
   """Linear warm-up, then cosine to 0 at max_steps."""
@@ -63,8 +65,7 @@ def validate(config) -> None:
     raise ValueError(f"Unknown config.lr_schedule {config.lr_schedule!r}; valid choices: "
                      f"{', '.join(SCHEDULES)}.")
   warmup = config.warmup_steps
-  if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-    raise ValueError(f"config.warmup_steps must be an integer >= 0, got {warmup!r}.")
+  checks.at_least("config.warmup_steps", warmup, 0)
   if config.lr_schedule == "rsqrt" and warmup < 1:
     raise ValueError("config.lr_schedule 'rsqrt' decays as sqrt(warmup_steps / step): it needs "
                      "config.warmup_steps >= 1.")

@@ -27,6 +27,7 @@ from flax import nnx
 
 from experiments import (checkpoint, distributed, event_log, optim, profiling, progress,
                          results, rundir, stopping, tasks)
+from fwp import checks
 
 TIMING_FIELDS = ("steps_per_second", "wall_seconds")
 flatten = results.flatten
@@ -137,13 +138,9 @@ def validate(config) -> None:
   runs it at flag parsing, before anything is compiled."""
   family = tasks.get(config.task)
 
-  def positive(name):
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
   for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                "patience"):
-    positive(name)
+    checks.positive_int(f"config.{name}", config[name])
   optim.validate(config)
   profiling.parse(config.profile_steps)
   mesh = tuple(config.mesh_shape)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import feature_maps, normalization, ops, rfwp
+from fwp import checks, feature_maps, normalization, ops, rfwp
 
 RECURRENCES = ("none",) + rfwp.RECURRENCES
 GATES = ("head", "channel", "none")
@@ -557,8 +557,7 @@ def at_least_f32(x):
 
 def check_choice(field: str, value, choices) -> None:
   """ValueError naming `field`'s bad value and its valid choices."""
-  if value not in choices:
-    raise ValueError(f"Unknown {field} {value!r}; valid choices: {', '.join(choices)}.")
+  checks.choice(field, value, choices)
 
 
 def check_scoring(scoring: str) -> None:

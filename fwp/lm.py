@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers, txl
+from fwp import checks, layers, txl
 
 # "relative": Transformer-XL's relative positions (fwp.txl; softmax attention only), no absolute
 # positions at the input.
@@ -95,17 +95,14 @@ class LMConfig:
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LMConfig.{name} must be a positive integer, got {value!r}.")
+      checks.positive_int(f"LMConfig.{name}", getattr(self, name))
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}.")
     if self.positional not in POSITIONALS:
       raise ValueError(f"Unknown positional encoding {self.positional!r}; valid choices: "
                        f"{', '.join(POSITIONALS)}.")
     layers.check_scoring(self.scoring)
-    if isinstance(self.mem_len, bool) or not isinstance(self.mem_len, int) or self.mem_len < 0:
-      raise ValueError(f"LMConfig.mem_len must be an integer >= 0, got {self.mem_len!r}.")
+    checks.at_least("LMConfig.mem_len", self.mem_len, 0)
     if self.positional == "relative" and (self.fast_weight is not None or self.scoring != "dot"):
       raise ValueError("positional='relative' is Transformer-XL's softmax attention (fwp.txl); "
                        "it needs fast_weight=None and scoring='dot'.")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers
+from fwp import checks, layers
 from fwp.lm import dropout
 
 
@@ -38,9 +38,7 @@ class LSTMConfig:
 
   def __post_init__(self):
     for name in ("vocab_size", "output_size", "embed_size", "hidden_size", "num_layers"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LSTMConfig.{name} must be a positive integer, got {value!r}.")
+      checks.positive_int(f"LSTMConfig.{name}", getattr(self, name))
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"LSTMConfig.dropout must be in [0, 1), got {self.dropout!r}.")
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fwp import feature_maps, layers, lm, normalization, ops
+from fwp import checks, feature_maps, layers, lm, normalization, ops
 
 ROLES = ("encoder", "decoder", "cross")
 MEMORY_RULES = ("sum", "delta")       # rules a non-causal memory (encoder, cross) can use
@@ -63,9 +63,7 @@ class Seq2SeqConfig:
   def __post_init__(self):
     for name in ("vocab_size", "encoder_layers", "decoder_layers", "d_model", "num_heads",
                  "d_head", "d_ff"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Seq2SeqConfig.{name} must be a positive integer, got {value!r}.")
+      checks.positive_int(f"Seq2SeqConfig.{name}", getattr(self, name))
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"Seq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}.")
     for role in ("encoder", "cross"):
@@ -342,8 +340,7 @@ def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty:
   `cache_capacity` (softmax decoders' key/value cache; default and minimum `max_len`) changes no
   result: a caller that decodes many batches passes one value for all so that they share one
   compiled step."""
-  if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-    raise ValueError(f"beam must be a positive integer, got {beam!r}.")
+  checks.positive_int("beam", beam)
   if length_penalty < 0:
     raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}.")
   if cache_capacity is not None and cache_capacity < max_len:

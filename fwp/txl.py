@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import layers
+from fwp import checks, layers
 
 
 class XLMemory(NamedTuple):
@@ -46,8 +46,7 @@ class RelativeAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, d_head: int, mem_len: int, *,
                rngs: nnx.Rngs, dtype=None):
-    if isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 0:
-      raise ValueError(f"mem_len must be an integer >= 0, got {mem_len!r}.")
+    checks.at_least("mem_len", mem_len, 0)
     self.num_heads, self.d_head, self.mem_len, self.d_model = num_heads, d_head, mem_len, d_model
     linear = lambda d_in, d_out: nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, rngs=rngs)
     self.q_proj = linear(d_model, num_heads * d_head)

@@ -25,7 +25,7 @@ from flax import nnx
 from experiments import distributed
 from experiments.tasks import common
 from experiments.tasks.algorithmic import data
-from fwp import lm, lstm
+from fwp import checks, lm, lstm
 
 ARCHITECTURES = ("transformer", "lstm")
 SELECT_BY = ("sequence", "print")        # code execution's selection accuracy
@@ -36,9 +36,7 @@ ADDED_FIELDS = {f"model.{name}": value for name, value in common.BEFORE.items()
 
 
 def _positive(config, name, minimum=1):
-  value = config[name]
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"config.{name} must be an integer >= {minimum}, got {value!r}.")
+  checks.at_least(f"config.{name}", config[name], minimum)
 
 
 def model_config(config, vocab_size: int, output_size: int):

@@ -14,7 +14,7 @@ from flax import nnx
 from experiments import distributed
 from experiments.tasks.associative_recall import data
 from experiments.tasks import common
-from fwp import retrieval
+from fwp import checks, retrieval
 
 
 # Fields that may change when a run resumes (the loop adds its own), and fields added after
@@ -45,12 +45,9 @@ def validate(config) -> None:
                      f"memory (its embedding and key projection grow as S², ~{_gib(config)} GiB "
                      f"of parameters); the paper goes to 600, fwp allows up to {MAX_KEYS}.")
   d = config.model.d
-  if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-    raise ValueError(f"config.model.d must be a positive integer (the paper: 64), got {d!r}.")
+  checks.positive_int("config.model.d", d, " (the paper: 64)")
   for name in ("eval_sequences", "eval_max_queries"):
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+    checks.positive_int(f"config.{name}", config[name])
   options = _model_options(config.model)
   for name in ("qk_bias", "readout_affine"):
     if not isinstance(options[name], bool):

@@ -31,7 +31,7 @@ from experiments import distributed
 from experiments.progress import Progress
 from experiments.tasks import common
 from experiments.tasks.language_model import batches, text_data
-from fwp import lm
+from fwp import checks, lm
 
 _DROPOUT, _PROJECTION = 1, 2     # key streams
 # Fields that may change when a run resumes (the loop adds its own), and fields added after
@@ -97,9 +97,7 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
 def validate(config) -> None:
   text_data.check(config.corpus, config.level, config.data_dir or None)
   for name in ("context", "eval_batch_size"):
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+    checks.positive_int(f"config.{name}", config[name])
   stride = config.sliding_stride
   if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride <= (
       config.context):

@@ -30,7 +30,7 @@ from flax import nnx
 from experiments import distributed
 from experiments.tasks import common
 from experiments.tasks.translation import data
-from fwp import seq2seq
+from fwp import checks, seq2seq
 
 ROLES = seq2seq.ROLES
 ROLE_RULES = ("softmax",) + seq2seq.MEMORY_RULES
@@ -42,9 +42,7 @@ _DROPOUT = 1
 
 
 def _positive(config, name, minimum=1):
-  value = config[name]
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"config.{name} must be an integer >= {minimum}, got {value!r}.")
+  checks.at_least(f"config.{name}", config[name], minimum)
 
 
 def role_config(model_config, role: str):
