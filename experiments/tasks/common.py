@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import jax
+
 from fwp import layers, ops
+
+
+def step_key(seed: int, stream: int, index) -> jax.Array:
+  """The random key of (seed, stream, step or index): every family draws its data, dropout and
+  redraws from one, so a run's randomness is a function of (seed, step) and resumes exactly."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), index)
 
 # Attention baselines, by config.model.update_rule: no fast weights, and their scoring.
 ATTENTION_BASELINES = {"softmax": "dot", "additive": "additive"}

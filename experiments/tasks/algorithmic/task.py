@@ -138,7 +138,7 @@ class Algorithmic:
     return data.train_batch(self.train, step, c.batch_size, c.seed)
 
   def _key(self, stream, step):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), stream), step)
+    return common.step_key(self.config.seed, stream, step)
 
   def loss(self, model, batch, step):
     """Mean cross-entropy over the batch's scored positions; weight = their count."""

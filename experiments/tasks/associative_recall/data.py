@@ -11,11 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from experiments.tasks import common
+
 _TRAIN, _EVAL = 0, 1
 
 
-def _key(seed: int, stream: int, index) -> jax.Array:
-  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), index)
+_key = common.step_key
 
 
 def sequence_length(setting: int, num_keys: int) -> int:

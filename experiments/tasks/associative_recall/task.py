@@ -112,7 +112,7 @@ class AssociativeRecall:
     c = self.config
     if not c.model.redraw_projection:
       return None
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed + 7919), stream), index)
+    return common.step_key(c.seed + 7919, stream, index)
 
   def build_model(self, rngs: nnx.Rngs) -> retrieval.RetrievalModel:
     return build_model(self.config, rngs)

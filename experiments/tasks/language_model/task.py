@@ -145,7 +145,7 @@ EVAL_PROJECTIONS = ("init", "last_draw")
 
 
 def _step_key(config, stream, step):
-  return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), stream), step)
+  return common.step_key(config.seed, stream, step)
 
 
 def lm_loss(config, model, batch, step):

@@ -170,8 +170,7 @@ class Translation:
     return self.batching.batch(step)
 
   def loss(self, model, batch, step):
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), _DROPOUT),
-                             step)
+    key = common.step_key(self.config.seed, _DROPOUT, step)
     log_probs = model(batch["src"], batch["tgt_in"], dropout_key=key)
     loss, nll, count = smoothed_nll(log_probs, batch["tgt_out"], self.config.label_smoothing)
     count = jnp.maximum(count, 1.0)
