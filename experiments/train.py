@@ -302,6 +302,10 @@ class _Loop:
       _say("Compiling the train step ...")
       compile_start = time.time()
     trace.before(progress.step)
+    # The host's lead is one step: the previous step must have finished before this one is
+    # dispatched (its batch is already made, so the host's work still overlaps the device's). A
+    # signal, checked after each dispatch, then waits for one step, not for every step queued.
+    jax.block_until_ready(self.state.arrays["sums"])
     self.state.arrays = self.train_step(self.state.arrays, progress.step, batch)
     if first:
       jax.block_until_ready(self.state.arrays)
