@@ -63,31 +63,30 @@ def points(launch: Launch) -> list[dict]:
   return sweep.points(launch.sweep, list(launch.seeds) or [0])
 
 
+def _launch_commands(launch: Launch, runs: str, python: str) -> list[tuple[str, list[str]]]:
+  """(label, argv) for each of one launch's points; the label is the point's workdir."""
+  base = [python, "launch.py", f"--config={launch.config}", *launch.flags]
+  workdir = os.path.join(runs, launch.workdir)
+  if launch.seed_dirs:
+    return [(label, base + [f"--config.seed={seed}", f"--workdir={label}"])
+            for seed in launch.seeds for label in [os.path.join(workdir, f"seed={seed}")]]
+  if launch.sweep:
+    base.append(f"--sweep={launch.sweep}")
+  if launch.seeds:
+    base.append(f"--seeds={','.join(str(s) for s in launch.seeds)}")
+  base.append(f"--workdir={workdir}")
+  return [(sweep.point_dir(workdir, overrides), base + [f"--sweep_index={index}"]) if overrides
+          else (workdir, base) for index, overrides in enumerate(points(launch))]
+
+
 def commands(grid: Grid, python: str = sys.executable) -> list[tuple[str, list[str]]]:
-  """(label, argv) for every point of the grid, in order: the label is the point's workdir."""
-  out, seen = [], set()
+  """(label, argv) for every point of the grid, in order: the label is the point's workdir; a
+  point declared twice runs once (the first declaration)."""
+  out = {}
   for launch in grid.launches:
-    base = [python, "launch.py", f"--config={launch.config}", *launch.flags]
-    if launch.sweep:
-      base.append(f"--sweep={launch.sweep}")
-    if launch.seeds and not launch.seed_dirs:
-      base.append(f"--seeds={','.join(str(s) for s in launch.seeds)}")
-    workdir = os.path.join(grid.runs, launch.workdir)
-    base.append(f"--workdir={workdir}")
-    if launch.seed_dirs:
-      for seed in launch.seeds:
-        label = os.path.join(workdir, f"seed={seed}")
-        if label not in seen:
-          seen.add(label)
-          out.append((label, base[:-1] + [f"--config.seed={seed}", f"--workdir={label}"]))
-      continue
-    grid_points = points(launch)
-    for index, overrides in enumerate(grid_points):
-      label = sweep.point_dir(workdir, overrides) if overrides else workdir
-      if label not in seen:          # a point declared twice runs once (the first declaration)
-        seen.add(label)
-        out.append((label, base + ([f"--sweep_index={index}"] if overrides else [])))
-  return out
+    for label, argv in _launch_commands(launch, grid.runs, python):
+      out.setdefault(label, argv)
+  return list(out.items())
 
 
 def log_path(grid: Grid, label: str) -> str:
