@@ -1,5 +1,6 @@
 """What the families' data caches share: where a user's cache lives, whether a directory can be
-written, and a lock so that two processes building one cache take turns."""
+written, a lock so that two processes building one cache take turns, and a generated split kept
+as a .npz."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
+
+import numpy as np
 
 
 def user_cache(*parts: str) -> str:
@@ -57,3 +60,22 @@ def data_cache(data_dir: str, configured: str | None, kind: str) -> str:
   raise ValueError(f"No writable place for the cache of {data_dir!r}: tried "
                    f"{' and '.join(candidates)}. Set --config.cache_dir to a directory you can "
                    f"write (or XDG_CACHE_HOME).")
+
+
+def cached_arrays(path: str, make, what: str) -> dict:
+  """The arrays of the .npz at `path`, made by `make()` (a dict of arrays) and written there
+  atomically the first time. A cache that cannot be written is skipped with a warning naming
+  `what`."""
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  arrays = make()
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+  except OSError as error:
+    print(f"Warning: cannot cache {what} in {os.path.dirname(path)} ({error}); it will be "
+          f"generated again next time.", flush=True)
+  return arrays

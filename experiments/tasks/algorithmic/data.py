@@ -287,20 +287,9 @@ def generate(problem: str, split: str, size: int, seed: int, code_length: int = 
   length = f"-L{code_length}" if parse(problem)[0] == "code" else ""
   path = os.path.join(folder, f"{problem}{length}-seed{seed}-{split}{size}-"
                               f"v{GENERATOR_VERSION}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return Split(f["inputs"], f["targets"], f["lengths"])
-  result = encode(problem, [example(problem, _rng(problem, seed, split, i), code_length)
-                            for i in range(size)])
-  try:
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(temporary, inputs=result.inputs, targets=result.targets, lengths=result.lengths)
-    os.replace(temporary, path)
-  except OSError as error:
-    print(f"Warning: cannot cache the generated {problem} {split} split in {folder} ({error}); "
-          f"it will be generated again next time.", flush=True)
-  return result
+  make = lambda: dataclasses.asdict(encode(problem, [
+      example(problem, _rng(problem, seed, split, i), code_length) for i in range(size)]))
+  return Split(**files.cached_arrays(path, make, f"the generated {problem} {split} split"))
 
 
 def train_batch(split: Split, step: int, batch_size: int, seed: int) -> dict:

@@ -1,0 +1,2 @@
+"""Formal languages and state tracking (Irie, Csordás, Schmidhuber, EMNLP 2023; Grazzi et al.
+2025; Siems et al. 2025): the task, its data (satwik77's generators) and its report."""
