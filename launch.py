@@ -14,6 +14,7 @@ Families and their config files:
                           configs/wikitext103.py:<size>-<model>  (the paper's WikiText-103)
   algorithmic tasks       configs/algorithmic.py:<problem>-<model>  (code5-linear-delta_rnn, ...)
                           configs/algorithmic_cpu.py:<problem>-<model>  (CPU-sized)
+  formal languages        configs/formal_languages.py:<task>-<model>  (parity-lstm, s3-..., CPU-sized)
   translation             configs/translation.py:<model>   (Debian's catalogs, CPU-sized)
                           configs/wmt14.py:<model>         (the paper's WMT14 En-De, Table 1)
 List a config's fields, their values and meanings (and train nothing):

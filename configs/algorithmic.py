@@ -92,7 +92,13 @@ def apply_name(c: ml_collections.ConfigDict, argument: str) -> ml_collections.Co
     raise ValueError(f"Expected <problem>-<model> (e.g. code5-linear-delta; problems "
                      f"{', '.join(PROBLEMS)}), got {argument!r}.")
   data.parse(problem)
-  c.problem, c.model_name = problem, model
+  c.problem = problem
+  return apply_model(c, model)
+
+
+def apply_model(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+  """The model's fields for a name (lstm, or an LM-style name under the algorithmic policy)."""
+  c.model_name = model
   if model == "lstm":
     c.model.architecture = "lstm"
     c.model.update_rule, c.model.normalization = "softmax", "none"

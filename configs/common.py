@@ -210,7 +210,8 @@ def apply_lm_model(c: ml_collections.ConfigDict, name: str) -> ml_collections.Co
 
 def field_meanings(task: str = "") -> dict[str, str]:
   """{field path: meaning}, read from the comments beside the fields in the base configs (this
-  file, configs/associative_recall.py, configs/algorithmic.py and configs/translation.py;
+  file, configs/associative_recall.py, configs/algorithmic.py, configs/translation.py and
+  configs/formal_languages.py;
   `task`'s own file first, so that a field two families declare has its family's meaning), so
   that `launch.py
   --show_config` documents every field from the one place each is declared. A comment line that
@@ -219,9 +220,10 @@ def field_meanings(task: str = "") -> dict[str, str]:
   import re
   here = os.path.dirname(os.path.abspath(__file__))
   meanings, last = {}, None
-  files = ["common.py", "associative_recall.py", "algorithmic.py", "translation.py"]
+  files = ["common.py", "associative_recall.py", "algorithmic.py", "translation.py",
+           "formal_languages.py"]
   own = {"associative_recall": "associative_recall.py", "algorithmic": "algorithmic.py",
-         "translation": "translation.py"}
+         "translation": "translation.py", "formal_languages": "formal_languages.py"}
   if task in own:
     files.remove(own[task])
     files.insert(0, own[task])

@@ -12,15 +12,18 @@ from experiments import tasks
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
   """The task's selection metric and direction (which eval is the best, for patience and the
-  best checkpoint), patience in evals, and config.stop_loss on the eval loss."""
+  best checkpoint), patience in evals, config.stop_loss on the eval loss, and the task's
+  `stop_at` (optional): the selection value that ends a run (e.g. 100 % accuracy)."""
   metric: str
   direction: str
   patience: int
   stop_loss: float
+  stop_at: float | None = None
 
   @classmethod
   def of(cls, task, config) -> "EarlyStopping":
-    return cls(*tasks.selection(task), config.patience, config.stop_loss)
+    return cls(*tasks.selection(task), config.patience, config.stop_loss,
+               getattr(task, "stop_at", None))
 
   def better(self, value: float, best: float) -> bool:
     return value < best if self.direction == "min" else value > best
@@ -37,6 +40,8 @@ class EarlyStopping:
       progress.bad_evals += 1
     if evaluated.get("eval_loss", math.inf) <= self.stop_loss:
       return "stop_loss"
+    if self.stop_at is not None and not self.better(self.stop_at, value):
+      return "target"                      # the selection metric reached the task's target
     if progress.bad_evals > self.patience:
       return "patience"
     return None

@@ -41,6 +41,8 @@ and its Task object says what one run of that family computes:
                               made `params` (the last or the best checkpoint's)
   output_dir                  (optional) an attribute the loop sets to the run directory before
                               the first step, for files final() writes (e.g. translations)
+  stop_at                     (optional) the selection metric's value that ends the run (stop
+                              reason "target"), e.g. 100.0 for an accuracy in percent
   final_checkpoint            (optional) "last" (default): final() reads the run's last
                               parameters; "best": those of the kept checkpoint best by the
                               selection metric (every eval is checkpointed when checkpoint_every
@@ -76,7 +78,8 @@ DIRECTIONS = ("min", "max")
 _FAMILIES = {"associative_recall": "experiments.tasks.associative_recall",
              "language_model": "experiments.tasks.language_model",
              "algorithmic": "experiments.tasks.algorithmic",
-             "translation": "experiments.tasks.translation"}
+             "translation": "experiments.tasks.translation",
+             "formal_languages": "experiments.tasks.formal_languages"}
 TASKS = tuple(_FAMILIES)
 
 

@@ -115,7 +115,6 @@ class Algorithmic:
     self.valid = self._split("valid", config.valid_size)
     self.summary_fields = dict(model=config.model_name, problem=config.problem,
                                train_length=int(self.train.inputs.shape[1]))
-    self._count = jax.jit(self._count_fn, static_argnums=0)
 
   def _split(self, name, size):
     """A split padded to config.max_length (0: to its own longest example)."""
@@ -153,14 +152,23 @@ class Algorithmic:
     model = nnx.merge(graphdef, params, rest)
     return _counts(model(batch["inputs"]), batch["targets"], self.no_output)
 
-  def metrics(self, graphdef, params, rest, split: data.Split, prefix: str) -> dict:
-    """Loss (nats per scored position) and accuracies in percent over `split`."""
+  @functools.cached_property
+  def _count(self):
+    return jax.jit(self._count_fn, static_argnums=0)
+
+  def _totals(self, graphdef, params, rest, split: data.Split) -> dict:
+    """The per-batch counts (_counts) summed over `split`."""
     totals: dict = {}
     for batch in data.eval_batches(split, self.config.eval_batch_size):
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
       for k, v in self._count(graphdef, params, rest, batch).items():
         totals[k] = totals.get(k, 0) + float(distributed.fetch(v))
+    return totals
+
+  def metrics(self, graphdef, params, rest, split: data.Split, prefix: str) -> dict:
+    """Loss (nats per scored position) and accuracies in percent over `split`."""
+    totals = self._totals(graphdef, params, rest, split)
     pct = lambda a, b: 100.0 * totals[a] / max(totals[b], 1.0)
     out = {f"{prefix}_loss": totals["nll"] / max(totals["scored"], 1.0)}
     if self.no_output is None:

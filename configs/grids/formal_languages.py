@@ -1,0 +1,45 @@
+"""The CPU grid behind results/formal_languages.* (docs/formal_languages.md): configs/
+formal_languages.py at a CPU budget of 10 epochs (3,120 steps of 32 strings; the authors allow
+300 epochs, and a run stops earlier when both bins reach 100 %), 3 seeds, then the report.
+
+  python -m experiments.grid --grid=configs/grids/formal_languages.py
+  python -m experiments.grid --grid=configs/grids/formal_languages.py:languages --parallel=2
+  python -m experiments.grid --grid=configs/grids/formal_languages.py:tracking --only=s3
+
+`languages`: the EMNLP 2023 table's eight languages × LSTM, Transformer, Linear Transformer,
+DeltaNet and Recurrent Delta (linear-rdn). `tracking`: negative eigenvalues on parity-like
+counting (mod-2, mod-3: linear-delta against linear-delta-neg, the LSTM beside them) and
+DeltaProduct on the S3 / S5 word problems (delta_product N = 1, 2, 3, and the LSTM).
+"""
+
+from configs.grids import Grid, Launch, args
+
+LANGUAGES = ("parity", "aa-star", "abab-star", "counter-2", "counter-3", "shuffle-2", "dyck-1",
+             "reset_dyck")
+PAPER_MODELS = ("lstm", "transformer", "linear-sum", "linear-delta", "linear-rdn")
+TRACKING = (("mod-2", ("lstm", "linear-delta", "linear-delta-neg")),
+            ("mod-3", ("lstm", "linear-delta", "linear-delta-neg")),
+            ("s3", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")),
+            ("s5", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")))
+EPOCHS = 10
+SEEDS = (1, 2, 3)
+
+
+def points(part: str) -> list[tuple[str, str]]:
+  out = []
+  if part in ("all", "languages"):
+    out += [(t, m) for t in LANGUAGES for m in PAPER_MODELS]
+  if part in ("all", "tracking"):
+    out += [(t, m) for t, models in TRACKING for m in models]
+  return out
+
+
+def get_grid(arg=None):
+  part = args(arg, {"part": ("all", "languages", "tracking")}, {"part": "all"})["part"]
+  flags = (f"--config.max_steps={EPOCHS * (10_000 // 32)}",)
+  return Grid(name="formal_languages", runs="runs/formal_languages", out="results",
+              records="results/runs/formal_languages",
+              # seed-major: every cell's first seed before any cell's second
+              launches=tuple(Launch(f"configs/formal_languages.py:{t}-{m}", f"{t}-{m}", flags,
+                                    seeds=(seed,), seed_dirs=True)
+                             for seed in SEEDS for t, m in points(part)))
