@@ -1,0 +1,88 @@
+"""The self-referential weight matrix (Irie, Csordás, Schmidhuber, ICML 2022; IDSIA/modern-srwm,
+the layer of IDSIA/fwp-formal-lang): one matrix per head that produces its own output, query,
+key and learning rates from the input, and rewrites itself with the delta rule.
+
+Per head, with x_t ∈ R^E and W [3E + 4, E] (fwp's convention: W maps a key to a value; the
+authors' W_y, W_q, W_k, w_b are the transposed blocks of rows of W):
+
+  [y_t; q̂_t; k̂_t; b̂_t] = W_{t-1} φ(x_t)
+  q_t = softmax(q̂_t),  k_t = softmax(k̂_t),  β_t = σ(b̂_t) ∈ (0, 1)^4
+  W_t = W_{t-1} + (β_t ⊙ (W_{t-1} q_t − W_{t-1} k_t)) k_tᵀ
+
+where β_t's four rates are spread over the four blocks of rows (y, q, k, b). The output y_t is
+read with W_{t-1}, before the step's write, as the authors' kernel and loop (theirs skip the last
+write, which no output reads; the final state returned here includes it). φ is the identity in
+fwp-formal-lang's SRWMlayer (use_input_softmax=False) and may be softmax.
+
+Shapes: x [B, T, H, E]; w0 [B, H, 3E + 4, E]; y [B, T, H, E]; the final state [B, H, 3E + 4, E].
+The scan keeps W once per REMAT_SEGMENT steps for the backward (jax.checkpoint per segment), not
+at every step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+REMAT_SEGMENT = 64
+PHIS = ("identity", "softmax")
+
+
+def rows(d: int) -> int:
+  """The rows of one head's matrix for inputs of size d: y, q, k (d each) and 4 rates."""
+  return 3 * d + 4
+
+
+def _phi(x, phi: str):
+  if phi not in PHIS:
+    raise ValueError(f"Unknown SRWM input map {phi!r}; valid choices: {', '.join(PHIS)}.")
+  return jax.nn.softmax(x, axis=-1) if phi == "softmax" else x
+
+
+def srwm_step(w, x, *, phi: str = "identity"):
+  """One step on w [B, H, 3E + 4, E] and x [B, H, E]: (y_t [B, H, E], W_t)."""
+  e = x.shape[-1]
+  if w.shape[-2:] != (rows(e), e):
+    raise ValueError(f"An SRWM state for inputs of size {e} is [..., {rows(e)}, {e}]; got "
+                     f"{w.shape}.")
+  out = jnp.einsum("bhvk,bhk->bhv", w, _phi(x, phi))
+  y, q, k, b = out[..., :e], out[..., e:2 * e], out[..., 2 * e:3 * e], out[..., 3 * e:]
+  q, k, beta = jax.nn.softmax(q, -1), jax.nn.softmax(k, -1), jax.nn.sigmoid(b)
+  rates = jnp.concatenate([jnp.repeat(beta[..., :3], e, axis=-1),
+                           jnp.repeat(beta[..., 3:], 4, axis=-1)], axis=-1)
+  change = rates * jnp.einsum("bhvk,bhk->bhv", w, q - k)
+  return y, w + change[..., :, None] * k[..., None, :]
+
+
+def srwm(x, w0, *, phi: str = "identity"):
+  """The SRWM over a sequence: (y [B, T, H, E], W_T [B, H, 3E + 4, E])."""
+  if x.ndim != 4:
+    raise ValueError(f"x is [B, T, H, E]; got shape {x.shape}.")
+  b, t, h, e = x.shape
+  if w0.shape[1:] != (h, rows(e), e) or w0.shape[0] not in (1, b):
+    raise ValueError(f"w0 is [B or 1, H, 3E + 4, E] = [{b}, {h}, {rows(e)}, {e}]; got "
+                     f"{w0.shape}.")
+  w0 = jnp.broadcast_to(w0, (b, h, rows(e), e)).astype(jnp.result_type(x, w0))
+  xs = jnp.moveaxis(x, 1, 0)                        # time-major
+
+  def step(w, x_t):
+    y, w = srwm_step(w, x_t, phi=phi)
+    return w, y
+
+  @jax.checkpoint
+  def segment(w, xs_segment):
+    return jax.lax.scan(step, w, xs_segment)
+
+  size = min(REMAT_SEGMENT, t)
+  whole, rest = divmod(t, size)
+  w = w0
+  ys = []
+  if whole:
+    segments = xs[:whole * size].reshape(whole, size, *xs.shape[1:])
+    w, y = jax.lax.scan(segment, w, segments)
+    ys.append(y.reshape(whole * size, *y.shape[2:]))
+  if rest:
+    w, y = segment(w, xs[whole * size:])
+    ys.append(y)
+  y = jnp.concatenate(ys, axis=0) if len(ys) > 1 else ys[0]
+  return jnp.moveaxis(y, 0, 1), w
