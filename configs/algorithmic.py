@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_layers = 4
   c.model.d_model = 256                  # residual width (the LSTM's hidden size)
   c.model.embed_size = 128               # the LSTM's embedding size
+  c.model.cell = "lstm"                  # architecture lstm: lstm | elstm (the e-LSTM, one layer)
   c.model.num_heads = 16
   c.model.d_head = 16
   c.model.d_ff = 1024

@@ -6,7 +6,8 @@ model, trained until both evaluation bins are at 100 % (the authors' stopping ru
 The argument after ':' is `<task>-<model>`: task ∈ {parity, aa-star, abab-star, counter-2,
 counter-3, shuffle-2, dyck-1, reset_dyck (Irie, Csordás, Schmidhuber, EMNLP 2023, from
 satwik77/Transformer-Formal-Languages), mod-2, mod-3, mod-5, s3, s5 (state tracking)}; model ∈
-{lstm, transformer, linear-sum (the Linear Transformer, unnormalised), linear-delta (DeltaNet),
+{lstm, elstm (the e-LSTM: fwp-formal-lang's model 10), srwm (the self-referential weight
+matrix, fwp.srwm: model 12), transformer, linear-sum (the Linear Transformer, unnormalised), linear-delta (DeltaNet),
 linear-rdn (Recurrent Delta: fwp-formal-lang's model 7, `rec-update-tanh`, is the Recurrent Delta
 Net), any -neg (β ∈ (0, 2)), gated or delta_product<N> name of configs.names' algorithmic policy}.
 
@@ -81,6 +82,16 @@ def parse(argument: str) -> tuple[str, str]:
 
 def apply_name(c: ml_collections.ConfigDict, argument: str) -> ml_collections.ConfigDict:
   c.problem, model = parse(argument)
+  if model == "elstm":               # fwp-formal-lang's model 10, QuasiLSTMModel: one layer
+    c = algorithmic.apply_model(c, "lstm")
+    c.model_name, c.model.cell = "elstm", "elstm"
+    c.model.num_layers, c.model.d_model = 1, 64
+    return c
+  if model == "srwm":                # model 12: the self-referential weight matrix (fwp.srwm)
+    c = algorithmic.apply_model(c, "linear-delta")
+    c.model_name = "srwm"
+    c.model.feature_map, c.model.normalization, c.model.recurrence = "identity", "none", "srwm"
+    return c
   c = algorithmic.apply_model(c, model)
   if c.model.architecture == "lstm":
     c.model.num_layers, c.model.d_model = 1, 64

@@ -17,7 +17,7 @@ from flax import nnx
 
 from fwp import checks, feature_maps, normalization, ops, rfwp
 
-RECURRENCES = ("none",) + rfwp.RECURRENCES
+RECURRENCES = ("none",) + rfwp.RECURRENCES + ("srwm",)   # srwm: fwp.srwm's layer
 GATES = ("head", "channel", "none")
 GATE_RANK = 16              # the per-channel gate's low-rank projection (FLA's KDA: 16)
 QK_NORMS = ("none", "l2")
@@ -134,6 +134,11 @@ class FastWeightConfig:
       raise ValueError(f"The {self.recurrence} recurrent FWP is built on the delta rule with sum "
                        f"or no normalisation (as the authors' layers), got update_rule="
                        f"{self.update_rule!r}, normalization={self.normalization!r}.")
+    if self.recurrence == "srwm" and (self.feature_map != "identity"
+                                      or self.normalization != "none"):
+      raise ValueError(f"The SRWM reads its input as it is (fwp-formal-lang's SRWMlayer): it "
+                       f"takes feature_map 'identity' and normalization 'none', got "
+                       f"{self.feature_map!r}, {self.normalization!r}.")
     if self.feature_map == "dpfp" and (not isinstance(self.nu, int) or self.nu < 1):
       raise ValueError(f"dpfp needs an integer nu >= 1, got nu={self.nu!r}.")
     if self.feature_map == "favor_plus" and self.num_features < 1:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fwp import checks, layers, txl
+from fwp import checks, layers, srwm, txl
 
 # "relative": Transformer-XL's relative positions (fwp.txl; softmax attention only), no absolute
 # positions at the input.
@@ -171,6 +171,10 @@ class Block(nnx.Module):
       self.attention = layers.SoftmaxAttention(config.d_model, config.num_heads, config.d_head,
                                                rngs=rngs, dtype=dtype, scoring=config.scoring)
       self.scale = 1.0
+    elif config.fast_weight.recurrence == "srwm":
+      self.attention = srwm.SRWMAttention(config.d_model, config.num_heads, config.d_head,
+                                          rngs=rngs, dtype=dtype)
+      self.scale = 1.0
     else:
       self.attention = layers.FastWeightAttention(config.d_model, config.num_heads,
                                                   config.d_head, config.fast_weight, rngs=rngs,
@@ -191,9 +195,14 @@ class Block(nnx.Module):
       kwargs = {}
     else:
       kwargs = dict(projection_key=projection_key)
-    attn_in = self.norm_attention(x) if pre else x
+    self_referential = isinstance(self.attention, srwm.SRWMAttention)
+    # The SRWM's pre-norm block (fwp-formal-lang's SRWMlayer): the layer reads x itself and
+    # the residual is LayerNorm(x): LN(x) + SRWM(x).
+    attn_in = self.norm_attention(x) if pre and not self_referential else x
     a, state = self.attention(attn_in, initial_state=state, return_state=True, **kwargs)
     residual = attn_in if pre and self.config.pre_norm_residual == "normed" else x
+    if pre and self_referential:
+      residual = self.norm_attention(x)
     x = residual + dropout(self.scale * a.astype(x.dtype), rate, _site(dropout_key, 0))
     if not pre:
       x = self.norm_attention(x)

@@ -21,8 +21,11 @@ at every step.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 REMAT_SEGMENT = 64
 PHIS = ("identity", "softmax")
@@ -86,3 +89,46 @@ def srwm(x, w0, *, phi: str = "identity"):
     ys.append(y)
   y = jnp.concatenate(ys, axis=0) if len(ys) > 1 else ys[0]
   return jnp.moveaxis(y, 0, 1), w
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer (fwp-formal-lang layers.SRWMlayer), used by fwp.lm.Block for recurrence="srwm".
+
+class SRWMAttention(nnx.Module):
+  """x [B, T, D] -> out_proj(srwm(x as H heads of E = D / H)) [B, T, D]: no input projection
+  (each head's slice of x is its input), the learned initial matrix W_0 [H, 3E + 4, E] shared by
+  every sequence, and a bias-free output projection. The block around it adds the residual
+  (theirs: LayerNorm(h) + the layer's output, fwp.lm.Block's pre-norm SRWM branch).
+
+  Initialisation as SRWMlayer.reset_parameters (std 1/√E): W_y, W_k ~ N(0, std), W_q ~
+  N(0, 0.01 std), w_b ~ N(beta_init = −1, std), so every learning rate starts near σ(−1)."""
+
+  def __init__(self, d_model: int, num_heads: int, d_head: int, *, rngs: nnx.Rngs, dtype=None,
+               beta_init: float = -1.0):
+    if num_heads * d_head != d_model:
+      raise ValueError(f"The SRWM reads each head's slice of the input: num_heads × d_head = "
+                       f"d_model, got {num_heads} × {d_head} != {d_model}.")
+    self.num_heads, self.d_head = num_heads, d_head
+    e, std = d_head, 1.0 / math.sqrt(d_head)
+    normal = lambda mean, scale, n: mean + scale * jax.random.normal(rngs.params(),
+                                                                     (num_heads, n, e))
+    self.w0 = nnx.Param(jnp.concatenate([normal(0.0, std, e), normal(0.0, 0.01 * std, e),
+                                         normal(0.0, std, e), normal(beta_init, std, 4)], 1))
+    self.out_proj = nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+
+  def init_state(self, batch_size: int, dtype=jnp.float32):
+    """The state before a sequence: the learned W_0 for every row of the batch."""
+    from fwp.layers import FastWeightState
+    w0 = self.w0[...]
+    return FastWeightState(jnp.broadcast_to(w0, (batch_size,) + w0.shape).astype(
+        jnp.promote_types(dtype, jnp.float32)))
+
+  def __call__(self, x, *, initial_state=None, return_state: bool = False,
+               projection_key=None):
+    del projection_key
+    from fwp.layers import FastWeightState, at_least_f32
+    b, t, d = x.shape
+    w = self.w0[...][None] if initial_state is None else initial_state.w
+    y, w_t = srwm(at_least_f32(x).reshape(b, t, self.num_heads, self.d_head), w)
+    out = self.out_proj(y.reshape(b, t, d).astype(x.dtype))
+    return (out, FastWeightState(w_t)) if return_state else out

@@ -96,12 +96,67 @@ def test_lstm_is_causal_and_uses_dropout_only_with_a_key():
   assert not np.allclose(np.asarray(dropped), np.asarray(model(a)))
 
 
+def numpy_elstm(model: lstm.LSTMModel, tokens: np.ndarray) -> np.ndarray:
+  """fwp-formal-lang's QuasiLSTMModel, written as their QuasiLSTMlayer's loop: per step
+  z = tanh(W_z x + w_z * c + b_z), f = σ(W_f x + w_f * c + b_f), c = c f + (1 − f) z; then
+  out = c σ(W_o [x, c] + b_o) and log_softmax(W out + b)."""
+  cell = {k: np.asarray(v[...]) for k, v in model.cells[0].items()}
+  x = np.asarray(model.embed.embedding[...])[tokens]
+  hidden = cell["w"].shape[1] // 2
+  wm_z, wm_f = cell["w"][:, :hidden], cell["w"][:, hidden:]
+  wv_z, wv_f = cell["v"][:hidden], cell["v"][hidden:]
+  b_z, b_f = cell["b"][:hidden], cell["b"][hidden:]
+  c, outs = np.zeros((x.shape[0], hidden)), []
+  for t in range(x.shape[1]):
+    z = np.tanh(x[:, t] @ wm_z + wv_z * c + b_z)
+    f = sigmoid(x[:, t] @ wm_f + wv_f * c + b_f)
+    c = c * f + (1.0 - f) * z
+    gate = sigmoid(np.concatenate([x[:, t], c], -1) @ cell["w_o"] + cell["b_o"])
+    outs.append(c * gate)
+  logits = np.stack(outs, 1) @ np.asarray(model.out.kernel[...]) + np.asarray(model.out.bias[...])
+  logits = logits - logits.max(-1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+@pytest.mark.fast
+def test_elstm_equals_the_authors_loop_and_its_gradients_a_python_loopfloat64():
+  with x64():
+    config = lstm.LSTMConfig(vocab_size=11, output_size=7, embed_size=6, hidden_size=5,
+                             num_layers=1, dropout=0.0, cell="elstm")
+    graphdef, state = nnx.split(lstm.LSTMModel(config, rngs=nnx.Rngs(2)))
+    model = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.float64), state))
+    tokens = np.random.default_rng(3).integers(0, 11, (3, 9))
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(tokens))),
+                               numpy_elstm(model, tokens), rtol=0, atol=1e-12)
+    graphdef, params = nnx.split(model)
+
+    def loss_loop(p):
+      m = nnx.merge(graphdef, p)
+      cell, x = m.cells[0], m.embed.embedding[...][tokens]
+      c, outs = jnp.zeros((3, 5)), []
+      for t in range(9):
+        pre = x[:, t] @ cell["w"][...] + cell["v"][...] * jnp.concatenate([c, c], -1) + \
+            cell["b"][...]
+        f = jax.nn.sigmoid(pre[:, 5:])
+        c = c * f + (1 - f) * jnp.tanh(pre[:, :5])
+        outs.append(c * jax.nn.sigmoid(jnp.concatenate([x[:, t], c], -1) @ cell["w_o"][...]
+                                       + cell["b_o"][...]))
+      return jnp.sum(jax.nn.log_softmax(m.out(jnp.stack(outs, 1)), -1)[..., 0])
+
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(jnp.asarray(tokens))[..., 0])
+    chex.assert_trees_all_close(jax.grad(loss)(params), jax.grad(loss_loop)(params),
+                                atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("hidden_size", 0, "hidden_size must be a positive integer"),
-    ("dropout", 1.0, r"dropout must be in \[0, 1\)")])
+    ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+    ("cell", "gru", "LSTMConfig.cell.*'gru'.*lstm, elstm"),
+    ("num_layers", 2, "e-LSTM model has one layer")])
 def test_lstm_config_errors(field, value, message):
+  extra = {"cell": "elstm"} if field == "num_layers" else {}
   with pytest.raises(ValueError, match=message):
-    lstm.LSTMConfig(**{"vocab_size": 3, "output_size": 2, field: value})
+    lstm.LSTMConfig(**{"vocab_size": 3, "output_size": 2, field: value, **extra})
 
 
 FW = layers.FastWeightConfig("elu_plus_one", update_rule="delta", normalization="sum")

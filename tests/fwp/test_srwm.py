@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fwp import srwm
+from flax import nnx
 
-jax.config.update("jax_enable_x64", True)
+from fwp import layers, lm, srwm
+from tests.helpers import float64, x64
 
 
 def softmax(a):
@@ -42,6 +43,11 @@ def _blocks(w, e):
 @pytest.mark.parametrize("phi,t,segment", [("identity", 11, 4), ("softmax", 9, 64),
                                            ("identity", 8, 4)])
 def test_srwm_is_the_authors_loop_float64(monkeypatch, phi, t, segment):
+  with x64():
+    _authors_loop_case(monkeypatch, phi, t, segment)
+
+
+def _authors_loop_case(monkeypatch, phi, t, segment):
   monkeypatch.setattr(srwm, "REMAT_SEGMENT", segment)
   b, h, e = 2, 3, 5
   rng = np.random.default_rng(0)
@@ -59,6 +65,11 @@ def test_srwm_is_the_authors_loop_float64(monkeypatch, phi, t, segment):
 
 @pytest.mark.fast
 def test_srwm_gradients_are_the_plain_loops_float64(monkeypatch):
+  with x64():
+    _gradient_case(monkeypatch)
+
+
+def _gradient_case(monkeypatch):
   monkeypatch.setattr(srwm, "REMAT_SEGMENT", 3)
   b, t, h, e = 2, 7, 2, 4
   rng = np.random.default_rng(1)
@@ -94,3 +105,45 @@ def test_bad_srwm_shapes_and_maps_are_named():
     srwm.srwm(x, jnp.zeros((1, 2, 16, 4)), phi="relu")
   with pytest.raises(ValueError, match=r"x is \[B, T, H, E\]"):
     srwm.srwm(x[0], jnp.zeros((1, 2, 16, 4)))
+
+
+def _srwm_lm(**changes):
+  fast = layers.FastWeightConfig("identity", update_rule="delta", normalization="none",
+                                 recurrence="srwm")
+  config = lm.LMConfig(vocab_size=7, output_size=5, num_layers=2, d_model=8, num_heads=2,
+                       d_head=4, d_ff=16, dropout=0.0, fast_weight=fast, pre_norm=True,
+                       final_norm=False, positional="none", embedding="plain",
+                       fast_weight_scale=False, **changes)
+  return float64(lm.TransformerLM(config, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.fast
+def test_an_srwm_lm_is_the_authors_block_and_decodes_as_an_rnn_float64():
+  """fwp-formal-lang's SRWM model: embedding, then per layer LN(h) + W_o srwm(h) (no input
+  projection) and the pre-LN feed-forward block, then the untied output layer; one token at a
+  time from the state gives the same log-probabilities."""
+  with x64():
+    model = _srwm_lm()
+    tokens = jnp.asarray(np.random.default_rng(4).integers(0, 7, (2, 6)))
+    got = model(tokens)
+    h = model.embed.embedding[...][tokens]
+    for block in model.blocks:
+      y, _ = srwm.srwm(h.reshape(2, 6, 2, 4), block.attention.w0[...][None])
+      h = block.norm_attention(h) + block.attention.out_proj(y.reshape(2, 6, 8))
+      h = h + block.ff_out(jax.nn.relu(block.ff_in(block.norm_ff(h))))
+    want = model.log_probs(h)        # the untied output layer, then log_softmax
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    state, steps = model.init_state(2, dtype=jnp.float64), []
+    for t in range(6):
+      out, state = model.step(state, tokens[:, t])
+      steps.append(out)
+    np.testing.assert_allclose(jnp.stack(steps, 1), got, rtol=0, atol=1e-12)
+
+
+@pytest.mark.fast
+def test_srwm_layer_options_are_checked():
+  with pytest.raises(ValueError, match="SRWM reads its input as it is.*'elu_plus_one'"):
+    layers.FastWeightConfig("elu_plus_one", update_rule="delta", normalization="none",
+                            recurrence="srwm")
+  with pytest.raises(ValueError, match="num_heads × d_head = d_model"):
+    srwm.SRWMAttention(8, 2, 3, rngs=nnx.Rngs(0))

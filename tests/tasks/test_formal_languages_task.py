@@ -89,6 +89,12 @@ def test_the_config_is_the_authors_recipe_and_names_parse():
   assert (neg.problem, neg.model.beta_max) == ("mod-3", 2.0)
   assert formal_languages.get_config("s5-linear-delta_product3").model.num_writes == 3
   assert formal_languages.get_config("parity-lstm").model.architecture == "lstm"
+  elstm = formal_languages.get_config("parity-elstm")
+  assert (elstm.model_name, elstm.model.architecture, elstm.model.cell,
+          elstm.model.num_layers) == ("elstm", "lstm", "elstm", 1)
+  self_ref = formal_languages.get_config("dyck-1-srwm")
+  assert (self_ref.model_name, self_ref.model.recurrence, self_ref.model.feature_map,
+          self_ref.model.normalization) == ("srwm", "srwm", "identity", "none")
   assert formal_languages.get_config("parity-linear-sum").model.normalization == "none"
 
 

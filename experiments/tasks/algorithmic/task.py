@@ -31,8 +31,9 @@ ARCHITECTURES = ("transformer", "lstm")
 SELECT_BY = ("sequence", "print")        # code execution's selection accuracy
 _DROPOUT, _PROJECTION = 1, 2             # key streams
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "cache_dir")
-ADDED_FIELDS = {f"model.{name}": value for name, value in common.BEFORE.items()
-                if name != "fwm_normalize_first"}
+ADDED_FIELDS = {**{f"model.{name}": value for name, value in common.BEFORE.items()
+                   if name != "fwm_normalize_first"},
+                "model.cell": "lstm"}
 
 
 def _positive(config, name, minimum=1):
@@ -48,7 +49,7 @@ def model_config(config, vocab_size: int, output_size: int):
   if m.architecture == "lstm":
     return lstm.LSTMConfig(vocab_size=vocab_size, output_size=output_size,
                            embed_size=m.embed_size, hidden_size=m.d_model,
-                           num_layers=m.num_layers, dropout=m.dropout)
+                           num_layers=m.num_layers, dropout=m.dropout, cell=m.cell)
   return lm.LMConfig(
       vocab_size=vocab_size, output_size=output_size, num_layers=m.num_layers,
       d_model=m.d_model, num_heads=m.num_heads, d_head=m.d_head, d_ff=m.d_ff,

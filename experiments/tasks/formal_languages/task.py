@@ -41,8 +41,9 @@ def validate(config) -> None:
   if not 0.0 < config.stop_accuracy <= 100.0:
     raise ValueError(f"config.stop_accuracy={config.stop_accuracy} is not a percentage in "
                      f"(0, 100].")
-  if config.model_name == "lstm" and config.model.architecture != "lstm":
-    raise ValueError("config.model_name 'lstm' needs config.model.architecture 'lstm'.")
+  if config.model_name in ("lstm", "elstm") and config.model.architecture != "lstm":
+    raise ValueError(f"config.model_name {config.model_name!r} needs config.model.architecture "
+                     f"'lstm'.")
   algorithmic.model_config(config, 2, 2)      # every model field, before any data is made
 
 
