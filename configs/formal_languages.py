@@ -25,7 +25,7 @@ embedding 32), batch 32, learning rate 1e-3 (docs/departures.md).
 
 import ml_collections
 
-from configs import algorithmic, common
+from configs import algorithmic, common, names
 from experiments.tasks.formal_languages import data
 
 TASKS = data.TASKS
@@ -95,6 +95,11 @@ def apply_name(c: ml_collections.ConfigDict, argument: str) -> ml_collections.Co
   c = algorithmic.apply_model(c, model)
   if c.model.architecture == "lstm":
     c.model.num_layers, c.model.d_model = 1, 64
+  if model.endswith(names.NEG):
+    # Grazzi et al.'s negative eigenvalues: β ∈ (0, 2) with keys of unit L2 norm, so that
+    # I − β k kᵀ's eigenvalue 1 − β spans (−1, 1) (a sum-normalised key has ‖k‖² ≤ 1 and
+    # reaches −1 only when one-hot). The grid's `-l2` rows are the same keys with β ∈ (0, 1).
+    c.model.qk_norm, c.model.normalization = "l2", "none"
   if c.model.update_rule in ("softmax", "additive"):
     # fwp-formal-lang's main.py builds TrafoModel without use_pos_enc, whose default is False:
     # their Transformer has no positions (the algorithmic code's keeps its sinusoid).

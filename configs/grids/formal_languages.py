@@ -1,5 +1,5 @@
 """The CPU grid behind results/formal_languages.* (docs/formal_languages.md): configs/
-formal_languages.py at a CPU budget of 10 epochs (3,120 steps of 32 strings; the authors allow
+formal_languages.py at a CPU budget of 5 epochs (1,560 steps of 32 strings; the authors allow
 300 epochs, and a run stops earlier when both bins reach 100 %), 3 seeds, then the report.
 
   python -m experiments.grid --grid=configs/grids/formal_languages.py
@@ -7,21 +7,27 @@ formal_languages.py at a CPU budget of 10 epochs (3,120 steps of 32 strings; the
   python -m experiments.grid --grid=configs/grids/formal_languages.py:tracking --only=s3
 
 `languages`: the EMNLP 2023 table's eight languages × LSTM, Transformer, Linear Transformer,
-DeltaNet and Recurrent Delta (linear-rdn). `tracking`: negative eigenvalues on parity-like
-counting (mod-2, mod-3: linear-delta against linear-delta-neg, the LSTM beside them) and
-DeltaProduct on the S3 / S5 word problems (delta_product N = 1, 2, 3, and the LSTM).
+DeltaNet, Recurrent Delta (linear-rdn), e-LSTM and SRWM. `tracking`: negative eigenvalues on
+parity and counting (parity, mod-2, mod-3: linear-delta-neg, β ∈ (0, 2) with unit-norm keys,
+against linear-delta-l2, the same keys with β ∈ (0, 1); linear-delta and the LSTM beside them on
+mod-m) and DeltaProduct on the S3 / S5 word problems (delta_product N = 1, 2, 3, and the LSTM).
 """
 
 from configs.grids import Grid, Launch, args
 
 LANGUAGES = ("parity", "aa-star", "abab-star", "counter-2", "counter-3", "shuffle-2", "dyck-1",
              "reset_dyck")
-PAPER_MODELS = ("lstm", "transformer", "linear-sum", "linear-delta", "linear-rdn")
-TRACKING = (("mod-2", ("lstm", "linear-delta", "linear-delta-neg")),
-            ("mod-3", ("lstm", "linear-delta", "linear-delta-neg")),
+PAPER_MODELS = ("lstm", "transformer", "linear-sum", "linear-delta", "linear-rdn", "elstm",
+                "srwm")
+# linear-delta-l2: the keys of -neg (unit L2 norm, no sum normalisation) with β ∈ (0, 1), so
+# that -neg against it changes β's range alone.
+L2 = "linear-delta-l2"
+NEG = (L2, "linear-delta-neg")
+TRACKING = (("parity", NEG), ("mod-2", ("lstm", "linear-delta") + NEG),
+            ("mod-3", ("lstm", "linear-delta") + NEG),
             ("s3", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")),
             ("s5", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")))
-EPOCHS = 10
+EPOCHS = 5
 SEEDS = (1, 2, 3)
 
 
@@ -40,6 +46,14 @@ def get_grid(arg=None):
   return Grid(name="formal_languages", runs="runs/formal_languages", out="results",
               records="results/runs/formal_languages",
               # seed-major: every cell's first seed before any cell's second
-              launches=tuple(Launch(f"configs/formal_languages.py:{t}-{m}", f"{t}-{m}", flags,
-                                    seeds=(seed,), seed_dirs=True)
-                             for seed in SEEDS for t, m in points(part)))
+              launches=tuple(_launch(t, m, seed, flags) for seed in SEEDS
+                             for t, m in points(part)))
+
+
+def _launch(task, model, seed, flags):
+  if model == L2:
+    return Launch(f"configs/formal_languages.py:{task}-linear-delta", f"{task}-{model}",
+                  flags + ("--config.model_name=linear-delta-l2", "--config.model.qk_norm=l2",
+                           "--config.model.normalization=none"), seeds=(seed,), seed_dirs=True)
+  return Launch(f"configs/formal_languages.py:{task}-{model}", f"{task}-{model}", flags,
+                seeds=(seed,), seed_dirs=True)

@@ -86,7 +86,8 @@ def test_the_config_is_the_authors_recipe_and_names_parse():
   assert (trafo.problem, trafo.model.update_rule, trafo.model.pre_norm, trafo.model.positional,
           trafo.model.final_norm) == ("reset_dyck", "softmax", False, "none", True)
   neg = formal_languages.get_config("mod-3-linear-delta-neg")
-  assert (neg.problem, neg.model.beta_max) == ("mod-3", 2.0)
+  assert (neg.problem, neg.model.beta_max, neg.model.qk_norm, neg.model.normalization) == (
+      "mod-3", 2.0, "l2", "none")            # unit-norm keys: 1 − β spans (−1, 1)
   assert formal_languages.get_config("s5-linear-delta_product3").model.num_writes == 3
   assert formal_languages.get_config("parity-lstm").model.architecture == "lstm"
   elstm = formal_languages.get_config("parity-elstm")
