@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.valid2_size = 2_000          # Bin1 strings drawn (the long bin)
   c.test_size = 2_000            # a fresh draw of Bin1, scored once by the selected checkpoint
   c.data_seed = 1                # the data sets' seed; config.seed is the run's
+  c.train_lengths = ""           # LOW:HIGH of training and Bin0 strings (counter-n: of n); "":
+  #                                2:50, satwik77's
+  c.long_lengths = ""            # LOW:HIGH of Bin1 and test strings; "": 51:100 (dyck-1,
+  #                                shuffle-2: 52:100), as their generate_data.py
   c.select_by = "mean"           # mean (of the two bins' sequence accuracies: the authors') |
   #                                long (Bin1 alone)
   c.stop_accuracy = 100.0        # stop when the selection accuracy reaches this (percent)

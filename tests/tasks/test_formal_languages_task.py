@@ -64,6 +64,17 @@ def test_a_run_trains_selects_by_both_bins_resumes_bitwise_and_is_reported(tmp_p
 
 
 @pytest.mark.slow
+def test_the_length_windows_are_the_config_s(tmp_path):
+  c = tiny("counter-2-lstm", cache=str(tmp_path / "cache"), train_lengths="2:5",
+           long_lengths="8:9", max_steps=3)
+  task = tasks.get("formal_languages").make(c)
+  assert task.train.lengths.max() <= 10 and set(task.valid2.lengths) <= {16, 18}
+  c = tiny("parity-lstm", cache=str(tmp_path / "cache"), max_length=40, max_steps=3)
+  with pytest.raises(ValueError, match="longer than config.max_length=40"):
+    train.train(c, str(tmp_path / "run"))
+
+
+@pytest.mark.slow
 def test_a_run_stops_when_both_bins_reach_the_target(tmp_path):
   # aa-star is learnt by an LSTM in a few dozen steps; a target of 60 % stops it early.
   c = tiny("aa-star-lstm", cache=str(tmp_path / "cache"), max_steps=300, eval_every=10,
@@ -117,6 +128,10 @@ def test_bad_names(argument, message):
     (dict(train_size=4), "train_size=4 is smaller than batch_size"),
     (dict(valid2_size=0), "valid2_size"),
     ({"model.architecture": "gru"}, "Unknown config.model.architecture 'gru'"),
+    (dict(long_lengths="51-100"), "long_lengths='51-100' is not LOW:HIGH"),
+    (dict(train_lengths="0:50"), r"config.train_lengths of dyck-1 is \[0, 50\]"),
+    (dict(long_lengths="60:2000"), r"high <= 1000"),
+    (dict(problem="abab-star", long_lengths="5:7"), "no length that is a multiple of 4"),
 ])
 def test_bad_configs_fail_before_anything_is_made(tmp_path, changes, message):
   with pytest.raises(ValueError, match=message):

@@ -334,12 +334,27 @@ def _keep_first(strings: list) -> list:
   return list(dict.fromkeys(strings))
 
 
-def split_strings(task: str, split: str, size: int, seed: int, train_size: int) -> list:
-  """The strings (lists of tokens for the tracking tasks) of one split."""
+def parse_window(text: str, task: str, what: str) -> Window | None:
+  """`LOW:HIGH` (inclusive) as a checked Window; "" for the default (None)."""
+  if not text:
+    return None
+  low, sep, high = str(text).partition(":")
+  if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+    raise ValueError(f"{what}={text!r} is not LOW:HIGH (two integers, e.g. 51:100).")
+  return check_window(task, Window(int(low), int(high)), what)
+
+
+def split_strings(task: str, split: str, size: int, seed: int, train_size: int,
+                  train_window: Window | None = None, long_window: Window | None = None) -> list:
+  """The strings (lists of tokens for the tracking tasks) of one split; `train` and `valid` from
+  `train_window`, `valid2` and `test` from `long_window` (None: the defaults above)."""
   check_task(task)
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(SPLITS)}.")
-  window = TRAIN_WINDOW if split in ("train", "valid") else bin1_window(task)
+  if split in ("train", "valid"):
+    window = train_window or TRAIN_WINDOW
+  else:
+    window = long_window or bin1_window(task)
   if task in TRACKING:
     return [_tracking_example(task, np.random.default_rng(_seed(task, seed, split, i)), window)
             for i in range(size)]
@@ -374,12 +389,17 @@ def cache_dir(configured: str = "") -> str:
 
 @functools.lru_cache(maxsize=16)
 def generate(task: str, split: str, size: int, seed: int, train_size: int,
-             cache: str = "") -> Split:
+             cache: str = "", train_window: Window | None = None,
+             long_window: Window | None = None) -> Split:
   """One split, generated once and kept in `cache` (a .npz; the bracket grammar's rejection
   sampling takes seconds per split). A cache that cannot be written is skipped with a warning."""
-  strings_of = functools.partial(split_strings, task, split, size, seed, train_size)
+  strings_of = functools.partial(split_strings, task, split, size, seed, train_size,
+                                 train_window, long_window)
   folder = cache_dir(cache)
   after = f"-after{train_size}" if task in ("parity", "reset_dyck") and split == "valid" else ""
+  window = train_window if split in ("train", "valid") else long_window
+  if window is not None:
+    after += f"-L{window.low}-{window.high}"
   path = os.path.join(folder, f"{task}-seed{seed}-{split}{size}{after}-v{GENERATOR_VERSION}.npz")
   make = lambda: dataclasses.asdict(encode(task, strings_of()))
   return Split(**files.cached_arrays(path, make, f"the generated {task} {split} split"))

@@ -38,6 +38,7 @@ def validate(config) -> None:
     raise ValueError(f"config.train_size={config.train_size} is smaller than batch_size="
                      f"{config.batch_size}: an epoch would hold no batch.")
   checks.choice("config.select_by", config.select_by, SELECT_BY)
+  _windows(config)
   if not 0.0 < config.stop_accuracy <= 100.0:
     raise ValueError(f"config.stop_accuracy={config.stop_accuracy} is not a percentage in "
                      f"(0, 100].")
@@ -45,6 +46,12 @@ def validate(config) -> None:
     raise ValueError(f"config.model_name {config.model_name!r} needs config.model.architecture "
                      f"'lstm'.")
   algorithmic.model_config(config, 2, 2)      # every model field, before any data is made
+
+
+def _windows(config):
+  """(training window, long window) from config.train_lengths / long_lengths (None: default)."""
+  return (data.parse_window(config.train_lengths, config.problem, "config.train_lengths"),
+          data.parse_window(config.long_lengths, config.problem, "config.long_lengths"))
 
 
 def make(config, mesh=None) -> "FormalLanguage":
@@ -74,7 +81,8 @@ class FormalLanguage(algorithmic.Algorithmic):
 
   def _split(self, name, size):
     c = self.config
-    split = data.generate(c.problem, name, size, c.data_seed, c.train_size, c.cache_dir)
+    split = data.generate(c.problem, name, size, c.data_seed, c.train_size, c.cache_dir,
+                          *_windows(c))
     return split.padded(c.max_length, f"{c.problem} {name}") if c.max_length else split
 
   @functools.cached_property
