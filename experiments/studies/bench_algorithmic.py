@@ -1,8 +1,12 @@
 """The algorithmic tasks' training step per model, all in one run on one machine: where the
-recurrent FWPs' step costs against the Delta Net's (results/bench_algorithmic.md).
+recurrent FWPs' step costs against the Delta Net's (results/bench_algorithmic.md). The
+formal-languages family too (its `<task>-<model>` names; results/bench_formal_languages.md).
 
   python -m experiments.studies.bench_algorithmic                          # the CPU config
   python -m experiments.studies.bench_algorithmic --config=configs/algorithmic.py  # the authors'
+  python -m experiments.studies.bench_algorithmic --config=configs/formal_languages.py \
+      --problem=parity --models=linear-delta,srwm,elstm,lstm,linear-rdn,transformer \
+      --markdown=results/bench_formal_languages.md
 
 For each model on --problem, the median seconds of the train loop's own jitted step
 (experiments.studies.timing.train_step_seconds: the task's real batches, its loss and the
@@ -15,14 +19,15 @@ import importlib.util
 
 from absl import app, flags
 
-from experiments import tasks
+from experiments import results, tasks
 from experiments.studies import timing
 
 _CONFIG = flags.DEFINE_string("config", "configs/algorithmic_cpu.py", "Config file.")
 _PROBLEM = flags.DEFINE_string("problem", "code5", "Problem (code<n> or listops<d>).")
-_MODELS = flags.DEFINE_list(
-    "models", ["linear-delta", "linear-sum", "linear-delta_rnn", "linear-rdn",
-               "linear-delta_lstm", "lstm", "transformer"], "Models; the first is the baseline.")
+_MODEL_DEFAULT = ("linear-delta,linear-sum,linear-delta_rnn,linear-rdn,linear-delta_lstm,lstm,"
+                  "transformer")
+_MODELS = flags.DEFINE_list("models", _MODEL_DEFAULT.split(","),
+                            "Models; the first is the baseline.")
 _FORMS = flags.DEFINE_list("forms", [], "Override config.model.form (one row per form).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per model (median).")
 _MARKDOWN = flags.DEFINE_string("markdown", "results/bench_algorithmic.md", "Output ('' = none).")
@@ -46,7 +51,7 @@ def main(argv):
       config = module.get_config(f"{_PROBLEM.value}-{model}")
       if form and config.model.architecture != "lstm":
         config.model.form = form
-      task = tasks.get("algorithmic").make(config)
+      task = tasks.get(config.task).make(config)
       seconds = timing.train_step_seconds(task, config, _REPEATS.value)
       tokens = config.batch_size * task.train.inputs.shape[1]
       rows.append(dict(model=model, form=config.model.form if model != "lstm" else "scan",
@@ -66,7 +71,11 @@ def main(argv):
   text = "\n".join(lines) + "\n\nMade by `python -m experiments.studies.bench_algorithmic" + (
       f" --config={_CONFIG.value}" if _CONFIG.value != _CONFIG.default else "") + (
       f" --problem={_PROBLEM.value}" if _PROBLEM.value != _PROBLEM.default else "") + (
-      f" --forms={','.join(_FORMS.value)}" if _FORMS.value else "") + "`.\n"
+      f" --forms={','.join(_FORMS.value)}" if _FORMS.value else "") + (
+      f" --models={','.join(_MODELS.value)}" if ','.join(_MODELS.value) != _MODEL_DEFAULT
+      else "") + (
+      f" --markdown={_MARKDOWN.value}" if _MARKDOWN.value != _MARKDOWN.default else "") + (
+      f"` at {results.commit()}.\n")
   if _MARKDOWN.value:
     with open(_MARKDOWN.value, "w") as f:
       f.write(text)
