@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.d_model = 256                  # residual width (the LSTM's hidden size)
   c.model.embed_size = 128               # the LSTM's embedding size
   c.model.cell = "lstm"                  # architecture lstm: lstm | elstm (the e-LSTM, one layer)
+  c.model.layer_norm_eps = 1e-5          # torch's nn.LayerNorm default, as the authors' layers
   c.model.num_heads = 16
   c.model.d_head = 16
   c.model.d_ff = 1024

@@ -4,11 +4,12 @@ outputs and gradients compared.
 
   python -m experiments.studies.authors_crosscheck --authors_code=/tmp/fwt/synthetic \
       --lmtool_code=/tmp/lmtool/src \
+      --formal_code=/tmp/fwp-formal-lang \
       --authors_python=/tmp/torchenv/bin/python        # writes results/authors_crosscheck.md
 
 --authors_code is a checkout of ischlag/fast-weight-transformers' `synthetic/` directory,
---lmtool_code IDSIA/lmtool-fwp's `src/` directory (either may be left out; the file then holds the
-other's rows only) and --authors_python a Python with torch
+--lmtool_code IDSIA/lmtool-fwp's `src/` directory, --formal_code a checkout of IDSIA/fwp-formal-lang
+(any may be left out; the file then holds the others' rows only) and --authors_python a Python with torch
 (experiments/studies/authors_synthetic.py says how to get it and their code; torch is not a
 project requirement). The LM rows: experiments/studies/authors_crosscheck_lm.py (fwp's side,
 the cases) and authors_crosscheck_lm_torch.py (theirs: their CUDA kernels replaced by per-step
@@ -40,6 +41,7 @@ from experiments import results
 _AUTHORS_CODE = flags.DEFINE_string("authors_code", None,
                                     "ischlag/fast-weight-transformers' synthetic/ directory.")
 _LMTOOL_CODE = flags.DEFINE_string("lmtool_code", None, "IDSIA/lmtool-fwp's src/ directory.")
+_FORMAL_CODE = flags.DEFINE_string("formal_code", None, "A checkout of IDSIA/fwp-formal-lang.")
 _AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable,
                                       "A Python with torch, to run the authors' code.")
 _NUM_KEYS = flags.DEFINE_integer("num_keys", 20, "S (setting 2: sequences of 2S).")
@@ -157,6 +159,15 @@ def _run_theirs(script, code, cases):
     return {i: dict(np.load(os.path.join(tmp, f"{i:03d}.out.npz"))) for i in cases}
 
 
+def _both_sides(module, script, code):
+  """({i: fwp's outputs}, {i: theirs}) of a module's CASES (its fwp_case(row) gives both the
+  case their side reads and fwp's numbers)."""
+  cases, ours = {}, {}
+  for i, row in enumerate(module.CASES):
+    cases[i], ours[i] = module.fwp_case(row)
+  return ours, _run_theirs(script, code, cases)
+
+
 def _retrieval_section(failures):
   s, b = _NUM_KEYS.value, _BATCH.value
   cases, ours = {}, {}
@@ -184,10 +195,7 @@ def _retrieval_section(failures):
 
 def _lm_section(failures):
   from experiments.studies import authors_crosscheck_lm as lm_cases
-  cases, ours = {}, {}
-  for i, row in enumerate(lm_cases.CASES):
-    cases[i], ours[i] = lm_cases.fwp_case(row)
-  theirs = _run_theirs("authors_crosscheck_lm_torch.py", _LMTOOL_CODE.value, cases)
+  ours, theirs = _both_sides(lm_cases, "authors_crosscheck_lm_torch.py", _LMTOOL_CODE.value)
   sizes = lm_cases.SIZES
   lines = ["## The language-model layers (IDSIA/lmtool-fwp `src/model_main.py`)", "",
            f"fwp's configs/wikitext103.py:small-<name> at d_model {sizes['d_model']}, "
@@ -220,13 +228,40 @@ def _lm_section(failures):
   return lines
 
 
+def _formal_section(failures):
+  from experiments.studies import authors_crosscheck_formal as formal
+  ours, theirs = _both_sides(formal, "authors_crosscheck_formal_torch.py", _FORMAL_CODE.value)
+  sizes = formal.SIZES
+  lines = ["## The formal-language models (IDSIA/fwp-formal-lang `model.py`)", "",
+           f"configs/formal_languages.py:dyck-1-<model> at d_model {sizes['d_model']}, "
+           f"{sizes['num_heads']} heads, feed-forward {sizes['d_ff']}, {sizes['num_layers']} "
+           f"layers (the e-LSTM: one, embedding {sizes['embed_size']}), dropout 0, batch "
+           f"{formal.BATCH} × {formal.TIME} tokens: the log-probabilities and every "
+           f"parameter's gradient of Σ r ⊙ log p. Their `SRWM` and `QuasiLSTMModel` run "
+           f"unchanged with every parameter loaded from fwp's; their self_ref_v0 CUDA kernel "
+           f"replaced by a per-step loop written from it (authors_crosscheck_formal_torch.py).",
+           "", "| fwp name | their model_type | fwp config | loss (fwp) | max abs diff "
+           "| max rel diff | |", "|---|---|---|---|---|---|---|"]
+  for i, row in enumerate(formal.CASES):
+    abs_, rel = _difference(ours[i], theirs[i])
+    verdict = "MATCH" if rel <= MATCH else "differs"
+    if verdict != "MATCH":
+      failures.append(f"{row.model} {row.what}")
+    lines.append(f"| {row.model} | {row.theirs} | {row.what} | {ours[i]['loss']:.6g} "
+                 f"| {abs_:.1e} | {rel:.1e} | {verdict} |")
+  return lines
+
+
 def main(argv):
   del argv
   import jax
   jax.config.update("jax_enable_x64", True)
-  if not (_AUTHORS_CODE.value or _LMTOOL_CODE.value):
+  if not (_AUTHORS_CODE.value or _LMTOOL_CODE.value or _FORMAL_CODE.value):
     raise app.UsageError("Give --authors_code (the retrieval rows), --lmtool_code (the LM "
-                         "rows) or both.")
+                         "rows), --formal_code (the formal-language rows), or several.")
+  if _FORMAL_CODE.value and not os.path.isfile(os.path.join(_FORMAL_CODE.value, "layers.py")):
+    raise app.UsageError(f"--formal_code={_FORMAL_CODE.value!r} is not a checkout of "
+                         f"fwp-formal-lang (no layers.py there).")
   if _AUTHORS_CODE.value and not os.path.isfile(os.path.join(_AUTHORS_CODE.value,
                                                               "linearAttention.py")):
     raise app.UsageError(f"--authors_code={_AUTHORS_CODE.value!r} is not the authors' "
@@ -250,6 +285,8 @@ def main(argv):
     lines += _retrieval_section(failures) + [""]
   if _LMTOOL_CODE.value:
     lines += _lm_section(failures) + [""]
+  if _FORMAL_CODE.value:
+    lines += _formal_section(failures) + [""]
   results.write_markdown(_OUT.value, "authors_crosscheck", lines)
   if failures:
     raise SystemExit(f"fwp's defaults differ from the authors' code: {', '.join(failures)}")

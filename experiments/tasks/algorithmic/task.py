@@ -33,7 +33,8 @@ _DROPOUT, _PROJECTION = 1, 2             # key streams
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "cache_dir")
 ADDED_FIELDS = {**{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"},
-                "model.cell": "lstm"}
+                "model.cell": "lstm",
+                "model.layer_norm_eps": 1e-6}     # fwp's LMConfig default, before the field
 
 
 def _positive(config, name, minimum=1):
@@ -56,7 +57,7 @@ def model_config(config, vocab_size: int, output_size: int):
       dropout=m.dropout, fast_weight=common.fast_weight_config(m), pre_norm=m.pre_norm,
       final_norm=m.final_norm, positional=m.positional, embedding=m.embedding,
       embedding_dropout=m.embedding_dropout, fast_weight_scale=m.fast_weight_scale,
-      dtype=m.dtype, scoring=common.scoring(m))
+      dtype=m.dtype, scoring=common.scoring(m), layer_norm_eps=m.layer_norm_eps)
 
 
 def validate(config) -> None:
