@@ -105,7 +105,9 @@ def test_bench_translate_writes_its_tables(tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--authors_code", "is not the authors' synthetic/ directory"),
     ("--lmtool_code", "is not lmtool-fwp's src/ directory"),
-    (None, "Give --authors_code (the retrieval rows), --lmtool_code (the LM rows) or both")])
+    ("--formal_code", "is not a checkout of fwp-formal-lang"),
+    (None, "Give --authors_code (the retrieval rows), --lmtool_code (the LM rows), "
+           "--formal_code (the formal-language rows), or several")])
 def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path, flag, message):
   """The cross-check runs the authors' code (torch, not a requirement): CI checks that a wrong
   checkout, or none, is named before anything is computed or written; the comparisons
