@@ -195,14 +195,14 @@ class Block(nnx.Module):
       kwargs = {}
     else:
       kwargs = dict(projection_key=projection_key)
-    self_referential = isinstance(self.attention, srwm.SRWMAttention)
-    # The SRWM's pre-norm block (fwp-formal-lang's SRWMlayer): the layer reads x itself and
-    # the residual is LayerNorm(x): LN(x) + SRWM(x).
-    attn_in = self.norm_attention(x) if pre and not self_referential else x
+    if isinstance(self.attention, srwm.SRWMAttention):
+      # The SRWM's pre-norm block (fwp-formal-lang's SRWMlayer): the layer reads x itself and
+      # the residual is LayerNorm(x): LN(x) + SRWM(x).
+      attn_in, residual = x, self.norm_attention(x) if pre else x
+    else:
+      attn_in = self.norm_attention(x) if pre else x
+      residual = attn_in if pre and self.config.pre_norm_residual == "normed" else x
     a, state = self.attention(attn_in, initial_state=state, return_state=True, **kwargs)
-    residual = attn_in if pre and self.config.pre_norm_residual == "normed" else x
-    if pre and self_referential:
-      residual = self.norm_attention(x)
     x = residual + dropout(self.scale * a.astype(x.dtype), rate, _site(dropout_key, 0))
     if not pre:
       x = self.norm_attention(x)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fwp.layers import FastWeightState, at_least_f32
 from fwp.ops.linalg import equal_segments, matvec, outer, vecmat
 
 REMAT_SEGMENT = 64
@@ -120,8 +121,9 @@ def _forward(w0, xs):
     w, out = jax.lax.scan(step, w, x_segment)
     return w, (w, out)
 
-  w_t, (ends, (ys, us, ks)) = jax.lax.scan(segment, w0, _segments(xs))
-  return ys.reshape((-1,) + ys.shape[2:])[:xs.shape[0]], w_t, (ends, us, ks, _segments(xs))
+  x_segments = _segments(xs)
+  w_t, (ends, (ys, us, ks)) = jax.lax.scan(segment, w0, x_segments)
+  return ys.reshape((-1,) + ys.shape[2:])[:xs.shape[0]], w_t, (ends, us, ks, x_segments)
 
 
 @jax.custom_vjp
@@ -202,7 +204,6 @@ class SRWMAttention(nnx.Module):
 
   def init_state(self, batch_size: int, dtype=jnp.float32):
     """The state before a sequence: the learned W_0 for every row of the batch."""
-    from fwp.layers import FastWeightState
     w0 = self.w0[...]
     return FastWeightState(jnp.broadcast_to(w0, (batch_size,) + w0.shape).astype(
         jnp.promote_types(dtype, jnp.float32)))
@@ -210,7 +211,6 @@ class SRWMAttention(nnx.Module):
   def __call__(self, x, *, initial_state=None, return_state: bool = False,
                projection_key=None):
     del projection_key
-    from fwp.layers import FastWeightState, at_least_f32
     b, t, d = x.shape
     w = self.w0[...][None] if initial_state is None else initial_state.w
     y, w_t = srwm(at_least_f32(x).reshape(b, t, self.num_heads, self.d_head), w)

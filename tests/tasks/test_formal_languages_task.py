@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import formal_languages
-from experiments import report, tasks, train
+from experiments import report, sweep, tasks, train
 from tests.helpers import read_metrics
 
 
@@ -22,11 +22,7 @@ def tiny(name="dyck-1-linear-delta", cache="", **changes):
   c.model.d_ff, c.model.embed_size = 32, 8
   c.cache_dir, c.tensorboard = cache, False
   for key, value in changes.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
+    sweep.set_field(c, key, value)
   return c
 
 
