@@ -133,7 +133,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
   A checkpoint that reads but holds a different model (other shapes or leaves) is not damage: it
   raises ValueError naming the differences and touches nothing.
   """
-  steps = sorted(mngr.all_steps(), reverse=True)
+  steps, pruned = sorted(mngr.all_steps(), reverse=True), []
   for step in steps:
     mismatch = _structure_mismatch(mngr, step, abstract_state)
     if mismatch:
@@ -144,6 +144,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
       state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
       return step, state
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+      if not set_aside and not os.path.isdir(os.path.join(str(mngr.directory), str(step))):
+        # A reader beside a live run: the trainer pruned this one while it was read. Not damage.
+        print(f"Checkpoint at step {step} was removed while it was read (the training run "
+              f"keeps only its latest and best); trying the next.", flush=True)
+        pruned.append(step)
+        continue
       logging.warning("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.",
                       step, type(error).__name__, error)
       print(f"Warning: checkpoint at step {step} cannot be restored; using an older one.",
@@ -151,11 +157,19 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bo
       if set_aside:
         _set_aside(str(mngr.directory), step)
         mngr.reload()
+  if pruned and len(pruned) == len(steps):
+    raise Pruned(f"Every checkpoint listed in {mngr.directory} (steps "
+                 f"{', '.join(map(str, sorted(steps)))}) was removed while it was read.")
   if steps and not set_aside:   # a reader: say that checkpoints exist and none reads
     raise ValueError(f"None of the checkpoints in {mngr.directory} (steps "
                      f"{', '.join(map(str, sorted(steps)))}) can be restored: they are damaged "
                      f"or incomplete (see the warnings above).")
   return None, None
+
+
+class Pruned(ValueError):
+  """A reader found every checkpoint it had listed removed by the training run (which prunes
+  as it saves): the run's newer ones are there to be listed again."""
 
 
 def best_step(mngr: ocp.CheckpointManager) -> int | None:

@@ -251,6 +251,7 @@ class RunDir:
       distributed.barrier("read-summary")
       if distributed.is_main():
         os.remove(self.file("summary.json"))
+        self._forget_stop()
     history = read_metrics(self.file("metrics.jsonl"), step)
     distributed.barrier("read-metrics")
     if distributed.is_main():  # drop lines written after the checkpoint we resume from
@@ -265,3 +266,24 @@ class RunDir:
 
   def write_summary(self, summary: dict) -> None:
     write_json(self.file("summary.json"), summary)
+    if distributed.is_main():
+      self._forget_stop()
+
+  # A run that stops (early stopping, a target) writes STOP before its final evaluation, so that
+  # a relaunch after that evaluation was interrupted (a signal, SIGKILL) evaluates the same
+  # checkpoint instead of training on; the summary replaces it.
+  STOP = "stopped.json"
+
+  def write_stop(self, step: int, reason: str) -> None:
+    write_json(self.file(self.STOP), dict(step=step, stop_reason=reason))
+
+  def stopped_at(self, step: int) -> str | None:
+    """The stop reason recorded for `step` (the step resumed from), else None."""
+    if not os.path.exists(self.file(self.STOP)):
+      return None
+    stop = read_json(self.file(self.STOP), "the stop before the final evaluation")
+    return stop.get("stop_reason") if stop.get("step") == step else None
+
+  def _forget_stop(self) -> None:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.file(self.STOP))

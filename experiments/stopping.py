@@ -47,20 +47,58 @@ class EarlyStopping:
     return None
 
 
-class Signals:
-  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
+class Interrupted(BaseException):
+  """SIGTERM/SIGINT arrived during an evaluation or the data's preparation (`signal` names it):
+  the loop saves what it can and exits 128 + the signal's number. A BaseException, as
+  KeyboardInterrupt is: no `except Exception` (a checkpoint skipped as unreadable) swallows it."""
 
-  def __init__(self):
+  def __init__(self, name: str):
+    super().__init__(name)
+    self.signal = name
+
+
+class Signals:
+  """SIGTERM/SIGINT, honoured in seconds. While `preparing` (reading, tokenising, building
+  caches: nothing to save yet) the handler raises Interrupted at once; afterwards it sets a flag
+  that the loop reads after each step and that an evaluation reads between its batches
+  (`checked`). The handlers are this process's while the context is open."""
+
+  def __init__(self, preparing: bool = False):
     self.signal = None
+    self.preparing = preparing
 
   def __enter__(self):
     self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    _ACTIVE.append(self)
     return self
 
   def _handle(self, signum, frame):
     del frame
     self.signal = signal.Signals(signum).name
+    if self.preparing:
+      raise Interrupted(self.signal)
 
   def __exit__(self, *exc):
+    _ACTIVE.remove(self)
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+_ACTIVE: list[Signals] = []
+
+
+def check() -> None:
+  """Raises Interrupted when a signal has arrived under the open Signals (none open: nothing).
+  In a job of several processes it raises nothing: a collective evaluation stopped on one
+  process would leave the others waiting, so there the flag waits for the next step."""
+  if _ACTIVE and _ACTIVE[-1].signal is not None:
+    import jax   # noqa: PLC0415 - the loop's processes have it loaded; tests of this need not
+    if jax.process_count() == 1:
+      raise Interrupted(_ACTIVE[-1].signal)
+
+
+def checked(items):
+  """`items`, with check() before each: an evaluation's batches, a tokeniser's chunks."""
+  for item in items:
+    check()
+    yield item

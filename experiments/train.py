@@ -169,15 +169,24 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
   validate(config)
   workdir = rundir.prepare(workdir)
   try:
-    with rundir.lock(workdir):
-      return _train(config, workdir, restore_from)
+    # The signals are the run's from here: until the loop starts, one ends the launch at once
+    # (nothing is trained yet; the data caches are written whole or not at all).
+    with rundir.lock(workdir), stopping.Signals(preparing=True) as signals:
+      try:
+        return _train(config, workdir, restore_from, signals)
+      except stopping.Interrupted as interrupted:
+        if not signals.preparing:
+          raise
+        _say(f"Received {interrupted.signal} while preparing the run; nothing was trained. "
+             f"Relaunch the same command to start it.")
+        raise SystemExit(128 + getattr(signal, interrupted.signal)) from None
   except OSError as error:     # a full disk, a lost mount: say what, never a raw traceback
     raise ValueError(f"Writing in workdir {workdir!r} failed ({error}). Its checkpoints up to "
                      f"the last complete one are kept: free space (or fix the mount) and "
                      f"relaunch to resume.") from error
 
 
-def _train(config, workdir: str, restore_from: str | None) -> dict:
+def _train(config, workdir: str, restore_from: str | None, signals: stopping.Signals) -> dict:
   family = tasks.get(config.task)
   run = rundir.RunDir.open(workdir, config, family)
   if run.finished is not None:
@@ -199,12 +208,15 @@ def _train(config, workdir: str, restore_from: str | None) -> dict:
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
                             early.direction)
   state = _restore(mngr, state, run, config, restore_from)
+  signals.preparing = False      # from here a signal is a flag: the loop saves, then exits
+  if signals.signal is not None:
+    raise stopping.Interrupted(signals.signal)   # came between the handler's last two checks
   # Only now, with the checkpoint read as this config's model, does the workdir change.
   history = run.start(state.progress.step)
   loop = _Loop(config, run, task, graphdef, compile_step(graphdef, tx, task), mesh, mngr,
                early, history, state)
   try:
-    return loop.finish(loop.run())
+    return loop.finish(loop.run(signals))
   finally:
     mngr.close()
 
@@ -265,23 +277,29 @@ class _Loop:
     checkpoint.save(self.mngr, self.state.progress.step,
                     self.state.checkpoint(self.wall_seconds()), selection)
 
-  def run(self) -> str:
+  def run(self, stop: stopping.Signals) -> str:
     """Steps until a stop; returns the stop reason (a signal exits after its checkpoint)."""
     c, progress = self.config, self.state.progress
+    stopped = self.workdir.stopped_at(progress.step)
+    if stopped is not None:      # its final evaluation was interrupted: evaluate, train no more
+      _say(f"The run stopped ({stopped}) at step {progress.step}; its final evaluation was "
+           f"interrupted and runs again.")
+      return stopped
     events = event_log.EventLog(self.workdir.path, self.workdir.config, self.history, c.tensorboard)
     trace = profiling.StepTrace(c.profile_steps, self.workdir.path)
     sync_each_step = distributed.needs_step_sync(self.mesh)
-    with stopping.Signals() as stop, contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup:
       cleanup.callback(events.close)
       cleanup.callback(trace.close)
+      if self._evaluation_pending():
+        _say(f"The evaluation of step {progress.step} was interrupted; it runs again.")
+        stop_reason = self._evaluate_and_save(events, resumed=True)
+        if stop_reason:
+          return stop_reason
       while progress.step < c.max_steps:
         self._step(trace, sync_each_step)
         if progress.step % c.eval_every == 0:
-          stop_reason, selection = self._evaluate(events)
-          if stop_reason == "non_finite":
-            return stop_reason
-          if stop_reason or progress.step % c.checkpoint_every == 0:
-            self.save(selection)
+          stop_reason = self._evaluate_and_save(events)
           if stop_reason:
             return stop_reason
         elif progress.step % c.checkpoint_every == 0:
@@ -291,6 +309,32 @@ class _Loop:
     if progress.step not in self.mngr.all_steps():
       self.save()
     return "max_steps"
+
+  def _evaluation_pending(self) -> bool:
+    """Whether the checkpoint resumed from was saved by a signal during its step's evaluation:
+    an evaluation step with no metrics line (an evaluation writes its line before any save)."""
+    step = self.state.progress.step
+    return (step > 0 and step % self.config.eval_every == 0 and step in self.mngr.all_steps()
+            and (not self.history or self.history[-1]["step"] != step))
+
+  def _evaluate_and_save(self, events, resumed: bool = False) -> str | None:
+    """The evaluation of this step and its checkpoint; returns the stop reason or None. A
+    signal between the evaluation's batches saves the state before it and exits; the relaunch
+    evaluates that step again (`resumed`), whose checkpoint then gets its selection value."""
+    progress = self.state.progress
+    try:
+      stop_reason, selection = self._evaluate(events)
+    except stopping.Interrupted as interrupted:
+      self._exit_on_signal(interrupted.signal, f" during the evaluation of step {progress.step}")
+    if stop_reason == "non_finite":
+      return stop_reason
+    if stop_reason or progress.step % self.config.checkpoint_every == 0:
+      if resumed:      # saved without its selection value when the evaluation was interrupted
+        self.mngr.delete(progress.step)
+      self.save(selection)
+    if stop_reason:
+      self.workdir.write_stop(progress.step, stop_reason)
+    return stop_reason
 
   def _step(self, trace, sync_each_step: bool) -> None:
     progress = self.state.progress
@@ -347,11 +391,11 @@ class _Loop:
     self.state.arrays = dict(arrays, sums=jax.tree.map(jnp.zeros_like, arrays["sums"]))
     return self.early.update(progress, evaluated), selection
 
-  def _exit_on_signal(self, name: str) -> None:
+  def _exit_on_signal(self, name: str, when: str = "") -> None:
     if self.state.progress.step not in self.mngr.all_steps():
       self.save()
-    _say(f"Received {name}: saved a checkpoint at step {self.state.progress.step}; relaunch "
-         f"the same command to resume.")
+    _say(f"Received {name}{when}: saved a checkpoint at step {self.state.progress.step}; "
+         f"relaunch the same command to resume.")
     raise SystemExit(128 + getattr(signal, name))
 
   def _final_parameters(self):
@@ -374,8 +418,13 @@ class _Loop:
     final, from_step = {}, progress.step
     if stop_reason != "non_finite":
       from_step, params, rest = self._final_parameters()
-      final = {k: float(v) for k, v in
-               self.task.final(self.graphdef, params, rest, from_step).items()}
+      try:
+        final = {k: float(v) for k, v in
+                 self.task.final(self.graphdef, params, rest, from_step).items()}
+      except stopping.Interrupted as interrupted:
+        _say(f"Received {interrupted.signal} during the final evaluation; the checkpoint of "
+             f"step {progress.step} is kept: relaunch the same command to evaluate it.")
+        raise SystemExit(128 + getattr(signal, interrupted.signal)) from None
       if final:
         _say("Final" + (f" (the best checkpoint, step {from_step})"
                         if from_step != progress.step else "") + ": " +

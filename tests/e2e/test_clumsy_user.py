@@ -129,6 +129,37 @@ def test_generate_refuses_what_it_cannot_do_by_name(lm_run, tmp_path):
         f.write(b"\0garbage")
   with pytest.raises(ValueError, match=r"None of the checkpoints .* \(steps 2, 4\) can be "):
     generate.load_run(str(damaged))
+  # A run record (config, metrics, summary; no weights) is a finished run, not one to wait for.
+  record = tmp_path / "record"
+  record.mkdir()
+  for name in ("config.json", "summary.json"):
+    shutil.copy(os.path.join(lm_run, name), record)
+  with pytest.raises(ValueError, match="is a finished run with no checkpoints here"):
+    generate.load_run(str(record))
+
+
+def test_a_checkpoint_pruned_while_it_is_read_is_not_called_damaged(lm_run, tmp_path,
+                                                                     monkeypatch, capsys):
+  # A reader beside a live run: the trainer prunes the step the reader listed (here: the
+  # restore of step 4 finds its directory gone). The reader says so and reads the next; with
+  # every listed step gone it lists the directory again.
+  live = tmp_path / "live"
+  shutil.copytree(lm_run, live)
+  original, calls = ocp.CheckpointManager.restore, []
+
+  def pruned_under_the_reader(self, step, *args, **kwargs):
+    calls.append(step)
+    if len(calls) == 1:
+      shutil.rmtree(os.path.join(str(self.directory), str(step)))
+      raise FileNotFoundError(f"{self.directory}/{step}/_METADATA")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", pruned_under_the_reader)
+  step = generate.load_run(str(live))[2]
+  out = capsys.readouterr().out
+  assert (calls, step) == ([4, 2], 2)
+  assert "Checkpoint at step 4 was removed while it was read" in out
+  assert "cannot be restored" not in out
 
 
 # ---------------------------------------------------------------------------------------------

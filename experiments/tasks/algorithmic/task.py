@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments import distributed
+from experiments import distributed, stopping
 from experiments.tasks import common
 from experiments.tasks.algorithmic import data
 from fwp import checks, lm, lstm
@@ -161,7 +161,8 @@ class Algorithmic:
   def _totals(self, graphdef, params, rest, split: data.Split) -> dict:
     """The per-batch counts (_counts) summed over `split`."""
     totals: dict = {}
-    for batch in data.eval_batches(split, self.config.eval_batch_size):
+    batches = data.eval_batches(split, self.config.eval_batch_size)
+    for batch in stopping.checked(batches):
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
       for k, v in self._count(graphdef, params, rest, batch).items():

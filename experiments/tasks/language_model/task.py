@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import distributed
+from experiments import distributed, stopping
 from experiments.progress import Progress
 from experiments.tasks import common
 from experiments.tasks.language_model import batches, text_data
@@ -301,7 +301,7 @@ class LanguageModelling:
     left, this one the first's (None: every batch from the empty memory)."""
     total, count = 0.0, 0.0
     meter = Progress(f"{name}: {unit}", num_batches) if name else None
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(stopping.checked(batches)):
       if meter:
         meter.update(i)
       if self.mesh is not None:

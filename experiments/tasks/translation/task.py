@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from experiments import distributed
+from experiments import distributed, stopping
 from experiments.tasks import common
 from experiments.tasks.translation import data
 from fwp import checks, seq2seq
@@ -191,7 +191,7 @@ class Translation:
 
   def mean_nll(self, graphdef, params, rest, split: str) -> float:
     total, count = 0.0, 0.0
-    for _, batch in self._eval_batches(split):
+    for _, batch in stopping.checked(self._eval_batches(split)):
       if self.mesh is not None:
         batch = distributed.replicate(batch, self.mesh)
       nll, n = self._nll(graphdef, params, rest, batch)
@@ -209,7 +209,7 @@ class Translation:
     c = self.config
     count = len(self.corpus.splits[split].source) if not limit else limit
     out = [""] * min(count, len(self.corpus.splits[split].source))
-    for ids, batch in self._eval_batches(split, limit):
+    for ids, batch in stopping.checked(self._eval_batches(split, limit)):
       real = np.flatnonzero(ids >= 0)
       src, width = batch["src"], batch["src"].shape[1]
       longest = int((src[real] != data.PAD).sum(axis=1).max())
