@@ -152,10 +152,12 @@ def check_resumable(saved: dict, current: dict, family) -> None:
   the loop's and the family's RESUMABLE) or other data under the same names (data_identity)."""
   saved, current = dict(saved), dict(current)
   saved_data, current_data = saved.pop(DATA_IDENTITY, None), current.pop(DATA_IDENTITY, None)
-  if saved_data and current_data and saved_data != current_data:
-    details = ", ".join(f"{k}: {saved_data.get(k)!r} -> {current_data.get(k)!r}"
-                        for k in sorted(set(saved_data) | set(current_data))
-                        if saved_data.get(k) != current_data.get(k))
+  # What both records name is compared: a run recorded before a field was added (the WMT14
+  # files' content hashes) is checked on what it recorded.
+  shared = sorted(set(saved_data or {}) & set(current_data or {}))
+  if any(saved_data[k] != current_data[k] for k in shared):
+    details = ", ".join(f"{k}: {saved_data[k]!r} -> {current_data[k]!r}"
+                        for k in shared if saved_data[k] != current_data[k])
     raise ValueError(f"This workdir's run trained on other data than the files now read "
                      f"({details}). Restore the original files, or use a new --workdir.")
   resumable = RESUMABLE + tuple(getattr(family, "RESUMABLE", ()))

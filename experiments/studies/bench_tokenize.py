@@ -20,6 +20,7 @@ Prints seconds for tokenising and for the cached reload, and the peak memory.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -91,11 +92,13 @@ def write_parallel(directory: str, pairs: int) -> None:
       f.close()
 
 
-def _first_and_cached(load, meta: str):
-  """(what `load` returns, seconds of a first load with the cache's `meta` file removed, seconds
-  of the cached reload after it)."""
-  if os.path.exists(meta):
-    os.remove(meta)
+def _first_and_cached(load, stale: str):
+  """(what `load` returns, seconds of a first load with `stale` removed (the cache's meta file,
+  or the whole cache directory), seconds of the cached reload after it)."""
+  if os.path.isdir(stale):
+    shutil.rmtree(stale)
+  elif os.path.exists(stale):
+    os.remove(stale)
   start = time.time()
   result = load()
   first = time.time() - start
@@ -120,7 +123,8 @@ def bench_wmt14(directory: str) -> None:
   config.data_dir = directory
   size = sum(os.path.getsize(os.path.join(directory, f"train.{lang}")) for lang in ("en", "de"))
   corpus, first, cached = _first_and_cached(
-      lambda: data.load(config), os.path.join(data._cache(config, directory), "meta.json"))
+      lambda: data.load(config),
+      data._cache(config, directory, data.paths(directory, config)))
   peak = _peak_gib()
   train = corpus.splits["train"]
   print(f"train.en + train.de {size / 2 ** 20:,.0f} MB, {len(train.source):,} pairs, "

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
+import shutil
+import zipfile
 
 import numpy as np
 
@@ -32,10 +35,10 @@ def writable(directory: str) -> bool:
 
 
 @contextlib.contextmanager
-def locked(directory: str):
-  """An exclusive flock on <directory>/.lock: two processes building one cache take turns (the
+def locked(directory: str, name: str = ".lock"):
+  """An exclusive flock on <directory>/<name>: two processes building one cache take turns (the
   second then finds it built). The kernel drops it when a process dies."""
-  fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
     yield
@@ -62,20 +65,72 @@ def data_cache(data_dir: str, configured: str | None, kind: str) -> str:
                    f"write (or XDG_CACHE_HOME).")
 
 
+NAME = "__cache_name__"    # the entry of a cached .npz that says what it holds: its file name
+
+
 def cached_arrays(path: str, make, what: str) -> dict:
   """The arrays of the .npz at `path`, made by `make()` (a dict of arrays) and written there
-  atomically the first time. A cache that cannot be written is skipped with a warning naming
-  `what`."""
+  atomically the first time, with the file's own name inside it. A file that does not read, or
+  holds another cache's arrays (copied or renamed into this name), is named, said, and made
+  again; a cache that cannot be written is skipped with a warning naming `what`."""
   if os.path.exists(path):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
+    try:
+      with np.load(path) as f:
+        held = {k: f[k] for k in f.files}
+      name = str(held.pop(NAME, ""))
+      problem = None if name == os.path.basename(path) else (
+          f"it holds {name or 'arrays without a name'}, not {os.path.basename(path)}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+      problem, held = f"it does not read: {type(error).__name__}: {error}", None
+    if problem is None:
+      return held
+    print(f"Warning: the cache {path} ({what}) is not what its name says ({problem}); it is "
+          f"made again.", flush=True)
   arrays = make()
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(temporary, **arrays)
+    np.savez(temporary, **arrays, **{NAME: np.asarray(os.path.basename(path))})
     os.replace(temporary, path)
   except OSError as error:
     print(f"Warning: cannot cache {what} in {os.path.dirname(path)} ({error}); it will be "
           f"generated again next time.", flush=True)
   return arrays
+
+
+def content_hashes(paths) -> dict[str, str]:
+  """{path: sha256 of its bytes}. A file's hash is remembered for its (size, mtime, inode), so an
+  unchanged file is read once a process; an edit (even one that keeps the size) changes its
+  mtime and so is hashed again."""
+  return {path: _content_hash(path, *_stat_key(path)) for path in paths}
+
+
+def _stat_key(path: str) -> tuple:
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, *stat) -> str:
+  del stat                        # the cache's key: the file as it is now
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def build_whole(target: str, build) -> None:
+  """Makes the directory `target` with `build(temporary)` in a temporary beside it, renamed into
+  place when complete: `target` is whole or absent, and once there it is never written again
+  (a run that opened it keeps reading what it opened). Call under a lock on its name."""
+  if os.path.isdir(target):
+    return
+  temporary = f"{target}.tmp-{os.getpid()}"
+  shutil.rmtree(temporary, ignore_errors=True)
+  os.makedirs(temporary)
+  try:
+    build(temporary)
+    os.replace(temporary, target)
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -200,3 +201,24 @@ def test_batches_shuffle_per_epoch_and_pad(tmp_path):
 def test_bad_problems(problem, message):
   with pytest.raises(ValueError, match=message):
     data.parse(problem)
+
+
+def test_a_cache_file_holding_something_else_is_named_and_made_again(tmp_path, capsys):
+  # Another problem's .npz copied under this one's name, and a truncated file: each is named,
+  # said, and the split made again (it trained without complaint on the other arrays before).
+  valid = data.generate("code3", "valid", 12, 5, 10, str(tmp_path))
+  listops = data.generate("listops10", "valid", 12, 5, 10, str(tmp_path))
+  paths = {n: os.path.join(tmp_path, n) for n in os.listdir(tmp_path)}
+  code_path = next(p for n, p in paths.items() if n.startswith("code3"))
+  listops_path = next(p for n, p in paths.items() if n.startswith("listops10"))
+  assert not np.array_equal(valid.inputs, listops.inputs)
+  for damage, said in ((lambda: shutil.copy(listops_path, code_path), "it holds listops10"),
+                       (lambda: open(code_path, "r+b").truncate(100), "it does not read")):
+    damage()
+    data.generate.cache_clear()
+    again = data.generate("code3", "valid", 12, 5, 10, str(tmp_path))
+    assert said in capsys.readouterr().out
+    np.testing.assert_array_equal(again.inputs, valid.inputs)
+    data.generate.cache_clear()
+    data.generate("code3", "valid", 12, 5, 10, str(tmp_path))    # the remade file reads
+    assert capsys.readouterr().out == ""

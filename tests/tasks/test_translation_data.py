@@ -85,6 +85,14 @@ def test_corpus_is_deduplicated_split_by_hash_and_named(tmp_path, monkeypatch):
     german = open(os.path.join(directory, "train.de"), encoding="utf-8").read().splitlines()
     assert german[first] == "Die Nachricht 0 ist hier"
   assert catalogs.build((), str(tmp_path / "cache")) == directory      # found, not rebuilt
+  # An edited line in the cached corpus: the records' corpus_sha256 would name other text, so
+  # the corpus is moved aside (a run reading it keeps its files) and built again.
+  with open(os.path.join(directory, "valid.de"), "a", encoding="utf-8") as f:
+    f.write("Ein untergeschobener Satz\n")
+  assert catalogs.build((), str(tmp_path / "cache")) == directory
+  assert catalogs.corpus_sha256(directory) == meta["corpus_sha256"] == \
+      catalogs.meta(directory)["corpus_sha256"]
+  assert [n for n in os.listdir(tmp_path / "cache") if ".changed-" in n]
   catalogs.write_mo(str(installed / "c.mo"), [("One more sentence to add", "Noch ein Satz")])
   assert catalogs.build((), str(tmp_path / "cache")) != directory      # new catalogs: new corpus
 
@@ -134,9 +142,40 @@ def test_bpe_is_trained_once_and_rebuilt_when_the_text_changes(tmp_path, capsys)
     f.write("Katze\n")
     g.write("cat\n")
   data.load(c)
-  assert "Retraining (the text changed)" in capsys.readouterr().err
+  assert "the text differs from that of the 1 cache(s) beside it, which are kept" in \
+      capsys.readouterr().err
   with pytest.raises(ValueError, match="cannot make a 5000-piece vocabulary"):
     data.load(tiny_translation_config(directory, vocab_size=5000))
+  assert not [n for n in os.listdir(c.cache_dir) if ".tmp-" in n]   # the failed build left none
+
+
+def test_a_cache_a_run_reads_is_never_rewritten_by_a_launch_on_other_text(tmp_path, capsys):
+  # Two launches share a cache_dir: the second's text differs (another file of the same size, a
+  # swapped pair of words). It builds a cache of its own; the first's memory-mapped ids stay
+  # what the first opened (a rewrite in place killed it with a bus error, or fed it the other's
+  # ids), and the first's data identity names content, not only sizes.
+  first_dir, second_dir = write_parallel(tmp_path / "a"), write_parallel(tmp_path / "b")
+  shared = str(tmp_path / "shared-cache")
+  first_config = tiny_translation_config(first_dir, cache_dir=shared)
+  first = data.load(first_config)
+  opened = np.array(first.splits["train"].target.ids)
+  path = os.path.join(second_dir, "train.de")
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  words = lines[0].split()
+  lines[0] = " ".join(words[1:2] + words[:1] + words[2:])       # same size, other text
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  second = data.load(tiny_translation_config(second_dir, cache_dir=shared))
+  assert len(os.listdir(shared)) >= 2 and first.splits["train"].target.ids.filename != \
+      second.splits["train"].target.ids.filename
+  np.testing.assert_array_equal(np.array(first.splits["train"].target.ids), opened)
+  a, b = (translation.data_identity(tiny_translation_config(d, cache_dir=shared))
+          for d in (first_dir, second_dir))
+  assert a["bytes"] == b["bytes"] and a["sha256"] != b["sha256"]
+  capsys.readouterr()
+  data.load(first_config)                                     # the first's text: its cache
+  assert capsys.readouterr().err == ""
 
 
 def test_token_cache_is_each_sentence_plus_eos_whatever_the_chunk(tmp_path):

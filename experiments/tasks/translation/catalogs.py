@@ -32,10 +32,11 @@ import glob
 import hashlib
 import json
 import os
-import sys
 import re
 import struct
 import subprocess
+import sys
+import time
 
 from experiments.tasks import files
 
@@ -263,30 +264,43 @@ def build(packages=DEFAULT_PACKAGES, cache: str = "") -> str:
         digest.update(package.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     directory = os.path.join(cache, f"catalogs-{digest.hexdigest()[:16]}")
     if os.path.exists(os.path.join(directory, "meta.json")):
-      return directory
+      if corpus_sha256(directory) == meta(directory).get("corpus_sha256"):
+        return directory
+      aside = f"{directory}.changed-{int(time.time())}"
+      print(f"The catalog corpus in {directory} was changed after it was built (its files' "
+            f"hash is not its meta.json's corpus_sha256); moved to {aside} and rebuilt.",
+            file=sys.stderr, flush=True)
+      os.replace(directory, aside)       # a run reading it keeps its open files
     print(f"Extracting the catalog corpus from {len(catalogs)} catalogs into {directory} "
           f"(once).", file=sys.stderr, flush=True)
     splits, counts = corpus_pairs(catalogs)
     tmp = f"{directory}.tmp-{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
-    corpus_hash = hashlib.sha256()
     for split in SPLITS:
       for i, lang in enumerate(LANGS):
-        text = "".join(pair[i] + "\n" for pair in splits[split])
-        corpus_hash.update(f"{split}.{lang}\0".encode() + text.encode("utf-8"))
         with open(os.path.join(tmp, f"{split}.{lang}"), "w", encoding="utf-8") as f:
-          f.write(text)
+          f.write("".join(pair[i] + "\n" for pair in splits[split]))
     packages_seen = {}                # [("package version", catalogs)] (no dotted keys)
     for package, _ in catalogs:
       packages_seen[package] = packages_seen.get(package, 0) + 1
     packages_seen = sorted(packages_seen.items())
-    meta = dict(corpus_sha256=corpus_hash.hexdigest(), catalogs=len(catalogs),
+    record = dict(corpus_sha256=corpus_sha256(tmp), catalogs=len(catalogs),
                 packages=packages_seen, problems=problems, **counts,
                 pairs={s: len(splits[s]) for s in SPLITS})
     with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta, f, indent=1)
+      json.dump(record, f, indent=1)
     os.replace(tmp, directory)
     return directory
+
+
+def corpus_sha256(directory: str) -> str:
+  """The hash of the corpus's six files as they are on disk (name and bytes of each)."""
+  digest = hashlib.sha256()
+  for split in SPLITS:
+    for lang in LANGS:
+      with open(os.path.join(directory, f"{split}.{lang}"), "rb") as f:
+        digest.update(f"{split}.{lang}\0".encode() + f.read())
+  return digest.hexdigest()
 
 
 def meta(directory: str) -> dict:

@@ -13,8 +13,9 @@ Vocabulary: one SentencePiece BPE model (config.vocab_size pieces, character cov
 on the training text of both languages (a joint vocabulary, as the paper's shared 32K BPE with
 fairseq's --share-all-embeddings); pad 0, unk 1, EOS 2 (also the decoder's first input). It is
 trained once and cached with the token ids of every split (int32 .npy, memory-mapped) beside the
-corpus (catalogs) or in data_dir/fwp-cache (else the user cache; config.cache_dir overrides); the
-cache is rebuilt, saying why, when the files' sizes or times change.
+corpus (catalogs) or in data_dir/fwp-cache (else the user cache; config.cache_dir overrides). A
+cache is named by a hash of the files' bytes and the options (content-addressed), built in a
+temporary and renamed into place, and never rewritten: other text gets a cache of its own.
 
 Sentences: a side is its pieces + EOS. A pair with an empty side is dropped (counted); a training
 pair with a side longer than config.max_length tokens is dropped (counted, printed: not a crash);
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
+import hashlib
 import json
 import math
 import os
@@ -176,18 +179,26 @@ def read_pairs(source: str, target: str) -> tuple[list[str], list[str], int]:
   return [s for s, _ in kept], [t for _, t in kept], len(src) - len(kept)
 
 
-def fingerprint(files_: dict) -> dict:
-  return {f"{split}.{i}": [os.path.getsize(p), os.path.getmtime(p)]
-          for split, pair in files_.items() for i, p in enumerate(pair)}
+def content(files_: dict) -> dict:
+  """{'train.0': sha256 of the training source file, ...}: what the text is, not its name."""
+  hashes = files.content_hashes(p for pair in files_.values() for p in pair)
+  return {f"{split}.{i}": hashes[p] for split, pair in files_.items() for i, p in enumerate(pair)}
 
 
 # --- The tokenizer and the token cache ---------------------------------------------------------
 
-def _cache(config, directory: str) -> str:
+def _cache(config, directory: str, files_: dict) -> str:
+  """The token cache of this text under these options, content-addressed: its name ends in a
+  hash of every input file's bytes, the vocabulary size and the tokenizer's version, so other
+  text (another train_prefix, an edited file, another data_dir sharing a cache_dir) gets a cache
+  of its own and never rewrites one that a run may be reading."""
+  key = hashlib.sha256(json.dumps(dict(files=content(files_), vocab_size=config.vocab_size,
+                                       version=TOKENIZER_VERSION),
+                                  sort_keys=True).encode()).hexdigest()[:16]
+  name = f"spm{config.vocab_size}-{config.source_lang}{config.target_lang}-{key}"
   if config.corpus == "catalogs":
-    return os.path.join(directory, f"spm{config.vocab_size}")
-  return os.path.join(files.data_cache(directory, config.cache_dir, "wmt14"),
-                      f"spm{config.vocab_size}-{config.source_lang}{config.target_lang}")
+    return os.path.join(directory, name)
+  return os.path.join(files.data_cache(directory, config.cache_dir, "wmt14"), name)
 
 
 def _train_tokenizer(sources: list[str], targets: list[str], prefix: str,
@@ -239,40 +250,43 @@ def _read_split(files_: dict, split: str) -> tuple[list[str], list[str], int]:
 
 def load(config) -> Corpus:
   """The corpus of `config`: text read, the tokenizer trained and every split tokenised on
-  first use, read from the cache afterwards (the training text is then not read again: only
+  first use into a cache of its own (`_cache`: built in a temporary, renamed into place, never
+  rewritten), read from the cache afterwards (the training text is then not read again: only
   valid and test, whose lines are BLEU's references)."""
   import sentencepiece as spm
   check(config)
   directory = text_directory(config)
   files_ = paths(directory, config)
-  cache = _cache(config, directory)
-  os.makedirs(cache, exist_ok=True)
-  meta = dict(files=fingerprint(files_), vocab_size=config.vocab_size,
-              version=TOKENIZER_VERSION)
-  meta_path = os.path.join(cache, "meta.json")
+  cache = _cache(config, directory, files_)
+  root = os.path.dirname(cache)
+  os.makedirs(root, exist_ok=True)
   text = {}
-  with files.locked(cache):
-    stored = None
-    if os.path.exists(meta_path):
-      with open(meta_path) as f:
-        stored = json.load(f)
-    if stored is None or "empty" not in stored or {k: stored.get(k) for k in meta} != meta:
-      reason = ("" if stored is None else " (the cache predates its empty-pair counts)"
-                if "empty" not in stored else " (the text changed)")
-      print(("Training" if stored is None else "Retraining" + reason) +
-            f" the {config.vocab_size}-piece BPE vocabulary and tokenising {directory} into "
-            f"{cache} (once).", file=sys.stderr, flush=True)
+  with files.locked(root, f".{os.path.basename(cache)}.lock"):
+    if not os.path.isdir(cache):
+      others = [p for p in glob.glob(cache.rsplit("-", 1)[0] + "-*")
+                if os.path.isdir(p) and ".tmp-" not in p]
+      print(f"Training the {config.vocab_size}-piece BPE vocabulary and tokenising {directory} "
+            f"into {cache} (once" + (f"; the text differs from that of the {len(others)} "
+                                     f"cache(s) beside it, which are kept: a run may be reading "
+                                     f"them" if others else "") + ").",
+            file=sys.stderr, flush=True)
       text = {split: _read_split(files_, split) for split in SPLITS}
-      src, tgt, _ = text["train"]
-      _train_tokenizer(src, tgt, os.path.join(cache, "bpe"), config.vocab_size)
-      tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
-      for split, (src, tgt, _) in text.items():
-        _save_side(cache, f"{split}.src", tokenizer, src)
-        _save_side(cache, f"{split}.tgt", tokenizer, tgt)
-      stored = dict(meta, empty={split: text[split][2] for split in SPLITS})
-      with open(meta_path + ".tmp", "w") as f:
-        json.dump(stored, f)
-      os.replace(meta_path + ".tmp", meta_path)
+
+      def build(temporary):
+        src, tgt, _ = text["train"]
+        _train_tokenizer(src, tgt, os.path.join(temporary, "bpe"), config.vocab_size)
+        tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(temporary, "bpe.model"))
+        for split, (src, tgt, _) in text.items():
+          _save_side(temporary, f"{split}.src", tokenizer, src)
+          _save_side(temporary, f"{split}.tgt", tokenizer, tgt)
+        with open(os.path.join(temporary, "meta.json"), "w") as f:
+          json.dump(dict(files=content(files_), vocab_size=config.vocab_size,
+                         version=TOKENIZER_VERSION,
+                         empty={split: text[split][2] for split in SPLITS}), f)
+
+      files.build_whole(cache, build)
+  with open(os.path.join(cache, "meta.json")) as f:
+    stored = json.load(f)
   tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
   splits = {}
   for split in SPLITS:
@@ -286,13 +300,16 @@ def load(config) -> Corpus:
 
 
 def identity(config, directory: str, files_: dict) -> dict:
-  """What names the data: the catalog corpus's hash and packages, or the files' sizes."""
+  """What names the data: the catalog corpus's hash and packages, or the files' sizes and
+  content hashes (a resume on other text of the same size is refused)."""
   if config.corpus == "catalogs":
     meta = catalogs.meta(directory)
     return dict(corpus="catalogs", corpus_sha256=meta["corpus_sha256"],
                 packages=meta["packages"], pairs=meta["pairs"])
+  hashes = files.content_hashes(p for pair in files_.values() for p in pair)
   return dict(corpus=config.corpus,
-              bytes={split: [os.path.getsize(p) for p in pair] for split, pair in files_.items()})
+              bytes={split: [os.path.getsize(p) for p in pair] for split, pair in files_.items()},
+              sha256={split: [hashes[p] for p in pair] for split, pair in files_.items()})
 
 
 # --- Batches -----------------------------------------------------------------------------------
