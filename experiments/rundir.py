@@ -147,19 +147,24 @@ def family_runs(finished: list[tuple[str, dict]], task: str) -> list[dict]:
   return runs
 
 
+def check_same_data(saved: dict | None, current: dict | None, remedy: str) -> None:
+  """Refuses data other than a run's (config.json's data_identity against the files now read).
+  What both records name is compared: a run recorded before a field was added (the WMT14 files'
+  content hashes) is checked on what it recorded."""
+  shared = sorted(set(saved or {}) & set(current or {}))
+  changed = [k for k in shared if saved[k] != current[k]]
+  if changed:
+    details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
+    raise ValueError(f"This workdir's run trained on other data than the files now read "
+                     f"({details}). {remedy}")
+
+
 def check_resumable(saved: dict, current: dict, family) -> None:
   """Refuses a resume that would change the model or the data: a changed config field (beyond
   the loop's and the family's RESUMABLE) or other data under the same names (data_identity)."""
   saved, current = dict(saved), dict(current)
-  saved_data, current_data = saved.pop(DATA_IDENTITY, None), current.pop(DATA_IDENTITY, None)
-  # What both records name is compared: a run recorded before a field was added (the WMT14
-  # files' content hashes) is checked on what it recorded.
-  shared = sorted(set(saved_data or {}) & set(current_data or {}))
-  if any(saved_data[k] != current_data[k] for k in shared):
-    details = ", ".join(f"{k}: {saved_data[k]!r} -> {current_data[k]!r}"
-                        for k in shared if saved_data[k] != current_data[k])
-    raise ValueError(f"This workdir's run trained on other data than the files now read "
-                     f"({details}). Restore the original files, or use a new --workdir.")
+  check_same_data(saved.pop(DATA_IDENTITY, None), current.pop(DATA_IDENTITY, None),
+                  "Restore the original files, or use a new --workdir.")
   resumable = RESUMABLE + tuple(getattr(family, "RESUMABLE", ()))
   added = {**ADDED_FIELDS, **getattr(family, "ADDED_FIELDS", {})}
   saved_flat, current_flat = results.flatten(saved), results.flatten(current)

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import reading
+from experiments import reading, rundir
 from experiments.tasks.translation import data, task as translation
 from fwp import seq2seq
 
@@ -45,6 +45,13 @@ def check_request(beam, length_penalty) -> None:
 def load(workdir: str, which: str = "best"):
   """(config, the task (its corpus and vocabulary), model, step) of a translation run."""
   config = reading.read_config(workdir, "translation", "translation")
+  # Other text under the run's file names would train another vocabulary: translations in
+  # pieces the model never saw. Refused before anything is built.
+  rundir.check_same_data(config.get(rundir.DATA_IDENTITY) and
+                         config[rundir.DATA_IDENTITY].to_dict(),
+                         translation.data_identity(config),
+                         "Translation needs the text (and so the vocabulary) the run trained on: "
+                         "restore the original files.")
   task = translation.make(config)
   model, step = reading.restore(workdir, config, task, which)
   return config, task, model, step

@@ -323,3 +323,21 @@ def test_bad_fields_are_refused_before_any_data_is_read(tmp_path, field, value, 
   (c[section] if section else c)[name] = value
   with pytest.raises(ValueError, match=message):
     train.validate(c)
+
+
+def test_translate_refuses_a_run_whose_text_changed(tmp_path):
+  # experiments.translate on a run whose files were edited since it trained would build another
+  # vocabulary and print garbage with exit 0: refused, naming the changed file's hash.
+  from experiments import rundir, translate
+  directory = write_parallel(tmp_path / "d")
+  config = tiny_translation_config(directory)
+  run = tmp_path / "run"
+  run.mkdir()
+  content = dict(config.to_dict(), **{rundir.DATA_IDENTITY: translation.data_identity(config)})
+  (run / "config.json").write_text(json.dumps(content))
+  with open(os.path.join(directory, "valid.de"), "a", encoding="utf-8") as f:
+    f.write("Katze\n")
+  with open(os.path.join(directory, "valid.en"), "a", encoding="utf-8") as f:
+    f.write("cat\n")
+  with pytest.raises(ValueError, match="trained on other data .*sha256.*restore the original"):
+    translate.load(str(run))
