@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import math
 import os
@@ -181,9 +182,25 @@ def train(config, workdir: str | None = None, *, restore_from: str | None = None
              f"Relaunch the same command to start it.")
         raise SystemExit(128 + getattr(signal, interrupted.signal)) from None
   except OSError as error:     # a full disk, a lost mount: say what, never a raw traceback
-    raise ValueError(f"Writing in workdir {workdir!r} failed ({error}). Its checkpoints up to "
-                     f"the last complete one are kept: free space (or fix the mount) and "
-                     f"relaunch to resume.") from error
+    raise ValueError(os_error_message(error, workdir)) from error
+
+
+def os_error_message(error: OSError, workdir: str) -> str:
+  """What failed, where, and what to do: the file the error names (a cache, a data file, one of
+  the workdir's) and the system's reason, not a guess that the workdir's disk is full."""
+  path = error.filename or workdir
+  reason = error.strerror or str(error)
+  remedy = {errno.ENOSPC: "free space there (or fix the mount)",
+            errno.EDQUOT: "free space there (a quota)",
+            errno.ENOENT: "it is missing: restore it, or delete the cache it belongs to so that "
+                          "it is rebuilt",
+            errno.EACCES: "fix its permissions", errno.EPERM: "fix its permissions",
+            errno.EROFS: "it is on a read-only mount",
+            errno.ENOTDIR: "a part of that path is a file, not a directory: move the file",
+            errno.EISDIR: "it is a directory where a file belongs: move it"}.get(
+                error.errno, "fix it (or the mount)")
+  return (f"{path}: {reason}; {remedy}. The run's checkpoints in {workdir!r} up to the last "
+          f"complete one are kept: relaunch to resume.")
 
 
 def _train(config, workdir: str, restore_from: str | None, signals: stopping.Signals) -> dict:

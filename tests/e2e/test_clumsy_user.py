@@ -402,6 +402,26 @@ def test_a_full_disk_ends_with_a_message_and_leaves_no_temporaries(tmp_path, mon
   assert train.train(tiny_lm_config(), str(tmp_path / "b"))["steps"] == 4   # resumes from 2
 
 
+def test_an_os_error_names_its_file_and_its_reason(tmp_path):
+  # Every OSError was "Writing in workdir ... failed: free space": a full cache_dir (the workdir
+  # had space), a missing cache file, a tensorboard path that is a file.
+  workdir = str(tmp_path / "run")
+  cache = os.path.join(str(tmp_path), "cache", "train.npy")
+  for number, file, said in ((errno.ENOSPC, cache, "free space there"),
+                             (errno.ENOENT, cache, "it is missing: restore it, or delete the cache"),
+                             (errno.ENOTDIR, os.path.join(workdir, "tensorboard", "x"),
+                              "a part of that path is a file")):
+    message = train.os_error_message(OSError(number, os.strerror(number), file), workdir)
+    assert message.startswith(f"{file}: {os.strerror(number)}; {said}"), message
+    assert "relaunch to resume" in message
+  os.makedirs(workdir)
+  open(os.path.join(workdir, "tensorboard"), "w").close()
+  with pytest.raises(ValueError) as raised:
+    train.train(tiny_lm_config(), workdir)
+  assert "tensorboard" in str(raised.value) and "free space" not in str(raised.value), \
+      str(raised.value)
+
+
 def test_other_data_under_the_same_names_is_refused_on_resume(tmp_path):
   data_dir = write_wikitext(tmp_path / "wt")
   workdir = str(tmp_path / "run")
