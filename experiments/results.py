@@ -42,6 +42,58 @@ def flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+# --- Which runs are one setting -----------------------------------------------------------------
+
+# Fields that never make two runs different settings: the seed, and what only changes where or
+# how a run computes (checkpointing, devices, the form, caches, the data's record).
+NOT_A_SETTING = ("seed", "checkpoint_every", "keep_checkpoints", "mesh_shape", "model.form",
+                 "model.chunk_size", "data_dir", "cache_dir", "data_identity", "tensorboard",
+                 "profile_steps")
+
+
+def read_config(directory: str, summary: dict) -> dict:
+  """The run's config.json, flattened (a.b = v, lists as tuples); the summary's model alone
+  when the file is missing (an old run record)."""
+  import json
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return dict(model_name=summary.get("model"))
+  with open(path) as f:
+    try:
+      config = json.load(f)
+    except ValueError as error:
+      raise ValueError(f"{path} is not valid JSON ({error}).") from None
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten(config).items()}
+
+
+def label_settings(runs: list[dict], shown=("model",), ignored=NOT_A_SETTING) -> list[str]:
+  """Groups runs into settings, one implementation for every family's report: runs that share
+  the `shown` summary fields (the table's own rows: the model, a problem) are one setting unless
+  some other config field differs between them (a --sweep=model.d_ff=32,128, a max_steps of 10
+  against 300, another corpus): each such field becomes a column. Sets run["group"] (the shown
+  values, then those fields' values), run["label"] ("model, field=value, ...") and
+  run["columns"]; returns the fields. `ignored` (prefixes) never split a setting."""
+  def skip(key):
+    return any(key == i or key.startswith(i + ".") for i in ignored)
+  base = lambda r: tuple(r["summary"].get(k) for k in shown)
+  keys = sorted({k for r in runs for k in r["config"]} - {"model_name"})
+  columns = []
+  for key in keys:
+    if skip(key):
+      continue
+    values: dict = {}
+    for r in runs:
+      values.setdefault(base(r), set()).add(repr(r["config"].get(key)))
+    if any(len(v) > 1 for v in values.values()):
+      columns.append(key)
+  for r in runs:
+    r["group"] = base(r) + tuple(r["config"].get(k) for k in columns)
+    r["label"] = ", ".join([str(r["summary"].get("model"))] +
+                           [f"{k}={r['config'].get(k)}" for k in columns])
+    r["columns"] = columns
+  return columns
+
+
 def mean_cell(values, digits: int = 1) -> str:
   """A table cell: the mean over seeds, with (min–max) when more than one; "-" for none."""
   values = [v for v in values if v is not None]

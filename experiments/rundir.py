@@ -132,9 +132,11 @@ def read_metrics(path: str, up_to_step: int) -> list[dict]:
   return records
 
 
-def family_runs(finished: list[tuple[str, dict]], task: str) -> list[dict]:
-  """{directory, summary, metrics} of each finished run of `task` among (directory, summary)
-  pairs (a report's first step); a run that never evaluated is skipped, saying so."""
+def family_runs(finished: list[tuple[str, dict]], task: str, shown=("model",)) -> list[dict]:
+  """{directory, summary, metrics, config, group, label} of each finished run of `task` among
+  (directory, summary) pairs (a report's first step), grouped into settings by
+  results.label_settings (runs that share the `shown` fields and every other config field but
+  the seed); a run that never evaluated is skipped, saying so."""
   runs = []
   for directory, summary in finished:
     if summary.get("task") != task:
@@ -143,7 +145,9 @@ def family_runs(finished: list[tuple[str, dict]], task: str) -> list[dict]:
     if not metrics:
       print(f"Skipping {directory}: it never evaluated.", flush=True)
       continue
-    runs.append(dict(directory=directory, summary=summary, metrics=metrics))
+    runs.append(dict(directory=directory, summary=summary, metrics=metrics,
+                     config=results.read_config(directory, summary)))
+  results.label_settings(runs, shown)
   return runs
 
 
@@ -165,9 +169,12 @@ def check_resumable(saved: dict, current: dict, family) -> None:
   saved, current = dict(saved), dict(current)
   check_same_data(saved.pop(DATA_IDENTITY, None), current.pop(DATA_IDENTITY, None),
                   "Restore the original files, or use a new --workdir.")
-  resumable = RESUMABLE + tuple(getattr(family, "RESUMABLE", ()))
   added = {**ADDED_FIELDS, **getattr(family, "ADDED_FIELDS", {})}
   saved_flat, current_flat = results.flatten(saved), results.flatten(current)
+  # A family's RESUMABLE, or its resumable(config) when what may change depends on the config.
+  own = (family.resumable(current_flat) if hasattr(family, "resumable") else
+         getattr(family, "RESUMABLE", ()))
+  resumable = RESUMABLE + tuple(own)
   saved_flat = {**{k: v for k, v in added.items() if k in current_flat}, **saved_flat}
   inert = common.inert_fields(current_flat)
   changed = sorted(k for k in set(saved_flat) | set(current_flat)

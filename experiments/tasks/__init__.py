@@ -6,7 +6,8 @@ whose module gives:
                               parsing, before anything is read or compiled)
   make(config, mesh) -> Task  loads what the run needs (a corpus, a vocabulary) once
   RESUMABLE                   its config fields that may change when a run resumes (they change
-                              neither the model nor the data), added to the loop's own
+                              neither the model nor the data), added to the loop's own;
+  resumable(flat config)      (optional) instead of RESUMABLE, when they depend on the config
   ADDED_FIELDS                {field: value} for fields added after runs existed: a saved
                               config without one resumes when the current value is this one
   data_identity(config)       (optional) a record of the data read, checked on resume

@@ -251,3 +251,20 @@ def test_the_report_shows_carried_numbers_and_state_sizes(tmp_path):
   assert header.endswith("valid_bits_per_byte,valid_carried_bits_per_byte")
   assert any(line.endswith(",1.9000") for line in lines)
   assert any(line.endswith(",") for line in lines)          # softmax: no carried number
+
+
+def test_under_carry_state_the_stream_count_may_not_change_on_resume():
+  # eval_batch_size is the carried evaluation's number of streams: it defines the selection
+  # metric, so a resume may not change it; without carry_state it stays free.
+  from experiments import rundir
+  from experiments.tasks import language_model
+  config = tiny_lm_config()
+  for carried in (True, False):
+    config.carry_state, config.eval_batch_size = carried, 4
+    saved = config.to_dict()
+    config.eval_batch_size = 8
+    if carried:
+      with pytest.raises(ValueError, match="eval_batch_size: 4 -> 8"):
+        rundir.check_resumable(saved, config.to_dict(), language_model)
+    else:
+      rundir.check_resumable(saved, config.to_dict(), language_model)

@@ -29,7 +29,7 @@ COLUMNS = ("problem", "model", "seed", "step", "train_loss", "valid_loss", "vali
 def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> list[dict]:
   """One dict per finished algorithmic run: its summary and its eval records."""
   del previous
-  runs = rundir.family_runs(finished, NAME)
+  runs = rundir.family_runs(finished, NAME, shown=("problem", "model"))
   return sorted(runs, key=lambda r: (r["summary"]["problem"], r["summary"]["model"],
                                      r["summary"]["seed"]))
 
@@ -38,7 +38,7 @@ def _rows(runs):
   for run in runs:
     s = run["summary"]
     for m in run["metrics"]:
-      yield dict(problem=s["problem"], model=s["model"], seed=s["seed"], step=m["step"],
+      yield dict(problem=s["problem"], model=run["label"], seed=s["seed"], step=m["step"],
                  train_loss=f"{m.get('train_loss', float('nan')):.5f}",
                  valid_loss=f"{m['eval_loss']:.5f}",
                  **{k: f"{m[k]:.2f}" for k in COLUMNS[6:] if k in m})
@@ -50,7 +50,7 @@ _cell = results.mean_cell
 def markdown(runs) -> str:
   groups = collections.defaultdict(list)
   for run in runs:
-    groups[(run["summary"]["problem"], run["summary"]["model"])].append(run["summary"])
+    groups[(run["summary"]["problem"], run["label"])].append(run["summary"])
   lines = ["Accuracy in percent, mean over seeds (min–max when more than one). `valid` is the "
            "best valid accuracy (the selection metric: the answer for ListOps, the prints for "
            "code execution under configs/algorithmic_cpu.py); the test columns are of the "
@@ -80,7 +80,7 @@ def plot(runs, path):
   fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2), squeeze=False)
   for ax, problem in zip(axes[0], problems):
     curves = results.seed_means([r for r in runs if r["summary"]["problem"] == problem],
-                                "valid_accuracy", lambda run: run["summary"]["model"])
+                                "valid_accuracy", lambda run: run["label"])
     for model, (steps, values, _) in curves.items():
       ax.plot(steps, values, "o-", ms=3, label=model)
     ax.set_title(problem)

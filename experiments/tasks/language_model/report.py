@@ -31,8 +31,8 @@ from experiments import results  # noqa: E402
 
 # Fields that do not change what a run computes (or are its seed): never a reason to report two
 # runs apart. Prefixes: data_identity.* are the corpus's hashes, equal when corpus and level are.
-IGNORED = ("seed", "checkpoint_every", "keep_checkpoints", "mesh_shape", "eval_batch_size",
-           "model.form", "model.chunk_size", "data_dir", "cache_dir", "data_identity")
+# eval_batch_size too, except under carry_state (collect).
+IGNORED = results.NOT_A_SETTING + ("eval_batch_size",)
 
 
 def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> list[dict]:
@@ -59,12 +59,11 @@ def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> li
   if not runs:
     return []
   _check_one_unit(runs)
-  extra = _columns(runs)
-  for run in runs:
-    run["group"] = (run["summary"]["model"],) + tuple(run["config"].get(k) for k in extra)
-    run["label"] = ", ".join([run["summary"]["model"]] + [f"{k}={run['config'].get(k)}"
-                                                            for k in extra])
-    run["columns"] = extra
+  # Under carry_state, eval_batch_size is the number of carried streams, which defines the
+  # selection metric: then a protocol field, not an inert one.
+  carried = any(r["config"].get("carry_state") for r in runs)
+  results.label_settings(runs, ignored=tuple(k for k in IGNORED
+                                             if not (carried and k == "eval_batch_size")))
   return sorted(runs, key=lambda r: (tuple(map(str, r["group"])), r["summary"]["seed"]))
 
 
@@ -99,17 +98,12 @@ def _state_floats(directory: str) -> int | str | None:
 
 
 def _read_config(directory: str, summary: dict) -> dict:
-  """The run's config.json, flattened (a.b = v); from the summary alone when it is missing."""
-  path = os.path.join(directory, "config.json")
-  if not os.path.exists(path):
-    return dict(model_name=summary["model"], corpus=summary.get("corpus"),
-                level=summary.get("level"), context=summary.get("context"))
-  with open(path) as f:
-    try:
-      config = json.load(f)
-    except ValueError as error:
-      raise ValueError(f"{path} is not valid JSON ({error}).") from None
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in results.flatten(config).items()}
+  """results.read_config, with the summary's corpus, level and context when config.json is
+  missing (an old run record)."""
+  if os.path.exists(os.path.join(directory, "config.json")):
+    return results.read_config(directory, summary)
+  return dict(model_name=summary["model"], corpus=summary.get("corpus"),
+              level=summary.get("level"), context=summary.get("context"))
 
 
 def _check_one_unit(runs: list[dict]) -> None:
@@ -123,24 +117,6 @@ def _check_one_unit(runs: list[dict]) -> None:
                        for (corpus, level), dirs in kinds.items())
     raise ValueError(f"These language-model runs are on different corpora or units, whose "
                      f"numbers cannot share a table: {listed}. Report them separately.")
-
-
-def _columns(runs: list[dict]) -> list[str]:
-  """The config fields, beyond the model's name and the ignored ones, whose value differs
-  between runs and is not fixed by the model's name (e.g. context, learning_rate)."""
-  def ignored(key):
-    return any(key == i or key.startswith(i + ".") for i in IGNORED)
-  keys = sorted({k for r in runs for k in r["config"]} - {"model_name"})
-  out = []
-  for key in keys:
-    if ignored(key) or len({repr(r["config"].get(key)) for r in runs}) < 2:
-      continue
-    by_model = collections.defaultdict(set)
-    for r in runs:
-      by_model[r["summary"]["model"]].add(repr(r["config"].get(key)))
-    if any(len(values) > 1 for values in by_model.values()):
-      out.append(key)
-  return out
 
 
 def _bits_key(record: dict, prefix: str) -> str:

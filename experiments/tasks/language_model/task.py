@@ -37,6 +37,15 @@ _DROPOUT, _PROJECTION = 1, 2     # key streams
 # Fields that may change when a run resumes (the loop adds its own), and fields added after
 # runs existed, with the value those runs used implicitly.
 RESUMABLE = ("model.form", "model.chunk_size", "eval_batch_size", "sliding_stride", "cache_dir")
+
+
+def resumable(config_flat: dict) -> tuple:
+  """RESUMABLE, less eval_batch_size under carry_state: there it is the number of carried
+  evaluation streams, which defines the selection metric (5.1553 against 5.1468 nats on the
+  same parameters), so a resume may not change it."""
+  if config_flat.get("carry_state"):
+    return tuple(k for k in RESUMABLE if k != "eval_batch_size")
+  return RESUMABLE
 ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cache_dir": "",
                 "model.attention_eps": 1e-6, "model.pre_norm_residual": "input",
                 "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",

@@ -37,7 +37,7 @@ def _rows(runs):
   for run in runs:
     s = run["summary"]
     for m in run["metrics"]:
-      yield dict(model=s["model"], seed=s["seed"], step=m["step"],
+      yield dict(model=run["label"], seed=s["seed"], step=m["step"],
                  train_loss=f"{m.get('train_loss', float('nan')):.4f}",
                  valid_loss=f"{m['eval_loss']:.4f}", valid_bleu=f"{m['valid_bleu']:.2f}",
                  valid_chrf=f"{m['valid_chrf']:.2f}")
@@ -49,7 +49,7 @@ _cell = results.mean_cell
 def markdown(runs) -> str:
   groups = collections.defaultdict(list)
   for run in runs:
-    groups[run["summary"]["model"]].append(run["summary"])
+    groups[run["label"]].append(run["summary"])
   first = runs[0]["summary"]
   lines = [f"Corpus {first.get('corpus')} ({first.get('train_pairs', '?'):,} training pairs, "
            f"{first.get('vocab_size', '?'):,}-piece joint BPE), beam {first.get('beam')}, length "
@@ -78,7 +78,7 @@ def markdown(runs) -> str:
 
 def plot(runs, path):
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  curves = results.seed_means(runs, "valid_bleu", lambda run: run["summary"]["model"])
+  curves = results.seed_means(runs, "valid_bleu", lambda run: run["label"])
   for model, (steps, values, _) in curves.items():
     ax.plot(steps, values, "o-", ms=3, label=model)
   ax.set_xlabel("training step")
