@@ -27,6 +27,7 @@ interrupted ones continue from their latest checkpoint.
 """
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -141,7 +142,11 @@ def _main(argv) -> list:
                          detect=_DISTRIBUTED.value)
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
-    print(show_config(config))
+    if _SWEEP.value is None:
+      print(show_config(config))
+      return []
+    for overrides in _distinct_points(config, sweep.points(_SWEEP.value, [config.seed])):
+      print(f"# Sweep point {overrides}\n{show_config(_point_config(config, overrides))}\n")
     return []
   if _SWEEP.value and sweep.parse_range(_SWEEP.value)[0] == "seed" and _SEEDS.value:
     raise app.UsageError("Give the seeds once: --sweep=seed=1,2,3 is a seed sweep (or use "
@@ -156,6 +161,7 @@ def _main(argv) -> list:
     grid = sweep.points(_SWEEP.value, seeds)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
+  grid = _distinct_points(config, grid)
   for overrides in grid:            # every point is checked before any trains
     train.validate(_point_config(config, overrides))
   index = _SWEEP_INDEX.value
@@ -185,6 +191,37 @@ def _main(argv) -> list:
       print(f"Sweep point {overrides} -> {workdir}", flush=True)
     summaries.append(train.train(point_config, workdir))
   return summaries
+
+
+def _distinct_points(config, grid: list[dict]) -> list[dict]:
+  """The points of `grid` whose configs differ: values that read the same in the field's type
+  (tensorboard=true,True,TRUE) are one point, the first as written (said once). Pure in its
+  inputs, so every process of a --parallel or array sweep numbers the points alike."""
+  seen, out = {}, []
+  for overrides in grid:
+    key = json.dumps(_point_config(config, overrides).to_dict(), sort_keys=True, default=str)
+    if key in seen:
+      if distributed.is_main() and _SWEEP_INDEX.value is None:
+        print(f"Note: sweep point {overrides} is the config of {seen[key]}; it runs once.",
+              flush=True)
+      continue
+    seen[key] = overrides
+    out.append(overrides)
+  return out
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a config file's own error (an unknown model name) as its one
+  line: ml_collections wraps it in the traceback of the config module's call."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+      lines = [lines[-1]]
+    print(f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull to see "
+          f"help on flags.", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def show_config(config) -> str:
@@ -240,4 +277,4 @@ if __name__ == "__main__":
     _print_help()
     raise SystemExit(0)
   _check_override_names(sys.argv[1:])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

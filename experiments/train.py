@@ -156,6 +156,14 @@ def config_warnings(config) -> list[str]:
   """Values that are legal but probably not meant, with their numbers (launch.py prints them
   at flag parsing)."""
   out = []
+  if config.eval_every > config.max_steps:
+    out.append(f"eval_every {config.eval_every} > max_steps {config.max_steps}: the run never "
+               f"evaluates during training (no metrics.jsonl line, so no report row; early "
+               f"stopping and the best checkpoint never act). Its final evaluation still runs.")
+  profile = profiling.parse(config.profile_steps)
+  if profile is not None and profile[0] >= config.max_steps:
+    out.append(f"profile_steps {config.profile_steps!r} starts at or after max_steps "
+               f"{config.max_steps}: nothing is traced.")
   if config.warmup_steps >= config.max_steps:
     out.append(f"warmup_steps {config.warmup_steps} >= max_steps {config.max_steps}: the "
                f"learning rate never reaches {config.learning_rate:g} (it ends at "

@@ -351,6 +351,9 @@ def test_a_context_that_leaves_one_segment_and_a_long_warmup_are_named():
       "warmup_steps 10 >= max_steps 5: the learning rate never reaches 0.001 (it ends at "
       "0.0005)."]
   assert train.config_warnings(tiny_lm_config()) == []
+  never = train.config_warnings(tiny_lm_config(eval_every=50, max_steps=10, profile_steps="20:30"))
+  assert [w.split(":")[0] for w in never] == ["eval_every 50 > max_steps 10",
+                                              "profile_steps '20"], never
 
 
 # ---------------------------------------------------------------------------------------------

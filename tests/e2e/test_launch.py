@@ -58,7 +58,22 @@ def test_bad_flags_fail_at_parsing(args, message, bad_flags_results):
   result = bad_flags_results[tuple(args + ["--workdir=/nonexistent/never-written"])]
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]   # the message, on its own
   assert not os.path.exists("/nonexistent/never-written")
+
+
+@pytest.mark.slow
+def test_show_config_shows_each_distinct_sweep_point_once(tmp_path):
+  # --show_config ignored --sweep; tensorboard=true,True,TRUE were three identical runs.
+  result = launch(f"--config={CONFIG}:linear-sum", "--sweep=tensorboard=true,True,false,TRUE",
+                  "--show_config", f"--workdir={tmp_path}", timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.count("# Sweep point") == 2
+  assert result.stdout.count("is the config of {'tensorboard': 'true', 'seed': 1}") == 2
+  shown = [line.split("#")[0].strip() for line in result.stdout.splitlines()
+           if line.startswith("tensorboard =")]
+  assert shown == ["tensorboard = True", "tensorboard = False"]
+  assert not os.listdir(tmp_path)
 
 
 def test_curves_parse_into_paper_models():
