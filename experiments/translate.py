@@ -86,6 +86,18 @@ def translate_lines(task, model, lines: list[str], *, beam: int, length_penalty:
   return out
 
 
+def read_input(stream) -> list[str]:
+  """The lines of `stream` (bytes) as UTF-8; a line that is not is named with its number."""
+  data = stream.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b"\n") + 1
+    raise ValueError(f"Standard input line {line} is not UTF-8 ({error.reason}: byte "
+                     f"{data[error.start:error.start + 1]!r}); give UTF-8 text.") from None
+  return text.splitlines()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -96,13 +108,19 @@ def main(argv):
     config, task, model, step = load(_WORKDIR.value, _CHECKPOINT.value)
     beam = _BEAM.value or config.beam
     penalty = config.length_penalty if _LENGTH_PENALTY.value is None else _LENGTH_PENALTY.value
-    lines = sys.stdin.read().splitlines()
+    lines = read_input(sys.stdin.buffer)
     print(f"[{config.model_name}, step {step} ({_CHECKPOINT.value}), beam {beam}, length "
           f"penalty {penalty}: {len(lines)} line(s)]", file=sys.stderr, flush=True)
     start = time.time()
-    for line in translate_lines(task, model, lines, beam=beam, length_penalty=penalty,
-                                batch_tokens=_BATCH_TOKENS.value):
-      print(line)
+    translations = translate_lines(task, model, lines, beam=beam, length_penalty=penalty,
+                                   batch_tokens=_BATCH_TOKENS.value)
+    try:
+      for line in translations:
+        print(line)
+      sys.stdout.flush()
+    except OSError as error:      # a full disk, a closed pipe: said, not a traceback
+      raise ValueError(f"Writing the translations to standard output failed "
+                       f"({error.strerror or error}).") from None
   except ValueError as error:
     print(f"Error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None

@@ -187,7 +187,7 @@ def test_token_cache_is_each_sentence_plus_eos_whatever_the_chunk(tmp_path):
     cache = tmp_path / f"chunk{chunk}"
     cache.mkdir()
     data._save_side(str(cache), "side", corpus.tokenizer, sentences, chunk=chunk)
-    side = data._load_side(str(cache), "side")
+    side = data._load_side(str(cache), "side", 160)
     assert len(side) == len(sentences)
     for i in (0, 1, 6, 7, len(sentences) - 1):
       np.testing.assert_array_equal(side.sentence(i),
@@ -341,3 +341,78 @@ def test_translate_refuses_a_run_whose_text_changed(tmp_path):
     f.write("cat\n")
   with pytest.raises(ValueError, match="trained on other data .*sha256.*restore the original"):
     translate.load(str(run))
+
+
+@pytest.mark.parametrize("damage,file", [
+    ("garbage bpe.model", "bpe.model"), ("truncated ids", "train.tgt.ids.npy"),
+    ("ids out of range", "valid.src.ids.npy"), ("garbage meta.json", "meta.json"),
+    ("deleted offsets", "test.tgt.offsets.npy")])
+def test_a_damaged_token_cache_is_named_moved_aside_and_rebuilt(tmp_path, capsys, damage, file):
+  # A garbage bpe.model or a truncated .npy was a raw traceback, ids out of range a non-finite
+  # loss (exit 3): each names its file, and the cache is built again.
+  directory = write_parallel(tmp_path / "d")
+  config = tiny_translation_config(directory)
+  first = data.load(config)
+  cache = os.path.dirname(first.splits["train"].target.ids.filename)
+  want = {split: np.array(first.splits[split].target.ids) for split in data.SPLITS}
+  del first                         # its memory maps: a file truncated under one is a bus error
+  path = os.path.join(cache, file)
+  if damage == "deleted offsets":
+    os.remove(path)
+  elif damage == "truncated ids":
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  elif damage == "ids out of range":
+    ids = np.load(path)
+    ids[0] = config.vocab_size + 5
+    np.save(path, ids)
+  else:
+    with open(path, "wb") as f:
+      f.write(b"\0not what it should be")
+  capsys.readouterr()
+  again = data.load(config)
+  err = capsys.readouterr().err
+  assert f"The token cache {cache} is damaged ({path}" in err, err
+  assert "built again" in err and "Training the 160-piece BPE" in err
+  for split in data.SPLITS:
+    np.testing.assert_array_equal(again.splits[split].target.ids, want[split])
+  assert [n for n in os.listdir(os.path.dirname(cache)) if ".damaged-" in n]
+
+
+def test_translates_input_that_is_not_utf8_is_named_by_line():
+  import io
+
+  from experiments import translate
+  assert translate.read_input(io.BytesIO("a cat\nKatze\n".encode())) == ["a cat", "Katze"]
+  with pytest.raises(ValueError, match=r"Standard input line 2 is not UTF-8 .*b'\\xff'"):
+    translate.read_input(io.BytesIO(b"a cat\n\xff dog\n"))
+
+
+def test_translate_on_a_full_disk_says_so(monkeypatch, capsys):
+  # stdout on a full disk (> /dev/full) was a raw traceback after the translations were made.
+  import errno
+  import io
+  import types
+
+  from absl import flags
+
+  from experiments import translate
+
+  class Full(io.StringIO):
+    def write(self, text):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  config = types.SimpleNamespace(beam=2, length_penalty=1.0, model_name="linear")
+  monkeypatch.setattr(translate, "load", lambda workdir, which: (config, None, None, 3))
+  monkeypatch.setattr(translate, "translate_lines", lambda *a, **k: ["eine Katze"])
+  monkeypatch.setattr(translate.sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(b"a cat\n")))
+  flags.FLAGS(["translate", "--workdir=/unused"])
+  try:
+    monkeypatch.setattr(translate.sys, "stdout", Full())
+    with pytest.raises(SystemExit) as exit_:
+      translate.main(["translate"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert exit_.value.code == 2
+  assert "Writing the translations to standard output failed (No space left on device)" in \
+      capsys.readouterr().err

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -236,9 +237,48 @@ def _save_side(cache: str, name: str, tokenizer, sentences: list[str],
   np.save(os.path.join(cache, f"{name}.offsets.npy"), offsets)
 
 
-def _load_side(cache: str, name: str) -> Side:
-  return Side(np.load(os.path.join(cache, f"{name}.ids.npy"), mmap_mode="r"),
-              np.load(os.path.join(cache, f"{name}.offsets.npy")))
+def _load_side(cache: str, name: str, vocab_size: int) -> Side:
+  """One side's ids (memory-mapped) and offsets, checked: int32 ids inside the vocabulary, as
+  many as the offsets say. A ValueError names the file and what is wrong with it."""
+  paths = [os.path.join(cache, f"{name}.{part}.npy") for part in ("ids", "offsets")]
+  arrays = []
+  for path in paths:
+    try:
+      arrays.append(np.load(path, mmap_mode="r" if path == paths[0] else None,
+                            allow_pickle=False))
+    except (ValueError, OSError, EOFError) as error:
+      raise ValueError(f"{path}: {error}") from None
+  ids, offsets = arrays
+  if ids.dtype != np.int32 or ids.ndim != 1 or offsets.ndim != 1 or not len(offsets) or \
+      int(offsets[-1]) != len(ids) or int(offsets[0]) != 0:
+    raise ValueError(f"{paths[0]} holds {ids.dtype} {ids.shape} where its offsets say int32 "
+                     f"({int(offsets[-1]) if len(offsets) else '?'},)")
+  if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+    raise ValueError(f"{paths[0]} holds ids outside the vocabulary 0..{vocab_size - 1}")
+  return Side(ids, offsets)
+
+
+def _open_cache(cache: str, vocab_size: int):
+  """(meta.json, the tokenizer, {split: (source side, target side)}) of a built cache; a
+  ValueError (or OSError) names the file that does not read or does not fit."""
+  import sentencepiece as spm
+  path = os.path.join(cache, "meta.json")
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    stored["empty"][SPLITS[0]]     # noqa: B018 - a meta.json without its counts is not whole
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"{path}: {type(error).__name__}: {error}") from None
+  model = os.path.join(cache, "bpe.model")
+  try:
+    tokenizer = spm.SentencePieceProcessor(model_file=model)
+  except (OSError, RuntimeError) as error:
+    raise ValueError(f"{model}: {error}") from None
+  if tokenizer.get_piece_size() != vocab_size:
+    raise ValueError(f"{model} has {tokenizer.get_piece_size()} pieces, not {vocab_size}")
+  sides = {split: tuple(_load_side(cache, f"{split}.{side}", vocab_size)
+                        for side in ("src", "tgt")) for split in SPLITS}
+  return stored, tokenizer, sides
 
 
 def _read_split(files_: dict, split: str) -> tuple[list[str], list[str], int]:
@@ -262,7 +302,16 @@ def load(config) -> Corpus:
   os.makedirs(root, exist_ok=True)
   text = {}
   with files.locked(root, f".{os.path.basename(cache)}.lock"):
-    if not os.path.isdir(cache):
+    opened = None
+    if os.path.isdir(cache):
+      try:
+        opened = _open_cache(cache, config.vocab_size)
+      except (ValueError, OSError, EOFError, KeyError, TypeError) as error:
+        aside = f"{cache}.damaged-{int(time.time())}"
+        print(f"The token cache {cache} is damaged ({error}); moved to {aside} (a run "
+              f"reading it keeps its files) and built again.", file=sys.stderr, flush=True)
+        os.replace(cache, aside)
+    if opened is None:
       others = [p for p in glob.glob(cache.rsplit("-", 1)[0] + "-*")
                 if os.path.isdir(p) and ".tmp-" not in p]
       print(f"Training the {config.vocab_size}-piece BPE vocabulary and tokenising {directory} "
@@ -285,16 +334,14 @@ def load(config) -> Corpus:
                          empty={split: text[split][2] for split in SPLITS}), f)
 
       files.build_whole(cache, build)
-  with open(os.path.join(cache, "meta.json")) as f:
-    stored = json.load(f)
-  tokenizer = spm.SentencePieceProcessor(model_file=os.path.join(cache, "bpe.model"))
+      opened = _open_cache(cache, config.vocab_size)
+  stored, tokenizer, sides = opened
   splits = {}
   for split in SPLITS:
     references = ()
     if split != "train":
       references = tuple((text.get(split) or _read_split(files_, split))[1])
-    splits[split] = Split(_load_side(cache, f"{split}.src"), _load_side(cache, f"{split}.tgt"),
-                          references)
+    splits[split] = Split(*sides[split], references)
   dropped = {split: {"empty": stored["empty"][split]} for split in SPLITS}
   return Corpus(directory, splits, tokenizer, identity(config, directory, files_), dropped)
 
