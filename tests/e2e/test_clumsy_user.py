@@ -390,6 +390,10 @@ def test_a_damaged_token_cache_is_rebuilt_saying_why(tmp_path, capsys, how):
   again = text_data.load("wikitext103", "word", data_dir)
   out = capsys.readouterr().out
   assert "does not match" in out and "rebuilding it" in out, out
+  named = {"truncated ids": "train.npy", "corrupt header": "train.npy",
+           "ids out of range": "valid.npy", "truncated vocab": "vocab.txt",
+           "corrupt meta": "meta.json", "deleted vocab": "vocab.txt"}[how]
+  assert f"fwp-cache/{named}" in out or f"({named} " in out, out    # the file is named
   assert again.vocab == vocab
   for split in text_data.SPLITS:
     np.testing.assert_array_equal(again.splits[split], expected[split])

@@ -200,7 +200,8 @@ def _load_wikitext(data_dir: str, configured_cache: str | None = None) -> Corpus
           corpus = _open_cached(cache, meta)
           return corpus
       except (ValueError, OSError, KeyError, TypeError) as error:
-        problem = str(error)
+        named = isinstance(error, _Named) or getattr(error, "filename", None)
+        problem = str(error) if named else f"{meta_path}: {error}"
       print(f"The token cache in {cache} does not match {data_dir} ({problem}); rebuilding it.",
             flush=True)
     else:
@@ -214,22 +215,30 @@ def _load_wikitext(data_dir: str, configured_cache: str | None = None) -> Corpus
     return _open_cached(cache, meta)
 
 
+class _Named(ValueError):
+  """A cache file's error that already names the file."""
+
+
 def _open_cached(cache: str, meta: dict) -> Corpus:
   """The cached corpus, checked against meta.json: the vocabulary's size, each split's length,
   dtype and id range. Any mismatch raises ValueError saying what (the caller rebuilds)."""
   with open(os.path.join(cache, "vocab.txt"), encoding="utf-8") as f:
     symbols = tuple(line.rstrip("\n") for line in f)
   if len(symbols) != meta["vocab_size"]:
-    raise ValueError(f"vocab.txt has {len(symbols)} symbols, meta.json says "
+    raise _Named(f"vocab.txt has {len(symbols)} symbols, meta.json says "
                      f"{meta['vocab_size']}")
   splits = {}
   for split in SPLITS:
-    ids = np.load(os.path.join(cache, f"{split}.npy"), mmap_mode="r", allow_pickle=False)
+    path = os.path.join(cache, f"{split}.npy")
+    try:
+      ids = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+      raise _Named(f"{path}: {error}") from None
     if ids.dtype != np.int32 or ids.shape != (meta["lengths"][split],):
-      raise ValueError(f"{split}.npy holds {ids.dtype} {ids.shape}, meta.json says int32 "
+      raise _Named(f"{split}.npy holds {ids.dtype} {ids.shape}, meta.json says int32 "
                        f"({meta['lengths'][split]},)")
     if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < len(symbols):
-      raise ValueError(f"{split}.npy holds ids outside the vocabulary 0..{len(symbols) - 1}")
+      raise _Named(f"{split}.npy holds ids outside the vocabulary 0..{len(symbols) - 1}")
     splits[split] = ids
   return Corpus("wikitext103", Vocab("word", symbols), splits)
 

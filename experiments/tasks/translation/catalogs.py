@@ -264,11 +264,15 @@ def build(packages=DEFAULT_PACKAGES, cache: str = "") -> str:
         digest.update(package.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     directory = os.path.join(cache, f"catalogs-{digest.hexdigest()[:16]}")
     if os.path.exists(os.path.join(directory, "meta.json")):
-      if corpus_sha256(directory) == meta(directory).get("corpus_sha256"):
-        return directory
+      try:
+        if corpus_sha256(directory) == meta(directory).get("corpus_sha256"):
+          return directory
+      except (OSError, ValueError, AttributeError):   # a file gone, a garbage meta.json
+        pass
       aside = f"{directory}.changed-{int(time.time())}"
       print(f"The catalog corpus in {directory} was changed after it was built (its files' "
-            f"hash is not its meta.json's corpus_sha256); moved to {aside} and rebuilt.",
+            f"hash is not its meta.json's corpus_sha256, or one of them does not read); moved "
+            f"to {aside} and rebuilt.",
             file=sys.stderr, flush=True)
       os.replace(directory, aside)       # a run reading it keeps its open files
     print(f"Extracting the catalog corpus from {len(catalogs)} catalogs into {directory} "
