@@ -19,6 +19,22 @@ from experiments import distributed
 DIRECTORY = "tensorboard"
 
 
+EVENTS = "events.out.tfevents."     # the names tensorboardX gives its event files
+
+
+def _clear(directory: str) -> None:
+  """The previous launch's events gone. A `tensorboard` that is a symlink (to a shared logdir)
+  keeps its link and whatever else its target holds: only event files are removed there (rmtree
+  refused the link and the old steps showed twice)."""
+  if os.path.islink(directory):
+    target = os.path.realpath(directory)
+    for name in os.listdir(target) if os.path.isdir(target) else ():
+      if name.startswith(EVENTS):
+        os.remove(os.path.join(target, name))
+  else:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 class EventLog:
 
   def __init__(self, workdir: str, config: dict, history: list[dict], enabled: bool = True):
@@ -27,7 +43,7 @@ class EventLog:
       return
     from tensorboardX import SummaryWriter   # only runs that write events import it
     directory = os.path.join(workdir, DIRECTORY)
-    shutil.rmtree(directory, ignore_errors=True)
+    _clear(directory)
     self.writer = SummaryWriter(directory, flush_secs=10)
     self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True)
                          + "\n```", 0)

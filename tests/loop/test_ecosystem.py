@@ -3,6 +3,7 @@ SIGKILL and a resume, profiler traces by flag that change nothing, an installabl
 guided tour, executed so it never rots."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,3 +117,23 @@ def test_the_guided_tour_runs(tmp_path):
                "valid bits per byte after 8 steps", "after  8192 tokens: linear-delta"):
     assert text in result.stdout, text
   assert (tmp_path / "tour_memory.png").exists()
+
+
+def test_a_tensorboard_symlink_is_rebuilt_in_its_target_on_resume(tmp_path):
+  # rmtree refuses a symlink (silently, under ignore_errors): a resumed run whose tensorboard/
+  # points at a shared logdir showed its steps twice. Only event files go; the link stays.
+  from experiments import event_log
+  shared, workdir = tmp_path / "logdir", tmp_path / "run"
+  shared.mkdir()
+  workdir.mkdir()
+  (shared / "notes.txt").write_text("someone else's")
+  os.symlink(shared, workdir / "tensorboard")
+  history = [{"step": 10, "eval_loss": 1.0}, {"step": 20, "eval_loss": 0.5}]
+  event_log.EventLog(str(workdir), {"seed": 1}, history).close()     # a launch
+  first = next(n for n in os.listdir(shared) if n.startswith(event_log.EVENTS))
+  shutil.copy(shared / first, shared / f"{event_log.EVENTS}1.stale")  # an older launch's file
+  event_log.EventLog(str(workdir), {"seed": 1}, history).close()     # its resume from step 20
+  assert os.path.islink(workdir / "tensorboard") and (shared / "notes.txt").exists()
+  assert len([n for n in os.listdir(shared) if n.startswith(event_log.EVENTS)]) == 1
+  scalars, _ = read_events(workdir)
+  assert scalars["eval_loss"] == [(10, 1.0), (20, 0.5)]
