@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_len_a = 1.0                # decode at most max_len_a · source tokens + max_len_b
   c.max_len_b = 50                 # (fairseq's names)
   c.bleu_sentences = 0             # valid pairs whose BLEU each eval computes (0: all)
+  c.final_sentences = 0            # valid and test pairs the final BLEU/chrF translate (0: all)
   c.optimizer = "adam"
   c.beta2 = 0.98
   c.learning_rate = 5e-4

@@ -36,8 +36,8 @@ ROLES = seq2seq.ROLES
 ROLE_RULES = ("softmax",) + seq2seq.MEMORY_RULES
 NORMALIZATIONS = ("none", "attention", "sum", "sum_attention")
 RESUMABLE = ("model.form", "model.chunk_size", "eval_max_tokens", "bleu_sentences", "cache_dir",
-             "beam", "length_penalty", "max_len_a", "max_len_b")
-ADDED_FIELDS = {}
+             "beam", "length_penalty", "max_len_a", "max_len_b", "final_sentences")
+ADDED_FIELDS = {"final_sentences": 0}
 _DROPOUT = 1
 
 
@@ -76,7 +76,8 @@ def validate(config) -> None:
   data.check(config)
   for name in ("vocab_size", "max_length", "bucket_width", "beam"):
     _positive(config, name, 1 if name != "vocab_size" else 16)
-  for name in ("max_tokens", "eval_max_tokens", "bleu_sentences", "max_len_b"):
+  for name in ("max_tokens", "eval_max_tokens", "bleu_sentences", "max_len_b",
+               "final_sentences"):
     _positive(config, name, 0)
   if config.max_tokens and config.max_tokens < config.max_length:
     raise ValueError(f"config.max_tokens={config.max_tokens} is smaller than max_length="
@@ -158,7 +159,7 @@ class Translation:
         model=c.model_name, corpus=c.corpus, corpus_sha256=self.corpus.identity.get(
             "corpus_sha256", ""), vocab_size=self.corpus.vocab_size,
         train_pairs=len(self.batching.kept), train_too_long=dropped, beam=c.beam,
-        length_penalty=c.length_penalty, **signatures())
+        length_penalty=c.length_penalty, final_sentences=c.final_sentences, **signatures())
     self._nll = jax.jit(self._nll_sums, static_argnums=0)
 
   # --- Training --------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ class Translation:
     model = self.decoder(graphdef, params, rest)
     for split in ("valid", "test"):
       nll = self.mean_nll(graphdef, params, rest, split)
-      hypotheses = self.translate(model, split)
+      hypotheses = self.translate(model, split, self.config.final_sentences)
       scores = self.scores(hypotheses, split)
       out.update({f"{split}_loss": nll, f"{split}_ppl": float(np.exp(nll)),
                   f"{split}_bleu": scores["bleu"], f"{split}_chrf": scores["chrf"]})
