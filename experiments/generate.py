@@ -33,7 +33,9 @@ from flax import nnx
 from experiments import reading
 from experiments.tasks import language_model
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A language-model run's directory.")
+# allow_override: the readers are separate commands, but a process that imports both (the
+# test suite) would otherwise fail on the shared flag name.
+_WORKDIR = flags.DEFINE_string("workdir", None, "A language-model run's directory.", allow_override=True)
 _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue (empty: start of a line).")
 _NUM_TOKENS = flags.DEFINE_integer("num_tokens", 200, "Tokens to generate.", lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.",

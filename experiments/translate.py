@@ -25,7 +25,9 @@ from experiments import reading, rundir
 from experiments.tasks.translation import data, task as translation
 from fwp import seq2seq
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A translation run's directory.")
+# allow_override: the readers are separate commands, but a process that imports both (the
+# test suite) would otherwise fail on the shared flag name.
+_WORKDIR = flags.DEFINE_string("workdir", None, "A translation run's directory.", allow_override=True)
 _BEAM = flags.DEFINE_integer("beam", None, "Beam size (default: the run's config.beam).")
 _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", None, "Score Σ log p / length^this "
                                      "(default: the run's).")
