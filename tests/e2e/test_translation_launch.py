@@ -10,9 +10,13 @@ import sys
 
 import pytest
 
-from experiments import report
-from tests.helpers import (ROOT, launch, launch_each, metrics_on_devices, read_metrics,
-                           sigkill_then_relaunch_matches_an_uninterrupted_run, write_parallel)
+import numpy as np
+
+from experiments import report, train
+from experiments.tasks.translation import task as translation_task
+from tests.helpers import (ROOT, final_params, launch, launch_each, metrics_on_devices,
+                           read_metrics, sigkill_then_relaunch_matches_an_uninterrupted_run,
+                           strip_timing, tiny_translation_config, write_parallel)
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
@@ -79,6 +83,60 @@ def test_sigkilled_translation_run_resumes_bitwise_and_four_devices_train_like_o
     for key in ("train_loss", "eval_loss"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert a["valid_bleu"] == pytest.approx(b["valid_bleu"], abs=1e-6)
+
+
+def test_a_live_run_beside_a_launch_that_builds_another_cache_ends_as_if_alone(tmp_path,
+                                                                             monkeypatch):
+  """Two runs share a cache_dir; the second's text differs (another seed, a larger train
+  split). While the first trains on its memory-mapped token ids, the second is launched (a
+  process) and builds its own cache beside the first's; both end as each does alone. Before
+  the caches were content-addressed, the second rewrote the first's .npy files in place: the
+  live run died of a bus error (exit 135) or ended with exit 0 on the other run's ids."""
+  first_dir = write_parallel(tmp_path / "a")
+  second_dir = write_parallel(tmp_path / "b", sizes=(500, 40, 40), seed=1)
+  shared, own = str(tmp_path / "shared-cache"), str(tmp_path / "own-cache")
+  config = tiny_translation_config(first_dir, cache_dir=shared)
+  alone = str(tmp_path / "first-alone")
+  alone_summary = train.train(config, alone)              # builds the first's cache in `shared`
+  cache_files = {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns
+                 for r, _, names in os.walk(shared) for n in names}
+
+  def second(cache_dir, workdir):     # = second_alone below, as flags
+    return launch("--config=configs/translation.py:linear", *tiny(second_dir),
+                  f"--config.cache_dir={cache_dir}", "--config.max_steps=20",
+                  "--config.eval_every=10", "--config.checkpoint_every=10",
+                  "--config.warmup_steps=5", f"--workdir={workdir}")
+
+  original, beside = translation_task.Translation.host_batch, {}
+
+  def batch_then_launch_the_second(self, step):
+    if step == 5 and not beside:        # the live run has read 5 batches of its mapped ids
+      beside["result"] = second(shared, tmp_path / "second-beside")
+    return original(self, step)
+
+  monkeypatch.setattr(translation_task.Translation, "host_batch", batch_then_launch_the_second)
+  live = str(tmp_path / "first-beside")
+  live_summary = train.train(config, live)
+  monkeypatch.undo()
+  assert beside["result"].returncode == 0, beside["result"].stderr[-3000:]
+  assert len([n for n in os.listdir(shared) if n.startswith("spm")]) == 2, os.listdir(shared)
+  for path, mtime in cache_files.items():                 # the first's cache never rewritten
+    assert os.stat(path).st_mtime_ns == mtime, path
+  # The first, with the second launched beside it, is the first alone (timing aside) ...
+  assert strip_timing(read_metrics(live)) == strip_timing(read_metrics(alone))
+  assert ({k: v for k, v in live_summary.items() if k != "wall_seconds"}
+          == {k: v for k, v in alone_summary.items() if k != "wall_seconds"})
+  for a, b in zip(final_params(alone), final_params(live)):
+    np.testing.assert_array_equal(a, b)
+  # ... and the second, built beside a live run, is the second alone in a cache of its own
+  # (its flags' config, run in this process).
+  second_alone = tiny_translation_config(second_dir, cache_dir=own, learning_rate=3e-3)
+  second_alone.model.dropout = 0.0
+  summary = train.train(second_alone, str(tmp_path / "second-alone"))
+  assert (strip_timing(read_metrics(tmp_path / "second-beside"))
+          == strip_timing(read_metrics(tmp_path / "second-alone")))
+  beside_summary = json.load(open(tmp_path / "second-beside" / "summary.json"))
+  assert beside_summary["test_bleu"] == summary["test_bleu"]
 
 
 BAD_TRANSLATION_FLAGS = [
