@@ -8,7 +8,8 @@ Restores the grid's run records (results/runs/<name>: a fresh machine skips what
 finished), runs every point of every launch `--parallel` at a time (each a single-threaded
 launch.py process, its output in <runs>/logs/), saves the records of the finished runs and writes
 the report. Relaunching resumes: finished points are skipped, interrupted ones continue from their
-checkpoints. SIGTERM/SIGINT stops every running point (each checkpoints) and exits; a point that
+checkpoints; the records are saved as each point finishes, so a machine lost mid-grid keeps
+them. SIGTERM/SIGINT stops every running point (each checkpoints) and exits; a point that
 fails is named with its log, the others go on, and the command exits 1 after the report.
 `--only` keeps the points whose workdir contains one of the given words.
 """
@@ -150,8 +151,14 @@ def run(grid: Grid, *, only=None, parallel=None, dry_run=False, python=sys.execu
   logs = [log_path(grid, label) for label, _ in todo]
   print(f"Grid {grid.name}: {len(todo)} points, {parallel or grid.parallel} at a time; logs in "
         f"{os.path.join(grid.runs, 'logs')}", flush=True)
+  def save_records(index, code):
+    # As each point ends, not only at the grid's end: a machine lost mid-grid (a session's
+    # clock, a preemption) keeps every run that finished before it.
+    if grid.records and code == 0:
+      records.save(grid.runs, grid.records)
+
   codes = sweep.run_processes([argv for _, argv in todo], parallel or grid.parallel, logs,
-                              env=sweep.single_threaded_env())
+                              env=sweep.single_threaded_env(), on_exit=save_records)
   failed = [(label, log) for (label, _), log, code in zip(todo, logs, codes) if code]
   for label, log in failed:
     print(f"failed: {label} (see {log})", file=sys.stderr, flush=True)

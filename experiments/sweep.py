@@ -118,12 +118,13 @@ def single_threaded_env() -> dict:
 
 
 def run_processes(commands: list[list[str]], parallel: int, logs: list[str] | None = None,
-                  env: dict | None = None) -> list[int]:
+                  env: dict | None = None, on_exit=None) -> list[int]:
   """Runs each command as a process, `parallel` at a time (output to its log file when `logs`
-  is given), and returns their exit codes. SIGTERM/SIGINT is passed to every running process
-  (each saves a checkpoint and exits), no new one starts, and once they have ended SystemExit
-  (128 + the signal) is raised, so a relaunch never races a process left running."""
-  running, lock, stopping = set(), threading.Lock(), []
+  is given), and returns their exit codes; `on_exit(index, code)`, when given, is called as
+  each ends (one call at a time). SIGTERM/SIGINT is passed to every running process (each saves
+  a checkpoint and exits), no new one starts, and once they have ended SystemExit (128 + the
+  signal) is raised, so a relaunch never races a process left running."""
+  running, lock, exit_lock, stopping = set(), threading.Lock(), threading.Lock(), []
 
   def start(index):
     with lock:
@@ -137,12 +138,16 @@ def run_processes(commands: list[list[str]], parallel: int, logs: list[str] | No
                                stderr=subprocess.STDOUT if out else None)
       running.add(child)
     try:
-      return child.wait()
+      code = child.wait()
     finally:
       with lock:
         running.discard(child)
       if out:
         out.close()
+    if on_exit is not None:
+      with exit_lock:
+        on_exit(index, code)
+    return code
 
   def forward(signum, frame):
     del frame

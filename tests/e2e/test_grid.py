@@ -95,6 +95,34 @@ def test_points_are_numbered_as_launch_py_numbers_them_and_run_once():
   assert again[-1][1][-2:] == ["--seeds=7", "--workdir=runs/g/one"]
 
 
+# A stand-in for `python launch.py ...`: writes the point's summary.json; the second seed's
+# point first checks that the first's record was saved when the first ended (exit 1 if not).
+FAKE_LAUNCH = """#!{python}
+import json, os, sys
+workdir = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
+if workdir.endswith("seed=2") and not os.path.exists(
+    os.path.join(os.environ["FAKE_RECORDS"], "point", "seed=1", "summary.json")):
+  sys.exit(1)
+os.makedirs(workdir, exist_ok=True)
+json.dump({{"steps": 1}}, open(os.path.join(workdir, "summary.json"), "w"))
+"""
+
+
+@pytest.mark.fast
+def test_records_are_saved_as_each_point_finishes(tmp_path, monkeypatch):
+  # A machine lost mid-grid (a session's clock, a preemption) keeps what finished before it.
+  fake = tmp_path / "fake_python"
+  fake.write_text(FAKE_LAUNCH.format(python=sys.executable))
+  fake.chmod(0o755)
+  records = tmp_path / "records"
+  monkeypatch.setenv("FAKE_RECORDS", str(records))
+  grid = Grid("g", str(tmp_path / "runs"), (Launch(f"{CONFIG}:linear-sum", "point", seeds=(1, 2),
+                                                   seed_dirs=True),),
+              records=str(records), parallel=1)
+  assert grid_lib.run(grid, python=str(fake)) == 0          # the second point found the record
+  assert sorted(os.listdir(records / "point")) == ["seed=1", "seed=2"]
+
+
 @pytest.mark.fast
 def test_bad_grid_arguments_are_refused_by_name(tmp_path):
   with pytest.raises(ValueError, match=r"Unknown grid argument 'kneee'; valid choices: grid: "
