@@ -10,7 +10,8 @@ formal_languages.py at a CPU budget of 5 epochs (1,560 steps of 32 strings; the 
 DeltaNet, Recurrent Delta (linear-rdn), e-LSTM and SRWM. `tracking`: negative eigenvalues on
 parity and counting (parity, mod-2, mod-3: linear-delta-neg, β ∈ (0, 2) with unit-norm keys,
 against linear-delta-l2, the same keys with β ∈ (0, 1); linear-delta and the LSTM beside them on
-mod-m) and DeltaProduct on the S3 / S5 word problems (delta_product N = 1, 2, 3, and the LSTM).
+mod-m) and DeltaProduct on the S3 / S5 word problems (delta_product N = 1, 2, 3, each with and
+without negative eigenvalues, and the LSTM).
 """
 
 from configs.grids import Grid, Launch, args
@@ -23,10 +24,14 @@ PAPER_MODELS = ("lstm", "transformer", "linear-sum", "linear-delta", "linear-rdn
 # that -neg against it changes β's range alone.
 L2 = "linear-delta-l2"
 NEG = (L2, "linear-delta-neg")
+# DeltaProduct with N = 2, 3 writes a token, and each (N = 1 too) with negative eigenvalues: the
+# combination Siems et al. report on S3 / S5.
+PRODUCTS = ("linear-delta_product2", "linear-delta_product3", "linear-delta-neg",
+            "linear-delta_product2-neg", "linear-delta_product3-neg")
 TRACKING = (("parity", NEG), ("mod-2", ("lstm", "linear-delta") + NEG),
             ("mod-3", ("lstm", "linear-delta") + NEG),
-            ("s3", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")),
-            ("s5", ("lstm", "linear-delta", "linear-delta_product2", "linear-delta_product3")))
+            ("s3", ("lstm", "linear-delta") + PRODUCTS),
+            ("s5", ("lstm", "linear-delta") + PRODUCTS))
 EPOCHS = 5
 SEEDS = (1, 2, 3)
 
