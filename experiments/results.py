@@ -132,20 +132,61 @@ def save_figure(fig, path: str, axes=()) -> None:
   plt.close(fig)
 
 
+# A results CSV's first line: "# Made by `python -m ...` at fwp commit c." (read_csv skips it;
+# elsewhere, e.g. pandas.read_csv(path, comment="#")).
+STAMP = "# "
+
+
+def stamp_line() -> str:
+  return f"{STAMP}{made_by()}\n"
+
+
 def write_csv(rows: list[dict], path: str, columns) -> None:
-  """One line per row, `columns` in order (other keys of a row are left out)."""
+  """The stamp line, then one line per row, `columns` in order (other keys of a row are left
+  out)."""
   with open(path, "w", newline="") as f:
+    f.write(stamp_line())
     writer = csv.DictWriter(f, columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
 
 
-def write_markdown(out: str, name: str, lines: list[str]) -> str:
-  """out/name.md from `lines` (one trailing newline), also printed; returns the path."""
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, f"{name}.md")
+def csv_lines(f):
+  """A results CSV's lines without its stamp (and without any other '#' line before the
+  header), for csv.DictReader; an unstamped CSV reads the same."""
+  lines = iter(f)
+  for line in lines:
+    if not line.startswith(STAMP.strip()):
+      yield line
+      break
+  yield from lines
+
+
+def read_csv(path: str) -> list[dict]:
+  """The rows of a results CSV (stamped or not) as dicts of strings."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(csv_lines(f)))
+
+
+def write_text(path: str, text: str) -> None:
+  """A results file (Markdown) that names its command and commit: made_by()'s paragraph first
+  (after a leading '# title'), unless one of `text`'s first lines already starts "Made by `"."""
+  if not any(line.startswith("Made by `") for line in text.split("\n")[:6]):
+    title, body = "", text
+    if text.startswith("# "):
+      title, _, body = text.partition("\n")
+      title, body = title + "\n\n", body.lstrip("\n")
+    text = f"{title}{made_by()}\n\n{body}"
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines).rstrip("\n") + "\n")
+    f.write(text)
+
+
+def write_markdown(out: str, name: str, lines: list[str]) -> str:
+  """out/name.md from `lines` (one trailing newline; stamped by write_text), also printed;
+  returns the path."""
+  path = os.path.join(out, f"{name}.md")
+  write_text(path, "\n".join(lines).rstrip("\n") + "\n")
   print("\n".join(lines))
   print(f"Wrote {path}")
   return path
@@ -156,7 +197,6 @@ def write_all(out: str, name: str, rows: list[dict], columns, markdown: str,
   """out/name.csv, out/name.md (the given text) and out/name.png (drawn by `plot`)."""
   os.makedirs(out, exist_ok=True)
   write_csv(rows, os.path.join(out, f"{name}.csv"), columns)
-  with open(os.path.join(out, f"{name}.md"), "w") as f:
-    f.write(made_by() + "\n\n" + markdown)
+  write_text(os.path.join(out, f"{name}.md"), markdown)
   plot(rows, os.path.join(out, f"{name}.png"))
   print(f"Wrote {out}/{name}.{{csv,md,png}}")

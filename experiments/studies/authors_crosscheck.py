@@ -277,7 +277,7 @@ def main(argv):
   failures = []
   lines = ["# fwp against the authors' code (float64)", "",
            "Made by `python -m experiments.studies.authors_crosscheck` (its docstring has the "
-           "command). Relative differences: an output's (and x's gradient's) to its largest "
+           f"command) at fwp commit {results.commit()}. Relative differences: an output's (and x's gradient's) to its largest "
            "entry, the parameter gradients' to the whole gradient's largest entry; MATCH: "
            f"≤ {MATCH:g}. Rows named by a fwp option are fwp's other behaviours, each against "
            "the authors' code it departs from (docs/departures.md).", ""]

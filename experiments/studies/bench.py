@@ -193,9 +193,7 @@ def main(argv):
 def _write(machine, rows, shape):
   """Rewrites the outputs after every row, so a run that is stopped keeps what it measured."""
   if _MARKDOWN.value:
-    os.makedirs(os.path.dirname(_MARKDOWN.value) or ".", exist_ok=True)
-    with open(_MARKDOWN.value, "w") as f:
-      f.write(markdown(machine, rows, shape))
+    results.write_text(_MARKDOWN.value, markdown(machine, rows, shape))
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:

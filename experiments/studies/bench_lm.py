@@ -28,6 +28,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs import wikitext103
+from experiments import results
 from experiments.studies import timing
 from experiments.tasks import language_model
 from fwp import lm
@@ -193,12 +194,12 @@ def main(argv):
 
 def _write(machine, rows):
   """Rewrites the outputs after every row, so a run that is stopped keeps what it measured."""
-  for path, text in ((_MARKDOWN.value, lambda: markdown(machine, rows)),
-                     (_OUT.value, lambda: json.dumps(dict(machine=machine, rows=rows), indent=2))):
-    if path:
-      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-      with open(path, "w") as f:
-        f.write(text())
+  if _MARKDOWN.value:
+    results.write_text(_MARKDOWN.value, markdown(machine, rows))
+  if _OUT.value:
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      f.write(json.dumps(dict(machine=machine, rows=rows), indent=2))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from absl import app, flags
 from flax import nnx
 
 from configs import translation as translation_configs, wmt14
+from experiments import results
 from experiments.tasks.translation import task as translation
 from fwp import seq2seq
 
@@ -152,7 +153,8 @@ def write(rows, path, sources, targets, beams) -> None:
   with open(path, "w") as f:
     f.write(f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, jax "
             f"{jax.__version__}, devices {[str(d) for d in jax.devices()]}. Made by `python -m "
-            f"experiments.studies.bench_translate` (its docstring says what each table times); "
+            f"experiments.studies.bench_translate` at fwp commit {results.commit()} (its "
+            f"docstring says what each table times); "
             f"configs/{_SETTING.value}.py's models, median of {_REPEATS.value}.\n\n")
     f.write(f"**Training ({_SETTING.value}), target tokens per second** (batch of "
             f"{_TRAIN_TOKENS.value} tokens at length 32)\n\n| model | tokens/s |\n|---|---|\n")

@@ -24,7 +24,6 @@ Writes precision.{csv,md,png} under --out; one run per (rule, precision, form, T
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 
@@ -99,8 +98,7 @@ def measure(rule: str, precision: str, form: str, t: int, shape, seed: int, chun
 def read_rows(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
+  rows = results.read_csv(path)
   for r in rows:
     r["T"] = int(r["T"])
     for name in FIELDS[4:]:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from experiments import results
 from experiments.studies import timing
 from fwp import ops
 
@@ -127,8 +128,7 @@ def main(argv):
     with open(_OUT.value, "w") as f:
       json.dump(dict(machine=machine, shape=shape, length=t, rows=rows), f, indent=2)
   if _MARKDOWN.value:
-    with open(_MARKDOWN.value, "w") as f:
-      f.write(table)
+    results.write_text(_MARKDOWN.value, table)
   print(table)
 
 

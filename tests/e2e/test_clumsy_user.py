@@ -216,7 +216,8 @@ def test_the_lm_report_averages_only_runs_that_differ_in_seed(tmp_path):
   _fake_lm_run(runs / "context=0016,seed=0001", context=16, bits=1.5)
   _fake_lm_run(runs / "sum", model="linear-sum", context=16, bits=3.0)
   csv_path, md_path, _ = report.report([str(runs)], str(tmp_path / "out"))
-  lines = open(csv_path).read().splitlines()
+  stamp, *lines = open(csv_path).read().splitlines()
+  assert stamp.startswith("# Made by `python -m ") and " at fwp commit " in stamp, stamp
   assert lines[0] == "model,context,seed,step,train_loss,valid_loss,valid_bits_per_byte"
   assert sorted(lines[1:4]) == ["linear-delta,16,1,10,1.00000,1.00000,1.5000",
                                 "linear-delta,8,1,10,1.00000,1.00000,2.0000",

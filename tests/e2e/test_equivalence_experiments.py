@@ -2,7 +2,7 @@
 flags share names with other modules', so they are not imported here): on tiny cases they show
 the property they measure and write their results."""
 
-import csv
+from experiments import results
 import subprocess
 import sys
 
@@ -25,7 +25,7 @@ def test_forms_train_to_the_same_model_and_the_results_are_written(tmp_path):
   _run("experiments.studies.equivalence", "--families=dpfp1-delta", "--dtypes=float64",
        "--steps=4", "--eval_every=2", "--num_keys=5", "--chunk_sizes=3",
        f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path}")
-  rows = list(csv.DictReader(open(tmp_path / "equivalence.csv")))
+  rows = results.read_csv(str(tmp_path / "equivalence.csv"))
   assert {r["form"] for r in rows} == {"recurrent", "parallel", "chunked C=3"}
   assert [r["step"] for r in rows if r["form"] == "parallel"] == ["2", "4"]
   for r in rows:
@@ -37,7 +37,7 @@ def test_forms_train_to_the_same_model_and_the_results_are_written(tmp_path):
 def test_precision_measures_against_float64_and_writes_its_table(tmp_path):
   _run("experiments.studies.precision", "--lengths=32", "--forms=recurrent,chunked", "--chunk_size=8",
        "--shape=1,1,4", f"--out={tmp_path}")
-  rows = list(csv.DictReader(open(tmp_path / "precision.csv")))
+  rows = results.read_csv(str(tmp_path / "precision.csv"))
   assert len(rows) == 2 * 3 * 2           # rules × precisions × forms
   for r in rows:       # against float64 on the same rounded inputs: float32 is near rounding
     if r["precision"] == "float32":

@@ -168,7 +168,8 @@ def test_sweep_runs_skips_finished_points_and_reports(tmp_path):
   written = report.report([str(tmp_path)], str(out))
   assert sorted(os.path.basename(p) for p in written) == [
       "associative_recall.csv", "associative_recall.md", "associative_recall_setting1.png"]
-  lines = (out / "associative_recall.csv").read_text().splitlines()
+  stamp, *lines = (out / "associative_recall.csv").read_text().splitlines()
+  assert stamp.startswith("# Made by `python -m ") and " at fwp commit " in stamp, stamp
   assert lines[0] == "setting,model,num_keys,seed,final_eval_loss,steps,wall_seconds,stop_reason"
   assert len(lines) == 5 and lines[1].startswith("1,linear-sum,4,1,")
   assert lines[1].endswith(",max_steps")

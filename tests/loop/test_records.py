@@ -49,3 +49,28 @@ def test_save_names_a_missing_runs_directory(tmp_path):
   with pytest.raises(ValueError, match="No run directory"):
     records.save(str(tmp_path / "absent"), str(tmp_path / "records"))
   assert records.restore(str(tmp_path / "absent"), str(tmp_path / "runs")) == []
+
+
+@pytest.mark.fast
+def test_results_files_name_their_command_and_commit(tmp_path, monkeypatch):
+  # Every results CSV starts with a '# Made by `python -m <command>` at fwp commit <c>.' line
+  # that the project's readers skip; Markdown through write_text gets the same paragraph
+  # (after a '# title'), unless its text names its command already.
+  from experiments import results
+  monkeypatch.setattr("sys.argv", ["experiments/report.py", "runs/x", "--out=results"])
+  made = f"Made by `python -m experiments.report runs/x --out=results` at fwp commit {results.commit()}."
+  path = str(tmp_path / "t.csv")
+  rows = [dict(a=1, b="x"), dict(a=2, b="y")]
+  results.write_csv(rows, path, ["a", "b"])
+  assert open(path).read().splitlines() == [f"# {made}", "a,b", "1,x", "2,y"]
+  assert results.read_csv(path) == [dict(a="1", b="x"), dict(a="2", b="y")]
+  with open(path, "w") as f:                           # a CSV from before the stamp reads alike
+    f.write("a,b\n1,x\n2,y\n")
+  assert results.read_csv(path) == [dict(a="1", b="x"), dict(a="2", b="y")]
+  for text, expected in (
+      ("| t |\n", f"{made}\n\n| t |\n"),
+      ("# Title\n\nBody.\n", f"# Title\n\n{made}\n\nBody.\n"),
+      ("# Title\n\nMade by `python -m elsewhere` at fwp commit abc.\n",
+       "# Title\n\nMade by `python -m elsewhere` at fwp commit abc.\n")):
+    results.write_text(str(tmp_path / "sub" / "t.md"), text)
+    assert open(tmp_path / "sub" / "t.md").read() == expected

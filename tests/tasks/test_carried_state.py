@@ -247,7 +247,7 @@ def test_the_report_shows_carried_numbers_and_state_sizes(tmp_path):
   assert "| linear-delta-carry | 1 | 10 | 16,384 | 2.000 |" in table
   assert "| transformer | 1 | 10 | grows | 2.000 |" in table and table.count("| - |") >= 2
   lm_report.write_csv(lm_report.collect(finished), str(tmp_path / "out.csv"))
-  header, *lines = (tmp_path / "out.csv").read_text().splitlines()
+  _, header, *lines = (tmp_path / "out.csv").read_text().splitlines()     # the stamp first
   assert header.endswith("valid_bits_per_byte,valid_carried_bits_per_byte")
   assert any(line.endswith(",1.9000") for line in lines)
   assert any(line.endswith(",") for line in lines)          # softmax: no carried number

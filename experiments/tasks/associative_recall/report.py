@@ -51,7 +51,7 @@ def collect(finished: list[tuple[str, dict]], previous: str | None = None) -> li
 def read_previous(path: str) -> list[dict]:
   """The rows of an earlier report's CSV, typed as `collect` makes them."""
   with open(path, newline="") as f:
-    reader = csv.DictReader(f)
+    reader = csv.DictReader(results.csv_lines(f))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
       raise ValueError(f"{path} is not an associative_recall.csv of this report: it lacks the "

@@ -132,6 +132,7 @@ def write_csv(runs, path):
   has_carried = any(carried in m for r in runs for m in r["metrics"])
   extra = runs[0]["columns"]
   with open(path, "w", newline="") as f:
+    f.write(results.stamp_line())
     writer = csv.writer(f)
     writer.writerow(["model", *extra, "seed", "step", "train_loss", "valid_loss", unit]
                     + [carried] * has_carried)
@@ -220,7 +221,6 @@ def write(runs: list[dict], out: str) -> list[str]:
   """language_model.csv, .md and .png under `out`; returns the paths."""
   paths = [os.path.join(out, f"language_model.{ext}") for ext in ("csv", "md", "png")]
   write_csv(runs, paths[0])
-  with open(paths[1], "w") as f:
-    f.write(results.made_by() + "\n\n" + markdown(runs))
+  results.write_text(paths[1], markdown(runs))
   plot(runs, paths[2])
   return paths
