@@ -59,6 +59,13 @@ def get_config(name: str = "small-linear-delta"):
   c.model.dropout = 0.1
   c.model.adaptive_cutoffs = (20000, 40000, 200000)
   c = common.apply_lm_model(c, model)
+  if c.model.positional == "relative":
+    # Transformer-XL as the authors trained it (lmtool-fwp's Transformer-XL script, --warmup_step
+    # 1000 --max_step 200000), not the fast weight models' 400k / 2k.
+    c.max_steps, c.warmup_steps = 200_000, 1000
+  if c.carry_state:
+    # Their carried evaluation (eval.py --batch_size 1): one stream, the text read once in order.
+    c.eval_batch_size = 1
   c.model.pre_norm = c.model.recurrence != "none"     # the RFWP paper's script: --pre_lnorm
   # ... whose fast weight layers add the residual to LN(x), with no final LayerNorm; and every
   # other detail of their layers (nothing committed was run with these configs, so they take

@@ -92,6 +92,9 @@ class LMConfig:
   # Transformer-XL (positional="relative"): how many previous hidden states each layer attends
   # to besides the segment (its memory, the state; 0: a Transformer with relative positions).
   mem_len: int = 0
+  # Transformer-XL: distances above clamp_len share clamp_len's embedding (the authors'
+  # --clamp_len; their WikiText-103 evaluation scripts use 384); 0: never clamped.
+  clamp_len: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -106,6 +109,16 @@ class LMConfig:
     if self.positional == "relative" and (self.fast_weight is not None or self.scoring != "dot"):
       raise ValueError("positional='relative' is Transformer-XL's softmax attention (fwp.txl); "
                        "it needs fast_weight=None and scoring='dot'.")
+    checks.at_least("LMConfig.clamp_len", self.clamp_len, 0)
+    if self.clamp_len and self.positional != "relative":
+      raise ValueError(f"clamp_len={self.clamp_len} clamps Transformer-XL's relative distances; "
+                       f"it needs positional='relative', got {self.positional!r}.")
+    if self.positional == "relative" and self.pre_norm:
+      # The authors' pre-LN Transformer-XL keeps the normalised hidden states as its memory
+      # behind a stop-gradient, which fwp's memory (the block's input) is not: refused rather
+      # than computed differently (docs/departures.md).
+      raise ValueError("positional='relative' (Transformer-XL) is post-LN here (pre_norm=False): "
+                       "the authors' pre-LN variant's memory is not built.")
     if self.mem_len and self.positional != "relative":
       raise ValueError(f"mem_len={self.mem_len} is Transformer-XL's memory; it needs "
                        f"positional='relative', got {self.positional!r}.")
@@ -165,7 +178,8 @@ class Block(nnx.Module):
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
     if config.positional == "relative":
       self.attention = txl.RelativeAttention(config.d_model, config.num_heads, config.d_head,
-                                             config.mem_len, rngs=rngs, dtype=dtype)
+                                             config.mem_len, rngs=rngs, dtype=dtype,
+                                             clamp_len=config.clamp_len)
       self.scale = 1.0
     elif config.fast_weight is None:
       self.attention = layers.SoftmaxAttention(config.d_model, config.num_heads, config.d_head,

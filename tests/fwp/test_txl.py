@@ -26,8 +26,9 @@ def _layer_inputs(seed, t, m, count):
   return x, mem, bias
 
 
-def _reference(layer, x, mem, count, bias, rel_shift=False):
-  """The attention as a loop over (b, h, i, j), from the formula (or with their _rel_shift)."""
+def _reference(layer, x, mem, count, bias, rel_shift=False, clamp_len=0):
+  """The attention as a loop over (b, h, i, j), from the formula (or with their _rel_shift);
+  clamp_len > 0: a distance above it is embedded as clamp_len (their pos_seq.clamp_)."""
   w = {name: np.asarray(getattr(layer, name).kernel[...]) for name in
        ("q_proj", "k_proj", "v_proj", "r_proj", "out_proj")}
   t, m = x.shape[1], mem.shape[1]
@@ -36,7 +37,8 @@ def _reference(layer, x, mem, count, bias, rel_shift=False):
   split = lambda y: y.reshape(y.shape[:-1] + (H, D_HEAD))
   q, k, v = split(x @ w["q_proj"]), split(cat @ w["k_proj"]), split(cat @ w["v_proj"])
   inv_freq = 1 / 10000 ** (np.arange(0, D_MODEL, 2) / D_MODEL)
-  sinusoid = lambda d: np.concatenate([np.sin(d * inv_freq), np.cos(d * inv_freq)])
+  clamp = lambda d: min(d, clamp_len) if clamp_len else d
+  sinusoid = lambda d: np.concatenate([np.sin(clamp(d) * inv_freq), np.cos(clamp(d) * inv_freq)])
   u, vb = bias
   out = np.zeros((B, t, H, D_HEAD))
   if rel_shift:        # their code: distances klen−1..0, then _rel_shift
@@ -74,6 +76,27 @@ def test_relative_attention_is_transformer_xlfloat64(t, m, count, rel_shift):
     # The next memory: the last m inputs of [memory; segment], filled up to m.
     np.testing.assert_array_equal(state.h, np.concatenate([mem, x], axis=1)[:, t:])
     np.testing.assert_array_equal(state.count, min(count + t, m))
+
+
+@pytest.mark.parametrize("rel_shift", [False, True])
+def test_clamp_len_embeds_every_longer_distance_as_clamp_lenfloat64(rel_shift):
+  t, m, count = 4, 6, 5                                  # distances 0..9
+  with x64():
+    x, mem, bias = _layer_inputs(2, t, m, count)
+    memory = txl.XLMemory(jnp.asarray(mem), jnp.full((B,), count, jnp.int32))
+    outs = {}
+    for clamp_len in (0, 3, 9):
+      layer = float64(txl.RelativeAttention(D_MODEL, H, D_HEAD, m, rngs=nnx.Rngs(0),
+                                            clamp_len=clamp_len))
+      outs[clamp_len] = layer(jnp.asarray(x), jnp.asarray(bias), initial_state=memory)
+      chex.assert_trees_all_close(outs[clamp_len],
+                                  _reference(layer, x, mem, count, bias, rel_shift, clamp_len),
+                                  rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(outs[9], outs[0])      # nothing above 9 to clamp
+    assert np.abs(np.asarray(outs[3] - outs[0])).max() > 1e-3   # the clamp changes the output
+  with pytest.raises(ValueError, match="clamp_len=3 clamps Transformer-XL's relative distances"):
+    lm.LMConfig(vocab_size=VOCAB, num_layers=1, d_model=D_MODEL, num_heads=H, d_head=D_HEAD,
+                d_ff=8, clamp_len=3)
 
 
 def _model(mem_len, seed=0):
