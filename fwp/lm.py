@@ -95,6 +95,9 @@ class LMConfig:
   # Transformer-XL: distances above clamp_len share clamp_len's embedding (the authors'
   # --clamp_len; their WikiText-103 evaluation scripts use 384); 0: never clamped.
   clamp_len: int = 0
+  # Transformer-XL in training: True drops the distance embedding with one mask that every
+  # layer shares (the authors' code: pos_emb = self.drop(pos_emb) once); False: a mask per layer.
+  shared_distance_dropout: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_head", "d_ff"):
@@ -113,6 +116,9 @@ class LMConfig:
     if self.clamp_len and self.positional != "relative":
       raise ValueError(f"clamp_len={self.clamp_len} clamps Transformer-XL's relative distances; "
                        f"it needs positional='relative', got {self.positional!r}.")
+    if self.shared_distance_dropout and self.positional != "relative":
+      raise ValueError(f"shared_distance_dropout drops Transformer-XL's distance embedding; it "
+                       f"needs positional='relative', got {self.positional!r}.")
     if self.positional == "relative" and self.pre_norm:
       # The authors' pre-LN Transformer-XL keeps the normalised hidden states as its memory
       # behind a stop-gradient, which fwp's memory (the block's input) is not: refused rather
@@ -200,11 +206,13 @@ class Block(nnx.Module):
     self.ff_out = nnx.Linear(config.d_ff, config.d_model, dtype=dtype, rngs=rngs)
     self.norm_ff = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, rngs=rngs)
 
-  def __call__(self, x, state, dropout_key, projection_key, rel_bias=None):
+  def __call__(self, x, state, dropout_key, projection_key, rel_bias=None, distance_key=None):
+    """`distance_key`: the key of the distance embedding's dropout when every layer shares one
+    mask (LMConfig.shared_distance_dropout); otherwise the block draws its own."""
     rate, pre = self.config.dropout, self.config.pre_norm
     if self.config.positional == "relative":
-      kwargs = dict(rel_bias=rel_bias,
-                    distance_dropout=lambda r: dropout(r, rate, _site(dropout_key, 3)))
+      key = distance_key if self.config.shared_distance_dropout else _site(dropout_key, 3)
+      kwargs = dict(rel_bias=rel_bias, distance_dropout=lambda r: dropout(r, rate, key))
     elif self.config.fast_weight is None:
       kwargs = {}
     else:
@@ -317,11 +325,12 @@ class TransformerLM(nnx.Module):
     if self.config.embedding_dropout:
       x = dropout(x, self.config.dropout, _site(dropout_key, 0))
     new_states = []
+    distance_key = _site(dropout_key, len(self.blocks) + 2)      # shared_distance_dropout's
     for i, block in enumerate(self.blocks):
       layer_state = None if state is None else state.layers[i]
       x, layer_state = block(x, layer_state, _site(dropout_key, i + 1),
                              _site(projection_key, i),
-                             None if self.rel_bias is None else self.rel_bias[...])
+                             None if self.rel_bias is None else self.rel_bias[...], distance_key)
       new_states.append(layer_state)
     if self.final_norm is not None:
       x = self.final_norm(x)

@@ -7,6 +7,7 @@ relative-position Transformer (float64)."""
 import dataclasses
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -168,3 +169,24 @@ def test_bad_relative_configs_name_the_field():
   with pytest.raises(ValueError, match="needs fast_weight=None"):
     lm.LMConfig(vocab_size=5, positional="relative",
                 fast_weight=layers.FastWeightConfig("elu_plus_one"))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_distance_dropout_is_one_mask_for_every_layer(shared, monkeypatch):
+  # The authors' Transformer-XL drops the distance embedding once (pos_emb = self.drop(pos_emb))
+  # and every layer reads it; fwp's default draws a mask per layer.
+  masks, original = [], txl.RelativeAttention.__call__
+
+  def recording(self, x, rel_bias, *, distance_dropout=None, **kwargs):
+    masks.append(np.asarray(distance_dropout(jnp.ones((7, D_MODEL)))) != 0)
+    return original(self, x, rel_bias, distance_dropout=distance_dropout, **kwargs)
+
+  monkeypatch.setattr(txl.RelativeAttention, "__call__", recording)
+  config = lm.LMConfig(vocab_size=VOCAB, num_layers=3, d_model=D_MODEL, num_heads=H,
+                       d_head=D_HEAD, d_ff=8, dropout=0.5, positional="relative",
+                       shared_distance_dropout=shared)
+  model = lm.TransformerLM(config, rngs=nnx.Rngs(0))
+  model(_tokens(4), dropout_key=jax.random.key(1))
+  assert len(masks) == 3 and 0 < masks[0].mean() < 1
+  same = [np.array_equal(masks[0], m) for m in masks[1:]]
+  assert same == ([True, True] if shared else [False, False]), same

@@ -51,7 +51,7 @@ ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cach
                 "model.layer_norm_eps": 1e-6, "model.sum_scale": "output",
                 "model.final_dropout": False, "model.init": "flax",
                 "model.eval_projection": "init", "carry_state": False, "model.mem_len": 0,
-                "model.clamp_len": 0,
+                "model.clamp_len": 0, "model.shared_distance_dropout": False,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -101,7 +101,8 @@ def lm_config(config, vocab_size: int) -> lm.LMConfig:
       pre_norm_residual=m.get("pre_norm_residual", "input"),
       layer_norm_eps=m.get("layer_norm_eps", 1e-6),
       final_dropout=m.get("final_dropout", False), init=m.get("init", "flax"),
-      mem_len=m.get("mem_len", 0), clamp_len=m.get("clamp_len", 0))
+      mem_len=m.get("mem_len", 0), clamp_len=m.get("clamp_len", 0),
+      shared_distance_dropout=m.get("shared_distance_dropout", False))
 
 
 def validate(config) -> None:
