@@ -66,6 +66,7 @@ def lm_config() -> ml_collections.ConfigDict:
   c.model.positional = "sinusoidal"      # sinusoidal | none | relative (Transformer-XL's)
   c.model.mem_len = 0                    # Transformer-XL: previous hidden states per layer
   c.model.shared_distance_dropout = False  # Transformer-XL: one dropout mask on the distances for every layer (theirs) or one per layer
+  c.model.eval_clamp_len = -1            # Transformer-XL: the clamp in evaluation only (the authors': 384); -1: clamp_len's
   c.model.clamp_len = 0                  # Transformer-XL: distances above it share its embedding (the authors' eval: 384; 0: none)
   c.model.adaptive_cutoffs = ()          # the authors' adaptive softmax: (20000, 40000, 200000)
   c.model.dtype = "float32"              # matmul dtype: float32 | bfloat16 (GPU/TPU)

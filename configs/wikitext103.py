@@ -64,6 +64,7 @@ def get_config(name: str = "small-linear-delta"):
     # 1000 --max_step 200000), not the fast weight models' 400k / 2k.
     c.max_steps, c.warmup_steps = 200_000, 1000
     c.model.shared_distance_dropout = True      # their pos_emb = self.drop(pos_emb), once
+    c.model.eval_clamp_len = 384                # their eval.py --clamp_len 384 (training: none)
   if c.carry_state:
     # Their carried evaluation (eval.py --batch_size 1): one stream, the text read once in order.
     c.eval_batch_size = 1

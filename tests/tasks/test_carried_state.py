@@ -222,6 +222,32 @@ def test_transformer_xl_carries_its_memory_through_trainingfloat64(tmp_path):
     assert task.summary_fields["state_floats"] == 12 * task.config.model.d_model
 
 
+def test_eval_clamp_len_clamps_the_evaluation_and_not_the_trainingfloat64(tmp_path):
+  """The authors train Transformer-XL unclamped and evaluate it with --clamp_len 384:
+  model.eval_clamp_len evaluates the trained parameters as a model with clamp_len would, and
+  leaves the training loss as it is."""
+  with x64():
+    one = dict(eval_batch_size=1)       # one stream of the 14-token split: distances up to 15
+    plain = _task(tmp_path, "txl-mem12", "recurrent", **one)
+    eval_clamped = _task(tmp_path, "txl-mem12", "recurrent", model__eval_clamp_len=2, **one)
+    clamped = _task(tmp_path, "txl-mem12", "recurrent", model__clamp_len=2, **one)
+    split = lambda task: nnx.split(float64(task.build_model(nnx.Rngs(0))), nnx.Param, ...)
+    graphdef, params, rest = split(plain)
+    nll = {name: task.carried_nll(g, params, rest, "valid") for name, task, g in (
+        ("plain", plain, graphdef), ("eval_clamped", eval_clamped, graphdef),
+        ("clamped", clamped, split(clamped)[0]))}
+    assert nll["eval_clamped"] == pytest.approx(nll["clamped"], rel=1e-12), nll
+    assert abs(nll["eval_clamped"] - nll["plain"]) > 1e-6, nll      # distances up to 15 > 2
+    model = nnx.merge(graphdef, params, rest)
+    batch, carry = plain.host_batch(0), plain.initial_carry(model)
+    losses = [task.loss(model, batch, 0, carry)[0] for task in (plain, eval_clamped)]
+    assert losses[0] == losses[1]
+  with pytest.raises(ValueError, match="eval_clamp_len"):
+    _task(tmp_path, "txl-mem12", "recurrent", model__eval_clamp_len=-2)
+  with pytest.raises(ValueError, match="clamps Transformer-XL's relative distances"):
+    _task(tmp_path, "linear-delta", model__eval_clamp_len=4)
+
+
 def test_the_report_shows_carried_numbers_and_state_sizes(tmp_path):
   """Fast weight runs, Transformer-XL and softmax in one table: carried columns, the state's
   size (softmax: 'grows'), the carried valid bits in the CSV."""

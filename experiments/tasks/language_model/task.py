@@ -52,6 +52,7 @@ ADDED_FIELDS = {"model.recurrence": "none", "model.accumulate": "float32", "cach
                 "model.final_dropout": False, "model.init": "flax",
                 "model.eval_projection": "init", "carry_state": False, "model.mem_len": 0,
                 "model.clamp_len": 0, "model.shared_distance_dropout": False,
+                "model.eval_clamp_len": -1,
                 **{f"model.{name}": value for name, value in common.BEFORE.items()
                    if name != "fwm_normalize_first"}}
 
@@ -119,6 +120,10 @@ def validate(config) -> None:
     raise ValueError(f"Unknown model.eval_projection {eval_projection!r}; valid choices: "
                      f"{', '.join(EVAL_PROJECTIONS)}.")
   model = lm_config(config, vocab_size=2)    # every model field, before any data is read
+  eval_clamp = config.model.get("eval_clamp_len", -1)
+  if eval_clamp != -1:
+    checks.at_least("config.model.eval_clamp_len (-1: model.clamp_len's)", eval_clamp, 0)
+    dataclasses.replace(model, clamp_len=eval_clamp)          # needs Transformer-XL, as clamp_len
   if config.get("carry_state", False):
     if model.fast_weight is None and model.positional != "relative":
       raise ValueError(
@@ -136,6 +141,19 @@ def validate(config) -> None:
 
 def build_model(config, rngs: nnx.Rngs) -> lm.TransformerLM:
   return lm.TransformerLM(lm_config(config, load_corpus(config).vocab.size), rngs=rngs)
+
+
+def eval_graphdef(config, vocab_size: int):
+  """The graph the evaluations merge the trained parameters into when model.eval_clamp_len
+  differs from the training clamp (the authors train unclamped and evaluate with --clamp_len
+  384): the same parameters, Transformer-XL's distances clamped at eval_clamp_len. None: the
+  training graph."""
+  eval_clamp = config.model.get("eval_clamp_len", -1)
+  trained = lm_config(config, vocab_size)
+  if eval_clamp in (-1, trained.clamp_len):
+    return None
+  clamped = dataclasses.replace(trained, clamp_len=eval_clamp)
+  return nnx.graphdef(nnx.eval_shape(lambda: lm.TransformerLM(clamped, rngs=nnx.Rngs(0))))
 
 
 def state_floats(config, vocab_size: int | None = None) -> int | None:
@@ -214,6 +232,7 @@ class LanguageModelling:
                                level=config.level, context=config.context,
                                state_floats=state_floats(config, self.corpus.vocab.size))
     self._nll = jax.jit(self._nll_sum, static_argnums=0)
+    self._eval_graphdef = eval_graphdef(config, self.corpus.vocab.size)
 
   @functools.cached_property
   def _valid_batches(self) -> list[dict]:
@@ -275,7 +294,7 @@ class LanguageModelling:
     return loss, aux, state.layers
 
   def _nll_sum(self, graphdef, params, rest, batch, projection_key, state=None):
-    model = nnx.merge(graphdef, params, rest)
+    model = nnx.merge(self._eval_graphdef or graphdef, params, rest)
     if state is None:
       log_probs = model(batch["inputs"], projection_key=projection_key)
     else:
