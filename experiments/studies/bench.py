@@ -54,6 +54,9 @@ _AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable, "A Pytho
                                       "run the authors' code.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
+_STRICT = flags.DEFINE_bool("strict", False, "Exit 1 (after writing) when any row was measured "
+                            "on a busy machine (timing.Quiet: another runnable thread, or the "
+                            "matmul rate down more than 15 %).")
 
 
 def time_train_step(curve, num_keys, repeats, form=None):
@@ -108,9 +111,11 @@ def time_authors_step(case: str, repeats: int) -> dict:
   return json.loads(lines[-1])
 
 
-def markdown(machine, rows, shape) -> str:
+def markdown(machine, rows, shape, quiet_line: str = "") -> str:
   b, h, dk, dv = shape
   lines = [results.made_by("experiments.studies.bench"), "", timing.machine_line(machine)]
+  lines += ["", quiet_line] if quiet_line else []
+  mark = lambda r: " ‡" if r.get("busy") else ""
   if any(r["kind"] == "op" for r in rows):
     lines += ["", f"Ops: batch {b}, heads {h}, d_key {dk}, d_value {dv}; GFLOP/s counts "
               f"18·B·H·T·d_key·d_value for forward + backward; peak MB is XLA's compiled "
@@ -118,7 +123,7 @@ def markdown(machine, rows, shape) -> str:
               "% of matmul | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "op":
-      lines.append(f"| {r['rule']} | {r['form']} | {r['T']} | {r['chunk_size'] or '-'} | "
+      lines.append(f"| {r['rule']}{mark(r)} | {r['form']} | {r['T']} | {r['chunk_size'] or '-'} | "
                    f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gflops']:.1f} | "
                    f"{100 * r['fwd_bwd_fraction_of_matmul']:.1f}% | {r['fwd_bwd_peak_mb']:.1f} |")
   steps = [r for r in rows if r["kind"] == "train_step"]
@@ -133,12 +138,12 @@ def markdown(machine, rows, shape) -> str:
     for r in steps:
       theirs = (f"{r['authors_ms']:.1f} | {r['authors_ms'] / r['ms']:.1f}×"
                 if "authors_ms" in r else "– | –")
-      lines.append(f"| {r['curve']} | {r['setting']} | {r['num_keys']} | {r['batch']} | "
+      lines.append(f"| {r['curve']}{mark(r)} | {r['setting']} | {r['num_keys']} | {r['batch']} | "
                    f"{r['form']} | {r['ms']:.1f} | {theirs} |")
   elif steps:
     lines += ["", "Training steps (the paper's retrieval model, batch 32, forward + backward + "
               "Adam):", "", "| curve | setting | S | form | ms/step |", "|---|---|---|---|---|"]
-    lines += [f"| {r['curve']} | {r['setting']} | {r['num_keys']} | {r['form']} | "
+    lines += [f"| {r['curve']}{mark(r)} | {r['setting']} | {r['num_keys']} | {r['form']} | "
               f"{r['ms']:.1f} |" for r in steps]
   return "\n".join(lines) + "\n"
 
@@ -152,7 +157,8 @@ def main(argv):
   machine = timing.machine(repeats=_REPEATS.value)
   peak = machine["matmul_gflops"]
   print(f"machine: {machine}")
-  rows = []
+  rows, quiet = [], timing.Quiet()
+  write = lambda: _write(machine, rows, shape, quiet.line(rows))
   header = (f"{'rule':6} {'form':9} {'T':>6} {'chunk':>5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
             f"{'GFLOP/s':>8} {'% matmul':>8} {'peak MB':>8}")
   print(header)
@@ -163,9 +169,11 @@ def main(argv):
           continue
         chunks = [int(c) for c in _CHUNKS.value] if form == "chunked" else [64]
         for chunk in chunks:
+          before = quiet.measure()
           row = timing.time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
+          row.update(quiet.fields(before, quiet.measure()))
           rows.append(row)
-          _write(machine, rows, shape)
+          write()
           print(f"{rule:6} {form:9} {t:>6} {str(row['chunk_size'] or '-'):>5} "
                 f"{row['fwd_ms']:>9.2f} {row['fwd_bwd_ms']:>11.2f} "
                 f"{row['fwd_bwd_gflops']:>8.1f} {100 * row['fwd_bwd_fraction_of_matmul']:>7.1f}% "
@@ -173,6 +181,7 @@ def main(argv):
   print(f"\n{'train step':24} {'form':9} {'ms':>8}")
   for spec in _STEPS.value:
     curve, num_keys, *form = spec.split(":")
+    before = quiet.measure()
     row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
     theirs = ""
     case = authors_case(row.pop("config")) if _AUTHORS_CODE.value else None
@@ -182,18 +191,26 @@ def main(argv):
                  authors_threads=authors["threads"])
       theirs = f"  authors {authors['ms']:.1f} ms ({authors['ms'] / row['ms']:.1f}×)"
     row.pop("config", None)
+    row.update(quiet.fields(before, quiet.measure()))
     rows.append(row)
-    _write(machine, rows, shape)
+    write()
     print(f"{curve + ' S=' + num_keys:24} {row['form']:9} {row['ms']:>8.1f}{theirs}", flush=True)
   for path in (_OUT.value, _MARKDOWN.value):
     if path:
       print(f"wrote {path}")
+  if rows:
+    print(quiet.line(rows))
+  if any(r["busy"] for r in rows):
+    print("Warning: rows measured on a busy machine (marked ‡); rerun them with the cores to "
+          "themselves.", file=sys.stderr)
+    if _STRICT.value:
+      raise SystemExit(1)
 
 
-def _write(machine, rows, shape):
+def _write(machine, rows, shape, quiet_line=""):
   """Rewrites the outputs after every row, so a run that is stopped keeps what it measured."""
   if _MARKDOWN.value:
-    results.write_text(_MARKDOWN.value, markdown(machine, rows, shape))
+    results.write_text(_MARKDOWN.value, markdown(machine, rows, shape, quiet_line))
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:

@@ -63,6 +63,68 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,
   return 2 * m * k * n / seconds / 1e9
 
 
+def others_running(samples: int = 5, interval: float = 0.05) -> float | None:
+  """The median, over `samples` reads `interval` s apart, of the runnable threads on the machine
+  besides the one reading (/proc/loadavg's running count, less 1): 0 on a quiet machine between
+  two timings. None where /proc/loadavg does not exist."""
+  counts = []
+  for i in range(samples):
+    try:
+      with open("/proc/loadavg") as f:
+        running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+      return None
+    counts.append(running - 1)
+    if i + 1 < samples:
+      time.sleep(interval)
+  return statistics.median(counts)
+
+
+class Quiet:
+  """Guards a benchmark's numbers: before and after each row, the 1-minute load average, the
+  other runnable threads (`others_running`) and the float32 matmul rate (1024³, quick); a row is
+  busy when another thread was runnable (median > `max_others`) or the rate fell more than
+  `tolerance` below the first measurement. `sample` (for tests) returns (load, others, gflops)."""
+
+  def __init__(self, tolerance: float = 0.15, max_others: float = 0.5, sample=None):
+    self.tolerance, self.max_others = tolerance, max_others
+    self.sample = sample or (lambda: (os.getloadavg()[0], others_running(),
+                                      matmul_gflops(1024, repeats=5)))
+    self.reference = None
+    self.samples: list[tuple] = []
+
+  def measure(self) -> tuple:
+    load, others, gflops = self.sample()
+    if self.reference is None:
+      self.reference = gflops
+    self.samples.append((load, others, gflops))
+    return load, others, gflops
+
+  def fields(self, before: tuple, after: tuple) -> dict:
+    """The row's guard fields from its `before` and `after` measurements."""
+    busy = any(others is not None and others > self.max_others for _, others, _ in (before, after))
+    slow = min(before[2], after[2]) < (1 - self.tolerance) * self.reference
+    return dict(load_before=round(before[0], 2), load_after=round(after[0], 2),
+                others_before=before[1], others_after=after[1],
+                matmul_before=round(before[2], 1), matmul_after=round(after[2], 1),
+                busy=bool(busy or slow))
+
+  def line(self, rows: list[dict]) -> str:
+    """The Markdown line that says how quiet the machine was while `rows` were measured."""
+    loads = [s[0] for s in self.samples]
+    rates = [s[2] for s in self.samples]
+    others = [s[1] for s in self.samples if s[1] is not None]
+    busy = [i for i, r in enumerate(rows, 1) if r.get("busy")]
+    text = (f"Load while measuring: 1-minute load average {min(loads):.2f}-{max(loads):.2f}, "
+            f"other runnable threads {max(others) if others else 'unknown'} at most, matmul "
+            f"(1024³) {min(rates):.0f}-{max(rates):.0f} GFLOP/s, before and after each row.")
+    if busy:
+      text += (f" **Busy** (another thread runnable, or the matmul rate more than "
+               f"{100 * self.tolerance:.0f} % below the first): rows {', '.join(map(str, busy))}, "
+               f"marked ‡; their times are not this machine's.")
+    return text
+
+
 def machine(repeats: int = 5) -> dict:
   """What a table of timings was measured on, with the float32 matmul rate measured now."""
   return dict(platform=platform.platform(), processor=platform.processor(),
