@@ -109,8 +109,25 @@ def compile_step(graphdef, tx: optax.GradientTransformation, task):
   loss (and aux) added to `sums` at the batch's weight, and a task's carried state (arrays
   ["carry"], when it keeps one) replaced by the one its loss returns. `batch` is the task's host
   batch (None when the task makes its batch inside the step)."""
+  return jax.jit(_step_function(graphdef, tx, task), donate_argnums=0)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+
+def compile_steps(graphdef, tx: optax.GradientTransformation, task):
+  """K train steps in one compiled call, (arrays, start, K) -> arrays: a scan of compile_step's
+  function over the steps start..start+K-1, for tasks that make their batch inside the step
+  (config.steps_per_call: the dispatch of a small step costs more than its work). One compile
+  per K."""
+  one = _step_function(graphdef, tx, task)
+
+  @functools.partial(jax.jit, donate_argnums=0, static_argnums=2)
+  def train_steps(arrays, start, k):
+    return jax.lax.scan(lambda a, i: (one(a, start + i, None), None), arrays,
+                        jnp.arange(k, dtype=jnp.int32))[0]
+
+  return train_steps
+
+
+def _step_function(graphdef, tx: optax.GradientTransformation, task):
   def train_step(arrays, step, batch):
     def loss_fn(params):
       model = nnx.merge(graphdef, params, arrays["rest"])
@@ -140,7 +157,7 @@ def validate(config) -> None:
   family = tasks.get(config.task)
 
   for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
-               "patience"):
+               "patience", "steps_per_call"):
     checks.positive_int(f"config.{name}", config[name])
   optim.validate(config)
   profiling.parse(config.profile_steps)
@@ -224,6 +241,11 @@ def _train(config, workdir: str, restore_from: str | None, signals: stopping.Sig
   _say(f"Mesh: {mesh.size} {jax.default_backend()} device(s) over {jax.process_count()} "
        f"process(es); batch {config.batch_size} = {config.batch_size // mesh.size} per device")
   task = family.make(config, mesh)
+  if config.steps_per_call > 1 and task.host_batch(0) is not None:
+    raise ValueError(f"config.steps_per_call={config.steps_per_call} runs several train steps in "
+                     f"one compiled call, which needs a task that makes its batches inside the "
+                     f"step (associative_recall); the {config.task} family makes them on the "
+                     f"host. Use steps_per_call=1.")
   if hasattr(task, "output_dir"):
     task.output_dir = workdir
   tx = tasks.optimizer(task, config)
@@ -239,7 +261,7 @@ def _train(config, workdir: str, restore_from: str | None, signals: stopping.Sig
   # Only now, with the checkpoint read as this config's model, does the workdir change.
   history = run.start(state.progress.step)
   loop = _Loop(config, run, task, graphdef, compile_step(graphdef, tx, task), mesh, mngr,
-               early, history, state)
+               early, history, state, compile_steps(graphdef, tx, task))
   try:
     return loop.finish(loop.run(signals))
   finally:
@@ -286,6 +308,7 @@ class _Loop:
   early: stopping.EarlyStopping
   history: list
   state: TrainState
+  train_steps: object = None            # compile_steps's, for steps_per_call > 1
 
   def __post_init__(self):
     self.first_step = self.state.progress.step
@@ -322,7 +345,11 @@ class _Loop:
         if stop_reason:
           return stop_reason
       while progress.step < c.max_steps:
-        self._step(trace, sync_each_step)
+        steps = self._steps_this_call()
+        if steps == 1:
+          self._step(trace, sync_each_step)
+        else:
+          self._steps(steps, sync_each_step)
         if progress.step % c.eval_every == 0:
           stop_reason = self._evaluate_and_save(events)
           if stop_reason:
@@ -360,6 +387,38 @@ class _Loop:
     if stop_reason:
       self.workdir.write_stop(progress.step, stop_reason)
     return stop_reason
+
+  def _steps_this_call(self) -> int:
+    """config.steps_per_call, cut so that a call ends at the next evaluation, checkpoint,
+    max_steps and profiled range: each falls where it falls one step a call (so the metrics and
+    checkpoints are the same), and a profiled step runs alone."""
+    c, step = self.config, self.state.progress.step
+    if c.steps_per_call == 1:
+      return 1
+    ends = [c.max_steps, (step // c.eval_every + 1) * c.eval_every,
+            (step // c.checkpoint_every + 1) * c.checkpoint_every]
+    profiled = profiling.parse(c.profile_steps)
+    if profiled:
+      if profiled[0] <= step < profiled[1]:
+        return 1
+      ends += [b for b in profiled if b > step]
+    return max(1, min(c.steps_per_call, min(ends) - step))
+
+  def _steps(self, k: int, sync_each_step: bool) -> None:
+    """K train steps in one call (compile_steps); as `_step`, the host leads by one call."""
+    progress = self.state.progress
+    first = progress.step == self.first_step
+    if first:
+      _say(f"Compiling {k} train steps a call ...")
+      compile_start = time.time()
+    jax.block_until_ready(self.state.arrays["sums"])
+    self.state.arrays = self.train_steps(self.state.arrays, jnp.int32(progress.step), k)
+    if first:
+      jax.block_until_ready(self.state.arrays)
+      _say(f"Compiled and ran the first {k} train steps in {time.time() - compile_start:.1f} s")
+    if sync_each_step:
+      jax.block_until_ready(self.state.arrays)
+    progress.step += k
 
   def _step(self, trace, sync_each_step: bool) -> None:
     progress = self.state.progress

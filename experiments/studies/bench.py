@@ -54,6 +54,10 @@ _AUTHORS_PYTHON = flags.DEFINE_string("authors_python", sys.executable, "A Pytho
                                       "run the authors' code.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "Also time each training step as "
+                                      "the loop runs it with config.steps_per_call=K (K steps "
+                                      "in one compiled call); 1: one step a call only.",
+                                      lower_bound=1)
 _STRICT = flags.DEFINE_bool("strict", False, "Exit 1 (after writing) when any row was measured "
                             "on a busy machine (timing.Quiet: another runnable thread, or the "
                             "matmul rate down more than 15 %).")
@@ -64,9 +68,14 @@ def time_train_step(curve, num_keys, repeats, form=None):
   config.num_keys = num_keys
   if form:
     config.model.form = form
-  seconds = timing.train_step_seconds(retrieval_task.make(config), config, repeats)
-  return dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
-              setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)
+  task = retrieval_task.make(config)
+  seconds = timing.train_step_seconds(task, config, repeats)
+  row = dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
+             setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)
+  if _STEPS_PER_CALL.value > 1:
+    row.update(steps_per_call=_STEPS_PER_CALL.value, ms_per_call_k=1e3 * timing.train_steps_seconds(
+        task, config, repeats, _STEPS_PER_CALL.value))
+  return row
 
 
 AUTHORS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authors_synthetic.py")
@@ -127,24 +136,32 @@ def markdown(machine, rows, shape, quiet_line: str = "") -> str:
                    f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gflops']:.1f} | "
                    f"{100 * r['fwd_bwd_fraction_of_matmul']:.1f}% | {r['fwd_bwd_peak_mb']:.1f} |")
   steps = [r for r in rows if r["kind"] == "train_step"]
+  k = next((r["steps_per_call"] for r in steps if "steps_per_call" in r), None)
+  k_head, k_rule = (f" fwp ms/step, {k} a call |", "---|") if k else ("", "")
+  k_cell = lambda r: f" {r['ms_per_call_k']:.1f} |" if k else ""
   if steps and any("authors_ms" in r for r in steps):
     torch = next(r["authors_torch"] for r in steps if "authors_ms" in r)
     lines += ["", f"Training steps (the paper's retrieval model, forward + backward + Adam), fwp "
               f"and the authors' PyTorch code (torch {torch}, ischlag/fast-weight-transformers "
               f"synthetic/; their timer excludes drawing the batch, fwp's step includes it), "
               f"timed one after the other in this run:", "",
-              "| curve | setting | S | batch | fwp form | fwp ms/step | authors' ms/step | "
-              "speed-up |", "|---|---|---|---|---|---|---|---|"]
+              f"| curve | setting | S | batch | fwp form | fwp ms/step |{k_head} authors' "
+              f"ms/step | speed-up |" + (f" speed-up, {k} a call |" if k else ""),
+              "|---|---|---|---|---|---|---|---|" + 2 * k_rule]
     for r in steps:
       theirs = (f"{r['authors_ms']:.1f} | {r['authors_ms'] / r['ms']:.1f}×"
                 if "authors_ms" in r else "– | –")
+      if k:
+        theirs += (f" | {r['authors_ms'] / r['ms_per_call_k']:.1f}×" if "authors_ms" in r
+                   else " | –")
       lines.append(f"| {r['curve']}{mark(r)} | {r['setting']} | {r['num_keys']} | {r['batch']} | "
-                   f"{r['form']} | {r['ms']:.1f} | {theirs} |")
+                   f"{r['form']} | {r['ms']:.1f} |{k_cell(r)} {theirs} |")
   elif steps:
     lines += ["", "Training steps (the paper's retrieval model, batch 32, forward + backward + "
-              "Adam):", "", "| curve | setting | S | form | ms/step |", "|---|---|---|---|---|"]
+              "Adam):", "", f"| curve | setting | S | form | ms/step |{k_head}",
+              "|---|---|---|---|---|" + k_rule]
     lines += [f"| {r['curve']}{mark(r)} | {r['setting']} | {r['num_keys']} | {r['form']} | "
-              f"{r['ms']:.1f} |" for r in steps]
+              f"{r['ms']:.1f} |{k_cell(r)}" for r in steps]
   return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,22 @@ def train_step_seconds(task, config, repeats: int, seed: int = 0) -> float:
   return median_seconds(one_step, repeats=repeats, min_seconds=1.0)
 
 
+def train_steps_seconds(task, config, repeats: int, steps_per_call: int, seed: int = 0) -> float:
+  """Median seconds per train step when the loop runs `steps_per_call` steps a call
+  (experiments.train.compile_steps; a task that makes its batch inside the step)."""
+  tx = optim.optimizer(config)
+  graphdef, state = train.create_state(task, tx, seed)
+  train_steps = train.compile_steps(graphdef, tx, task)
+  arrays, step = [state.arrays], [0]
+
+  def k_steps():
+    arrays[0] = train_steps(arrays[0], jnp.int32(step[0]), steps_per_call)
+    step[0] += steps_per_call
+    return arrays[0]["sums"]["loss"]
+
+  return median_seconds(k_steps, repeats=repeats, min_seconds=1.0) / steps_per_call
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,
                   m: int | None = None) -> float:
   """float32 [m, k] × [k, n] rate (n³ by default)."""
@@ -89,7 +105,7 @@ class Quiet:
   def __init__(self, tolerance: float = 0.15, max_others: float = 0.5, sample=None):
     self.tolerance, self.max_others = tolerance, max_others
     self.sample = sample or (lambda: (os.getloadavg()[0], others_running(),
-                                      matmul_gflops(1024, repeats=5)))
+                                      matmul_gflops(1024, repeats=21)))
     self.reference = None
     self.samples: list[tuple] = []
 

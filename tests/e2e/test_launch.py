@@ -134,6 +134,41 @@ def test_resume_equals_uninterrupted_run(tmp_path):
       np.testing.assert_array_equal(a, b)
 
 
+def test_steps_per_call_trains_the_same_run_and_resumes_under_another(tmp_path, capsys):
+  """K train steps in one compiled call (a scan) give bitwise the metrics (timing aside) and
+  checkpoints of one step a call; K = 7 divides neither the evals nor the checkpoints (every 20
+  and 10), so calls are cut there; a run of K = 7 resumes under K = 1 and the reverse."""
+  one, seven, mixed = (str(tmp_path / n) for n in ("one", "seven", "mixed"))
+  train.train(_tiny_config(checkpoint_every=10), one)
+  train.train(_tiny_config(checkpoint_every=10, steps_per_call=7), seven)
+  assert "Compiling 7 train steps a call" in capsys.readouterr().out
+  train.train(_tiny_config(checkpoint_every=10, steps_per_call=7, max_steps=30), mixed)
+  train.train(_tiny_config(checkpoint_every=10, max_steps=40), mixed)
+  train.train(_tiny_config(checkpoint_every=10, steps_per_call=7), mixed)
+  strip = lambda ms: [{k: v for k, v in m.items() if k not in train.TIMING_FIELDS} for m in ms]
+  for workdir in (seven, mixed):
+    assert strip(read_metrics(workdir)) == strip(read_metrics(one))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+        os.listdir(os.path.join(one, "checkpoints")))
+  for a, b, c in zip(helpers.final_params(one), helpers.final_params(seven),
+                     helpers.final_params(mixed)):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_steps_per_call_is_refused_for_a_family_that_makes_batches_on_the_host(tmp_path):
+  config = helpers.tiny_lm_config(corpus="wikitext103", level="word",
+                                  data_dir=helpers.write_wikitext(tmp_path / "wt"),
+                                  cache_dir=str(tmp_path / "cache"), context=4, batch_size=2,
+                                  steps_per_call=4)
+  with pytest.raises(ValueError, match="steps_per_call=4 runs several train steps in one "
+                                       "compiled call, .* the language_model family makes them"):
+    train.train(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+  with pytest.raises(ValueError, match="config.steps_per_call must be a positive integer"):
+    train.validate(_tiny_config(steps_per_call=0))
+
+
 def test_a_run_from_before_the_task_fields_resumes(tmp_path):
   """config.json written before `task`, `lr_schedule`, `warmup_steps`, `grad_clip` existed."""
   train.train(_tiny_config(max_steps=20), str(tmp_path))
