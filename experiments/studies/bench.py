@@ -69,13 +69,16 @@ def time_train_step(curve, num_keys, repeats, form=None):
   if form:
     config.model.form = form
   task = retrieval_task.make(config)
-  seconds = timing.train_step_seconds(task, config, repeats)
   row = dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
-             setting=config.setting, batch=config.batch_size, ms=seconds * 1e3, config=config)
-  if _STEPS_PER_CALL.value > 1:
-    row.update(steps_per_call=_STEPS_PER_CALL.value, ms_per_call_k=1e3 * timing.train_steps_seconds(
-        task, config, repeats, _STEPS_PER_CALL.value))
-  return row
+             setting=config.setting, batch=config.batch_size, config=config)
+  k = _STEPS_PER_CALL.value
+  if k == 1:
+    return dict(row, ms=1e3 * timing.train_step_seconds(task, config, repeats))
+  # One step a call against K a call, interleaved in rounds (timing.interleaved_seconds).
+  one, many = timing.interleaved_seconds([timing.train_step_call(task, config),
+                                          timing.train_step_call(task, config, steps_per_call=k)],
+                                         repeats)
+  return dict(row, ms=1e3 * one, steps_per_call=k, ms_per_call_k=1e3 * many / k)
 
 
 AUTHORS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authors_synthetic.py")

@@ -40,33 +40,42 @@ def train_step_seconds(task, config, repeats: int, seed: int = 0) -> float:
   """Median seconds of the train loop's own jitted step (experiments.train.compile_step) on the
   state experiments.train.create_state makes for `task` (its model, loss and host batches)
   under `config`'s optimizer."""
+  return median_seconds(train_step_call(task, config, seed), repeats=repeats, min_seconds=1.0)
+
+
+def train_step_call(task, config, seed: int = 0, steps_per_call: int = 1):
+  """A function that runs the loop's next `steps_per_call` train steps (one compiled call) on
+  its own state and returns something to block on."""
   tx = optim.optimizer(config)
   graphdef, state = train.create_state(task, tx, seed)
-  train_step = train.compile_step(graphdef, tx, task)
   arrays, step = [state.arrays], [0]
+  if steps_per_call == 1:
+    train_step = train.compile_step(graphdef, tx, task)
 
-  def one_step():
-    arrays[0] = train_step(arrays[0], step[0], task.host_batch(step[0]))
-    step[0] += 1
-    return arrays[0]["sums"]["loss"]
+    def call():
+      arrays[0] = train_step(arrays[0], step[0], task.host_batch(step[0]))
+      step[0] += 1
+      return arrays[0]["sums"]["loss"]
+  else:
+    train_steps = train.compile_steps(graphdef, tx, task)
 
-  return median_seconds(one_step, repeats=repeats, min_seconds=1.0)
+    def call():
+      arrays[0] = train_steps(arrays[0], jnp.int32(step[0]), steps_per_call)
+      step[0] += steps_per_call
+      return arrays[0]["sums"]["loss"]
+  return call
 
 
-def train_steps_seconds(task, config, repeats: int, steps_per_call: int, seed: int = 0) -> float:
-  """Median seconds per train step when the loop runs `steps_per_call` steps a call
-  (experiments.train.compile_steps; a task that makes its batch inside the step)."""
-  tx = optim.optimizer(config)
-  graphdef, state = train.create_state(task, tx, seed)
-  train_steps = train.compile_steps(graphdef, tx, task)
-  arrays, step = [state.arrays], [0]
-
-  def k_steps():
-    arrays[0] = train_steps(arrays[0], jnp.int32(step[0]), steps_per_call)
-    step[0] += steps_per_call
-    return arrays[0]["sums"]["loss"]
-
-  return median_seconds(k_steps, repeats=repeats, min_seconds=1.0) / steps_per_call
+def interleaved_seconds(calls: list, repeats: int, rounds: int = 5,
+                        min_seconds: float = 0.2) -> list[float]:
+  """A/B timing: each call's median over `rounds` rounds, each round timing every call in turn
+  (median_seconds), so that a change in the machine's speed during the measurement falls on all
+  of them alike rather than on whichever ran last."""
+  times = [[] for _ in calls]
+  for _ in range(rounds):
+    for i, call in enumerate(calls):
+      times[i].append(median_seconds(call, repeats=repeats, min_seconds=min_seconds))
+  return [statistics.median(t) for t in times]
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, *, k: int | None = None,
