@@ -27,6 +27,7 @@ def loop_config(task: str) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2         # latest checkpoints kept (the best one is kept besides)
   c.mesh_shape = (-1,)           # data-parallel devices (batch sharded, parameters replicated)
   c.tensorboard = True           # also write TensorBoard event files to WORKDIR/tensorboard/
+  c.host_memory = "keep"         # keep | system: XLA:CPU's large temporaries kept between steps (experiments/hostmem.py)
   c.steps_per_call = 1           # train steps per compiled call (a scan; associative_recall only): dispatch-bound small steps
   c.profile_steps = ""           # "START:STOP": trace those steps into WORKDIR/profile/
   return c

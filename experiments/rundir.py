@@ -27,13 +27,15 @@ from experiments.tasks import common
 # Loop fields that may change between a run and its resumption: they change neither model nor
 # data. Each family adds its own (its module's RESUMABLE).
 RESUMABLE = ("max_steps", "patience", "stop_loss", "checkpoint_every", "keep_checkpoints",
-             "mesh_shape", "tensorboard", "profile_steps", "steps_per_call")
+             "mesh_shape", "tensorboard", "profile_steps", "steps_per_call",
+             "host_memory")
 # Loop fields added after runs already existed, with the value those runs used implicitly: a
 # saved config without one of them resumes when the current value is this one. Each family adds
 # its own (its module's ADDED_FIELDS).
 ADDED_FIELDS = {"task": "associative_recall", "lr_schedule": "constant", "warmup_steps": 0,
                 "grad_clip": 0.0, "optimizer": "adam", "beta1": 0.9, "beta2": 0.999,
-                "weight_decay": 0.0, "adam_eps": 1e-8, "steps_per_call": 1}
+                "weight_decay": 0.0, "adam_eps": 1e-8, "steps_per_call": 1,
+                "host_memory": "system"}
 # config.json's record of the data a run trained on (a family's `data_identity`), checked apart
 # from the config's fields.
 DATA_IDENTITY = "data_identity"

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import (checkpoint, distributed, event_log, optim, profiling, progress,
+from experiments import (checkpoint, distributed, event_log, hostmem, optim, profiling, progress,
                          results, rundir, stopping, tasks)
 from fwp import checks
 
@@ -160,6 +160,7 @@ def validate(config) -> None:
                "patience", "steps_per_call"):
     checks.positive_int(f"config.{name}", config[name])
   optim.validate(config)
+  hostmem.check(config.host_memory)
   profiling.parse(config.profile_steps)
   mesh = tuple(config.mesh_shape)
   if len(mesh) != 1 or isinstance(mesh[0], bool) or not isinstance(mesh[0], int) or not (
@@ -193,6 +194,7 @@ def config_warnings(config) -> list[str]:
 def train(config, workdir: str | None = None, *, restore_from: str | None = None) -> dict:
   """Trains one run to its stopping criterion; returns the summary (also in summary.json)."""
   validate(config)
+  hostmem.use(config.host_memory)
   workdir = rundir.prepare(workdir)
   try:
     # The signals are the run's from here: until the loop starts, one ends the launch at once

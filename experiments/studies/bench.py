@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 
 from configs import associative_recall
-from experiments import results
+from experiments import hostmem, results
 from experiments.studies import timing
 from experiments.tasks import associative_recall as retrieval_task
 
@@ -58,6 +58,10 @@ _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "Also time each trai
                                       "the loop runs it with config.steps_per_call=K (K steps "
                                       "in one compiled call); 1: one step a call only.",
                                       lower_bound=1)
+_HOST_MEMORY = flags.DEFINE_enum("host_memory", "keep", ["keep", "system", "both"],
+                                  "The host allocator (experiments/hostmem.py) for every "
+                                  "timing; both: each training step timed under system and "
+                                  "keep, interleaved.")
 _STRICT = flags.DEFINE_bool("strict", False, "Exit 1 (after writing) when any row was measured "
                             "on a busy machine (timing.Quiet: another runnable thread, or the "
                             "matmul rate down more than 15 %).")
@@ -72,6 +76,15 @@ def time_train_step(curve, num_keys, repeats, form=None):
   row = dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
              setting=config.setting, batch=config.batch_size, config=config)
   k = _STEPS_PER_CALL.value
+  if _HOST_MEMORY.value == "both":
+    # glibc's allocator against the loop's default, interleaved in rounds: each call sets its
+    # allocator first, so every round times both as a process that uses it throughout would.
+    calls = []
+    for mode in ("system", "keep"):
+      call = timing.train_step_call(task, config)
+      calls.append(lambda call=call, mode=mode: (hostmem.use(mode), call())[1])
+    system, keep = timing.interleaved_seconds(calls, repeats)
+    return dict(row, ms=1e3 * keep, ms_system=1e3 * system)
   if k == 1:
     return dict(row, ms=1e3 * timing.train_step_seconds(task, config, repeats))
   # One step a call against K a call, interleaved in rounds (timing.interleaved_seconds).
@@ -142,6 +155,9 @@ def markdown(machine, rows, shape, quiet_line: str = "") -> str:
   k = next((r["steps_per_call"] for r in steps if "steps_per_call" in r), None)
   k_head, k_rule = (f" fwp ms/step, {k} a call |", "---|") if k else ("", "")
   k_cell = lambda r: f" {r['ms_per_call_k']:.1f} |" if k else ""
+  if any("ms_system" in r for r in steps):   # --host_memory=both: the glibc column first
+    k_head, k_rule = " ms/step, host_memory=system | system / keep |", "---|---|"
+    k_cell = lambda r: f" {r['ms_system']:.1f} | {r['ms_system'] / r['ms']:.2f}× |"
   if steps and any("authors_ms" in r for r in steps):
     torch = next(r["authors_torch"] for r in steps if "authors_ms" in r)
     lines += ["", f"Training steps (the paper's retrieval model, forward + backward + Adam), fwp "
@@ -173,6 +189,10 @@ def main(argv):
   faulthandler.register(signal.SIGUSR1)   # `kill -USR1 PID` prints every thread's stack
   if _AUTHORS_CODE.value:
     check_authors_code()
+  if _HOST_MEMORY.value == "both" and _STEPS_PER_CALL.value > 1:
+    raise app.UsageError("--host_memory=both and --steps_per_call > 1 are two A/B studies; "
+                         "run one at a time.")
+  hostmem.use("keep" if _HOST_MEMORY.value == "both" else _HOST_MEMORY.value)
   shape = [int(x) for x in _SHAPE.value]
   machine = timing.machine(repeats=_REPEATS.value)
   peak = machine["matmul_gflops"]
