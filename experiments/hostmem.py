@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 CHOICES = ("keep", "system")
@@ -23,6 +24,7 @@ _SETTINGS = {"keep": ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)),
              "system": ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))}
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
   if not sys.platform.startswith("linux"):
     return None
