@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from experiments import optim, train
+from experiments import hostmem, optim, train
 from fwp import ops
 
 
@@ -39,7 +39,8 @@ def median_seconds(fn, *args, repeats, min_seconds: float = 0.0):
 def train_step_seconds(task, config, repeats: int, seed: int = 0) -> float:
   """Median seconds of the train loop's own jitted step (experiments.train.compile_step) on the
   state experiments.train.create_state makes for `task` (its model, loss and host batches)
-  under `config`'s optimizer."""
+  under `config`'s optimizer, with the host allocator the loop sets (config.host_memory)."""
+  hostmem.use(config.host_memory)
   return median_seconds(train_step_call(task, config, seed), repeats=repeats, min_seconds=1.0)
 
 
