@@ -209,9 +209,8 @@ def main(argv):
           continue
         chunks = [int(c) for c in _CHUNKS.value] if form == "chunked" else [64]
         for chunk in chunks:
-          before = quiet.measure()
-          row = timing.time_op(rule, form, t, chunk, shape, _REPEATS.value, peak)
-          row.update(quiet.fields(before, quiet.measure()))
+          row = quiet.timed(lambda: timing.time_op(rule, form, t, chunk, shape, _REPEATS.value,
+                                                   peak))
           rows.append(row)
           write()
           print(f"{rule:6} {form:9} {t:>6} {str(row['chunk_size'] or '-'):>5} "

@@ -117,14 +117,16 @@ def time_decode(model_name: str, position: int, repeats: int) -> dict:
               state_bytes=state_bytes, layers=config.model.num_layers)
 
 
-def markdown(machine, rows) -> str:
-  lines = [timing.machine_line(machine), "", "### Training step (paper's small-setting shapes, "
+def markdown(machine, rows, quiet_line: str = "") -> str:
+  mark = lambda r: " ‡" if r.get("busy") else ""
+  lines = [timing.machine_line(machine), *(["", quiet_line] if quiet_line else []), "",
+           "### Training step (paper's small-setting shapes, "
            f"vocabulary {_VOCAB.value})", "",
            "| model | form | layers | batch × context | dropout | ms / step | tokens / s | "
            "GFLOP/s | % of matmul |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "train_step":
-      lines.append(f"| {r['model']} | {r['form']} | {r['layers']} | {r['batch']} × "
+      lines.append(f"| {r['model']}{mark(r)} | {r['form']} | {r['layers']} | {r['batch']} × "
                    f"{r['context']} | {r['dropout']} | {r['ms']:.0f} | "
                    f"{r['tokens_per_second']:.0f} | {r['gflops']:.1f} | "
                    f"{100 * r['fraction_of_matmul']:.1f}% |")
@@ -137,7 +139,7 @@ def markdown(machine, rows) -> str:
             "| model | p | ms / token | state MB |", "|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "decode":
-      lines.append(f"| {r['model']} | {r['position']} | {r['ms']:.2f} | "
+      lines.append(f"| {r['model']}{mark(r)} | {r['position']} | {r['ms']:.2f} | "
                    f"{r['state_bytes'] / 2 ** 20:.2f} |")
   return "\n".join(lines) + "\n"
 
@@ -168,34 +170,35 @@ def main(argv):
   machine = timing.machine()
   peak = machine["matmul_gflops"]
   print(timing.machine_line(machine), flush=True)
-  rows = []
+  rows, quiet = [], timing.Quiet()
   config = _config(_MODELS.value[0] if _MODELS.value else "transformer")
   m, k, n = config.batch_size * config.context, config.model.d_model, config.model.d_ff
   gemm = timing.matmul_gflops(n, _REPEATS.value, k=k, m=m)
   rows.append(dict(kind="gemm", m=m, k=k, n=n, gflops=gemm, fraction_of_matmul=gemm / peak))
   for name in _MODELS.value:
     for dropout in _DROPOUTS.value:
-      row = time_train_step(name, _REPEATS.value, peak, dropout)
+      row = quiet.timed(lambda: time_train_step(name, _REPEATS.value, peak, dropout))
       rows.append(row)
-      _write(machine, rows)
+      _write(machine, rows, quiet)
       print(f"train step {name:14} dropout {row['dropout']:<4} {row['ms']:9.0f} ms  "
             f"{row['tokens_per_second']:9.0f} tok/s  {100 * row['fraction_of_matmul']:5.1f}% of "
             f"matmul", flush=True)
   for name in _DECODE_MODELS.value:
     for p in (int(x) for x in _POSITIONS.value):
-      row = time_decode(name, p, _REPEATS.value)
+      row = quiet.timed(lambda: time_decode(name, p, _REPEATS.value))
       rows.append(row)
-      _write(machine, rows)
+      _write(machine, rows, quiet)
       print(f"decode {name:14} p={p:6}  {row['ms']:8.2f} ms  {row['state_bytes'] / 2**20:8.2f} "
             f"MB", flush=True)
   if _PLOT.value:
     plot(rows, _PLOT.value)
 
 
-def _write(machine, rows):
+def _write(machine, rows, quiet):
   """Rewrites the outputs after every row, so a run that is stopped keeps what it measured."""
   if _MARKDOWN.value:
-    results.write_text(_MARKDOWN.value, markdown(machine, rows))
+    timed = [r for r in rows if r["kind"] != "gemm"]
+    results.write_text(_MARKDOWN.value, markdown(machine, rows, quiet.line(timed)))
   if _OUT.value:
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:

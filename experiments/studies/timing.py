@@ -126,6 +126,13 @@ class Quiet:
     self.samples.append((load, others, gflops))
     return load, others, gflops
 
+  def timed(self, make) -> dict:
+    """`make()`'s row, with the guard's fields from measurements just before and after it."""
+    before = self.measure()
+    row = make()
+    row.update(self.fields(before, self.measure()))
+    return row
+
   def fields(self, before: tuple, after: tuple) -> dict:
     """The row's guard fields from its `before` and `after` measurements."""
     busy = any(others is not None and others > self.max_others for _, others, _ in (before, after))

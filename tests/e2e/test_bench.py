@@ -68,6 +68,8 @@ def test_bench_lm_smoke(tmp_path):
   decode = {(r["model"], r["position"]): r["state_bytes"] for r in rows if r["kind"] == "decode"}
   assert decode[("linear-delta", 8)] == decode[("linear-delta", 32)]      # a fixed-size memory
   assert decode[("transformer", 32)] > decode[("transformer", 8)]         # a growing cache
+  assert all(isinstance(r["busy"], bool) for r in rows if r["kind"] != "gemm")
+  assert "Load while measuring: 1-minute load average" in (tmp_path / "b.md").read_text()
   assert (tmp_path / "b.png").stat().st_size > 0
 
 
