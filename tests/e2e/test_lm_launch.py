@@ -43,7 +43,8 @@ def test_a_small_lm_learns_and_generates(tmp_path):
   written = report.report([str(tmp_path)], str(tmp_path / "results"))
   assert [os.path.basename(p) for p in written] == [
       "language_model.csv", "language_model.md", "language_model.png"]
-  rows = open(written[0]).read().splitlines()
+  stamp, *rows = open(written[0]).read().splitlines()
+  assert stamp.startswith("# Made by `python -m ") and " at fwp commit " in stamp, stamp
   assert rows[0] == "model,seed,step,train_loss,valid_loss,valid_bits_per_byte" and len(rows) == 3
   assert "| linear-delta | 1 | 80 |" in open(written[1]).read()
 
