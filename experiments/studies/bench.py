@@ -220,7 +220,7 @@ def main(argv):
   print(f"\n{'train step':24} {'form':9} {'ms':>8}")
   for spec in _STEPS.value:
     curve, num_keys, *form = spec.split(":")
-    before = quiet.measure()
+    before = quiet.recent()
     row = time_train_step(curve, int(num_keys), _REPEATS.value, *form)
     theirs = ""
     case = authors_case(row.pop("config")) if _AUTHORS_CODE.value else None

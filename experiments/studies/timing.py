@@ -118,17 +118,25 @@ class Quiet:
                                       matmul_gflops(1024, repeats=21)))
     self.reference = None
     self.samples: list[tuple] = []
+    self._last = (None, -1e9)            # the latest sample and when it was taken
 
   def measure(self) -> tuple:
     load, others, gflops = self.sample()
     if self.reference is None:
       self.reference = gflops
     self.samples.append((load, others, gflops))
+    self._last = ((load, others, gflops), time.monotonic())
     return load, others, gflops
+
+  def recent(self, max_age: float = 2.0) -> tuple:
+    """The latest sample if it is at most `max_age` seconds old (the previous row's after),
+    else a new one: consecutive rows share a measurement instead of taking two in a row."""
+    sample, at = self._last
+    return sample if sample is not None and time.monotonic() - at <= max_age else self.measure()
 
   def timed(self, make) -> dict:
     """`make()`'s row, with the guard's fields from measurements just before and after it."""
-    before = self.measure()
+    before = self.recent()
     row = make()
     row.update(self.fields(before, self.measure()))
     return row

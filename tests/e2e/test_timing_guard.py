@@ -27,6 +27,17 @@ def test_a_row_is_busy_when_another_thread_runs_or_the_matmul_rate_falls():
 
 
 @pytest.mark.fast
+def test_consecutive_rows_share_a_measurement():
+  taken = []
+  quiet = timing.Quiet(sample=lambda: taken.append(1) or (0.0, 0, 100.0))
+  rows = [quiet.timed(dict) for _ in range(3)]          # before, then one after per row
+  assert len(taken) == 4 and not any(r["busy"] for r in rows)
+  quiet._last = (quiet._last[0], quiet._last[1] - 10)    # a row long after the previous one
+  quiet.timed(dict)
+  assert len(taken) == 6
+
+
+@pytest.mark.fast
 def test_others_running_reads_this_machine():
   others = timing.others_running(samples=3, interval=0.0)
   assert others is None or others >= 0
