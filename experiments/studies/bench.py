@@ -72,6 +72,8 @@ def time_train_step(curve, num_keys, repeats, form=None):
   config.num_keys = num_keys
   if form:
     config.model.form = form
+  if _HOST_MEMORY.value != "both":
+    config.host_memory = _HOST_MEMORY.value     # train_step_seconds sets the config's allocator
   task = retrieval_task.make(config)
   row = dict(kind="train_step", curve=curve, num_keys=num_keys, form=config.model.form,
              setting=config.setting, batch=config.batch_size, config=config)
