@@ -145,7 +145,7 @@ print(repr(prompt + vocab.decode(ids)))
 
 def state_bytes(model_name: str, position: int) -> int:
   c = lm_configs.get_config(model_name)
-  lm = language_model.build_model(c, nnx.Rngs(0))
+  lm = nnx.eval_shape(lambda: language_model.build_model(c, nnx.Rngs(0)))   # shapes only
   state = jax.eval_shape(lambda: lm.init_state(1, cache_capacity=position))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 

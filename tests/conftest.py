@@ -62,20 +62,24 @@ _add_fast_compile_flags()
 # refused resume, ...); only the first compiles. Measured on the 2-core machine, `-n 2`: the
 # in-process run tests (test_bad_inputs, test_launch, test_clumsy_user, test_task_seam,
 # test_records; not slow) 140 s -> 66 s; the compile-heavy proofs (test_lm, test_carried_state,
-# test_txl, test_rfwp) 219 s -> 205 s; the translation resume test 214 s -> 142 s. The workers
-# write only compiles of >= 0.5 s (their small distinct ones would cost a write each), the
-# processes of >= 0.2 s. The directory is fresh each session and removed at exit; a cache the
-# user points JAX at is left to them; FWP_TEST_WORKER_CACHE=0 keeps the workers off it.
+# test_txl, test_rfwp) 219 s -> 205 s; the translation resume test 214 s -> 142 s. Every compile
+# is written, however short: a launch's ~110 programs are mostly eager ops and small jits of
+# 10-30 ms each, which the next launch of the same config (a resume, a relaunch, another device
+# count's eager ops) then loads instead of compiling. Measured on the 2-core machine, `-n 2`,
+# against writing only compiles of >= 0.5 s (workers) and >= 0.2 s (processes): the slow tier
+# 509 -> 458 worker-seconds (263 -> 240 s), the rest 690 -> 609 (355 -> 314 s); a cached
+# translation launch 10.6 -> 8.6 s. The directory is fresh each session and removed at exit; a
+# cache the user points JAX at is left to them; FWP_TEST_WORKER_CACHE=0 keeps the workers off it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="fwp-tests-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import jax  # noqa: E402  (after the environment above)
 
 jax.config.update("jax_enable_compilation_cache", os.environ.get("FWP_TEST_WORKER_CACHE") != "0")
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # --- `pytest --cases=FILE`: one line per proved case ------------------------------------------
 # A merged test checks several cases in one compile, each as a subtest; this writes each passed

@@ -62,6 +62,7 @@ _HOST_MEMORY = flags.DEFINE_enum("host_memory", "keep", ["keep", "system", "both
                                   "The host allocator (experiments/hostmem.py) for every "
                                   "timing; both: each training step timed under system and "
                                   "keep, interleaved.")
+_GUARD = timing.guard_flag(flags)
 _STRICT = flags.DEFINE_bool("strict", False, "Exit 1 (after writing) when any row was measured "
                             "on a busy machine (timing.Quiet: another runnable thread, or the "
                             "matmul rate down more than 15 %).")
@@ -199,7 +200,7 @@ def main(argv):
   machine = timing.machine(repeats=_REPEATS.value)
   peak = machine["matmul_gflops"]
   print(f"machine: {machine}")
-  rows, quiet = [], timing.Quiet()
+  rows, quiet = [], timing.Quiet(matmul_size=_GUARD.value)
   write = lambda: _write(machine, rows, shape, quiet.line(rows))
   header = (f"{'rule':6} {'form':9} {'T':>6} {'chunk':>5} {'fwd ms':>9} {'fwd+bwd ms':>11} "
             f"{'GFLOP/s':>8} {'% matmul':>8} {'peak MB':>8}")

@@ -46,6 +46,7 @@ _DECODE_MODELS = flags.DEFINE_list("decode_models", ["transformer", "linear-delt
 _POSITIONS = flags.DEFINE_list("positions", ["128", "512", "2048", "8192", "16384"],
                                "Positions at which to time one generated token.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per case (median reported).")
+_GUARD = timing.guard_flag(flags)
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the tables as Markdown here.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the decoding figure (PNG) here.")
@@ -170,7 +171,7 @@ def main(argv):
   machine = timing.machine()
   peak = machine["matmul_gflops"]
   print(timing.machine_line(machine), flush=True)
-  rows, quiet = [], timing.Quiet()
+  rows, quiet = [], timing.Quiet(matmul_size=_GUARD.value)
   config = _config(_MODELS.value[0] if _MODELS.value else "transformer")
   m, k, n = config.batch_size * config.context, config.model.d_model, config.model.d_ff
   gemm = timing.matmul_gflops(n, _REPEATS.value, k=k, m=m)

@@ -106,16 +106,27 @@ def others_running(samples: int = 5, interval: float = 0.05) -> float | None:
   return statistics.median(counts)
 
 
+def guard_flag(flags):
+  """The benchmarks' --guard_matmul flag (Quiet's matmul_size)."""
+  return flags.DEFINE_integer(
+      "guard_matmul", 1024, "n of the load guard's n³ float32 matmul, sampled before and after "
+      "each row (timing.Quiet): smaller is quicker and noisier (the smoke tests use 128).",
+      lower_bound=16)
+
+
 class Quiet:
   """Guards a benchmark's numbers: before and after each row, the 1-minute load average, the
   other runnable threads (`others_running`) and the float32 matmul rate (1024³, quick); a row is
   busy when another thread was runnable (median > `max_others`) or the rate fell more than
-  `tolerance` below the first measurement. `sample` (for tests) returns (load, others, gflops)."""
+  `tolerance` below the first measurement. `matmul_size` sets n of the n³ sample (1024: ~0.4 s a
+  sample on 2 cores; smaller is quicker and noisier). `sample` (for tests) returns (load,
+  others, gflops)."""
 
-  def __init__(self, tolerance: float = 0.15, max_others: float = 0.5, sample=None):
-    self.tolerance, self.max_others = tolerance, max_others
+  def __init__(self, tolerance: float = 0.15, max_others: float = 0.5, sample=None,
+               matmul_size: int = 1024):
+    self.tolerance, self.max_others, self.matmul_size = tolerance, max_others, matmul_size
     self.sample = sample or (lambda: (os.getloadavg()[0], others_running(),
-                                      matmul_gflops(1024, repeats=21)))
+                                      matmul_gflops(matmul_size, repeats=21)))
     self.reference = None
     self.samples: list[tuple] = []
     self._last = (None, -1e9)            # the latest sample and when it was taken
@@ -158,7 +169,8 @@ class Quiet:
     busy = [i for i, r in enumerate(rows, 1) if r.get("busy")]
     text = (f"Load while measuring: 1-minute load average {min(loads):.2f}-{max(loads):.2f}, "
             f"other runnable threads {max(others) if others else 'unknown'} at most, matmul "
-            f"(1024³) {min(rates):.0f}-{max(rates):.0f} GFLOP/s, before and after each row.")
+            f"({self.matmul_size}³) {min(rates):.0f}-{max(rates):.0f} GFLOP/s, before and after "
+            f"each row.")
     if busy:
       text += (f" **Busy** (another thread runnable, or the matmul rate more than "
                f"{100 * self.tolerance:.0f} % below the first): rows {', '.join(map(str, busy))}, "

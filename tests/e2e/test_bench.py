@@ -17,7 +17,7 @@ def test_bench_smoke(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.studies.bench", "--lengths=16", "--chunk_sizes=8",
        "--shape=1,1,4,4", "--steps=linear-sum:6", "--repeats=1", f"--out={out}",
-       f"--markdown={tmp_path / 'bench.md'}", "--strict"],
+       f"--markdown={tmp_path / 'bench.md'}", "--strict", "--guard_matmul=128"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   data = json.loads(out.read_text())
   busy = any(r["busy"] for r in data["rows"])        # the suite's other worker may be running
@@ -31,7 +31,7 @@ def test_bench_smoke(tmp_path):
   assert [r["curve"] for r in data["rows"] if r["kind"] == "train_step"] == ["linear-sum"]
   assert all(isinstance(r["busy"], bool) and r["matmul_before"] > 0 for r in data["rows"])
   table = (tmp_path / "bench.md").read_text()
-  assert "Load while measuring: 1-minute load average" in table
+  assert "Load while measuring: 1-minute load average" in table and "matmul (128³)" in table
   assert "| chunked | 16 | 8 |" in table and "| 1 | 6 |" in table   # a busy row's name gets ‡
 
 
@@ -58,7 +58,7 @@ def test_bench_lm_smoke(tmp_path):
       [sys.executable, "-m", "experiments.studies.bench_lm", "--batch=1", "--layers=1",
        "--models=transformer,linear-delta", "--decode_models=transformer,linear-delta",
        "--positions=8,32", "--repeats=1", "--dropouts=config", f"--out={out}",
-       f"--markdown={tmp_path / 'b.md'}", f"--plot={tmp_path / 'b.png'}"],
+       f"--markdown={tmp_path / 'b.md'}", f"--plot={tmp_path / 'b.png'}", "--guard_matmul=128"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]

@@ -301,7 +301,8 @@ def test_per_channel_decayed_scores_are_the_definition_float64(subtests):
   """fwp.ops.chunked.decayed_scores with one log-decay per key channel (computed by halves,
   through a reference step) against its definition as a loop, D_ts = Σ_k x_tk y_sk
   exp(b_tk − b_sk) for s ≤ t (s < t strict): block sizes 1, 2, a power of two, and sizes that
-  are not (padded), with log-decays down to −8 per step."""
+  are not (padded), with log-decays down to −8 per step. Jitted as the chunked forms call it
+  (untraced, its recursion dispatched op by op took 15 s of the fast tier)."""
   rng = np.random.default_rng(3)
   for c in (1, 2, 7, 16, 33):
     x, y = rng.normal(size=(2, 1, 2, c, 4))
@@ -313,7 +314,8 @@ def test_per_channel_decayed_scores_are_the_definition_float64(subtests):
           for s in range(t if strict else t + 1):
             expected[0, h, t, s] = np.sum(x[0, h, t] * y[0, h, s] * np.exp(b[0, h, t] - b[0, h, s]))
       with subtests.test(size=c, strict=strict), helpers.x64():
-        got = chunked.decayed_scores(*(jnp.asarray(a, jnp.float64) for a in (x, y, b)), strict)
+        got = jax.jit(chunked.decayed_scores, static_argnums=3)(
+            *(jnp.asarray(a, jnp.float64) for a in (x, y, b)), strict)
         chex.assert_trees_all_close(got, expected, rtol=1e-12, atol=1e-300)
 
 

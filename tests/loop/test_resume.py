@@ -83,5 +83,7 @@ def test_a_second_launch_on_a_running_workdir_is_refused(tmp_path):
   assert "is in use by a run that is still going (pid " in second.stderr, second.stderr[-2000:]
   proc.send_signal(signal.SIGKILL)               # a killed run leaves no stale lock
   proc.communicate()
-  resumed = launch(*ARGS, f"--workdir={tmp_path}")
+  short = [a for a in ARGS if not a.startswith("--config.max_steps")] + ["--config.max_steps=40"]
+  resumed = launch(*short, f"--workdir={tmp_path}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "Resuming from step" in resumed.stdout

@@ -20,7 +20,7 @@ from experiments.tasks.formal_languages import task as formal_task
 from tests.helpers import final_params, read_metrics, strip_timing
 from tests.tasks.test_formal_languages_task import tiny
 
-SLOW_BATCH = 0.5       # seconds each evaluation batch (or train step) takes under the slow patch
+SLOW_BATCH = 0.5       # seconds each evaluation batch (or train step) takes once the signal is sent
 WITHIN = 3.0           # the bound on an exit's latency: a few batches' worth, never the rest
 
 
@@ -43,7 +43,12 @@ def _interrupted(config, workdir):
   return latency, exit_.value.code
 
 
-_SENT: dict = {}
+_SENT: dict = {}        # "at": when this test sent its signal
+
+
+@pytest.fixture(autouse=True)
+def _no_signal_sent_yet():
+  _SENT.clear()
 
 
 def _signal_self():
@@ -51,9 +56,15 @@ def _signal_self():
   os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _sent():
+  return "at" in _SENT
+
+
 def _slow_eval_batches(monkeypatch, fire_on_call, fire_after_batches=1, when=lambda: True):
-  """eval_batches that take SLOW_BATCH each and send SIGTERM during the `fire_on_call`-th
-  evaluation pass (counted from 1) that `when()` allows, after `fire_after_batches` batches."""
+  """eval_batches that send SIGTERM during the `fire_on_call`-th evaluation pass (counted from
+  1) that `when()` allows, after `fire_after_batches` batches, and from then on take SLOW_BATCH
+  each: what is left of the run after the signal is slow, so an exit that waited for it would
+  take seconds; the batches before it are not (they would only cost the suite time)."""
   original, calls = algorithmic_data.eval_batches, {"n": 0}
 
   def patched(split, batch_size):
@@ -63,7 +74,8 @@ def _slow_eval_batches(monkeypatch, fire_on_call, fire_after_batches=1, when=lam
     for i, batch in enumerate(original(split, batch_size)):
       if firing and i == fire_after_batches:
         _signal_self()
-      time.sleep(SLOW_BATCH)
+      if _sent():
+        time.sleep(SLOW_BATCH)
       yield batch
 
   monkeypatch.setattr(algorithmic_data, "eval_batches", patched)
@@ -86,7 +98,8 @@ def test_a_signal_between_train_steps_exits_within_a_step(tmp_path, monkeypatch)
   def slow_batch(self, step):
     if step == 8:
       _signal_self()
-    time.sleep(SLOW_BATCH)
+    if _sent():
+      time.sleep(SLOW_BATCH)
     return original(self, step)
 
   monkeypatch.setattr(formal_task.FormalLanguage, "host_batch", slow_batch)
