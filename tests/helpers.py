@@ -120,7 +120,8 @@ def launch(*args, timeout=600):
 
 def launch_each(arg_lists, timeout=600):
   """{tuple(args): result} for each argument list, as `launch` would return it (returncode,
-  stderr), all run by tests/launch_many.py in one process: for cases that fail at parsing."""
+  stderr), all run by tests/launch_many.py in one process: for cases that fail at parsing. A
+  list that starts with "-m", MODULE runs `python -m MODULE` with the rest."""
   import types
   result = subprocess.run([sys.executable, os.path.join("tests", "launch_many.py")], cwd=ROOT,
                           input=json.dumps([list(a) for a in arg_lists]), capture_output=True,

@@ -1,31 +1,38 @@
-"""Runs `python launch.py ARGS` once per argument list, all in this one process: the bad-flag
-tests' cases (each fails at parsing, before any compile) pay one interpreter and one import of
-jax instead of one each. Reads a JSON list of argument lists on stdin; writes a JSON list of
-{"returncode", "stderr"} (as the process would have exited and printed) to stdout.
+"""Runs `python launch.py ARGS` (or `python -m MODULE ARGS`, for a case that starts with "-m",
+MODULE) once per argument list, all in this one process: the bad-flag tests' cases (each fails
+at parsing, before any compile) pay one interpreter and one import of jax instead of one each.
+Reads a JSON list of argument lists on stdin; writes a JSON list of {"returncode", "stderr"}
+(as the process would have exited and printed) to stdout.
 
-Each case runs launch.py as `__main__` afresh (runpy), its flags removed from absl's registry
-before the next and every flag's parsed state reset, so one case cannot see another's flags."""
+Each case runs its script or module as `__main__` afresh (runpy), its flags removed from absl's
+registry before the next and every flag's parsed state reset, so one case cannot see another's
+flags."""
 
 import contextlib
-import io
 import json
 import os
 import runpy
 import sys
+import tempfile
 
-from absl import flags
+from absl import app, flags  # noqa: F401  (absl.app defines its own flags: they stay)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_case(args: list[str]) -> dict:
   before = set(flags.FLAGS)
-  err = io.StringIO()
+  # Real files, not StringIO: a study registers faulthandler on its stderr's file descriptor.
+  err, out = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
   code = 0
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-    sys.argv = ["launch.py", *args]
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
     try:
-      runpy.run_path(os.path.join(ROOT, "launch.py"), run_name="__main__")
+      if args[:1] == ["-m"]:
+        sys.argv = [args[1], *args[2:]]
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+      else:
+        sys.argv = ["launch.py", *args]
+        runpy.run_path(os.path.join(ROOT, "launch.py"), run_name="__main__")
     except SystemExit as exit_:
       if isinstance(exit_.code, str):           # sys.exit("message") prints it and exits 1
         print(exit_.code, file=sys.stderr)
@@ -38,7 +45,11 @@ def run_case(args: list[str]) -> dict:
   flags.FLAGS.unparse_flags()
   for name in set(flags.FLAGS) - before:
     delattr(flags.FLAGS, name)
-  return {"returncode": code, "stderr": err.getvalue()}
+  err.seek(0)
+  stderr = err.read()
+  err.close()
+  out.close()
+  return {"returncode": code, "stderr": stderr}
 
 
 def main():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, launch_each
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
@@ -73,16 +73,41 @@ def test_bench_lm_smoke(tmp_path):
   assert (tmp_path / "b.png").stat().st_size > 0
 
 
-def test_bench_names_a_wrong_authors_checkout_before_timing(tmp_path):
+CROSSCHECK_FLAGS = [
+    ("--authors_code", "is not the authors' synthetic/ directory"),
+    ("--lmtool_code", "is not lmtool-fwp's src/ directory"),
+    ("--formal_code", "is not a checkout of fwp-formal-lang"),
+    (None, "Give --authors_code (the retrieval rows), --lmtool_code (the LM rows), "
+           "--formal_code (the formal-language rows), or several")]
+
+
+@pytest.fixture(scope="module")
+def wrong_checkouts(tmp_path_factory):
+  """{case: (result, its directory)} for every wrong-checkout case below, all run in one process
+  (tests/launch_many.py): each is refused before anything is computed or written, so the
+  interpreter and jax's import are paid once, not six times."""
+  cases = {}
+  for name, flag in [("bench", None), ("fla", None)] + [("authors", f) for f, _ in
+                                                        CROSSCHECK_FLAGS]:
+    d = tmp_path_factory.mktemp("checkout")
+    cases[name, flag] = (d, {
+        "bench": ["-m", "experiments.studies.bench", "--rules=", "--steps=linear-sum:6",
+                  f"--authors_code={d}", f"--out={d / 'out'}"],
+        "fla": ["-m", "experiments.studies.fla_crosscheck", f"--fla_code={d}",
+                f"--out={d / 'out'}"],
+        "authors": ["-m", "experiments.studies.authors_crosscheck",
+                    *([f"{flag}={d}"] if flag else []), f"--out={d / 'out'}"]}[name])
+  results = launch_each([args for _, args in cases.values()], timeout=300)
+  return {key: (results[tuple(args)], d) for key, (d, args) in cases.items()}
+
+
+def test_bench_names_a_wrong_authors_checkout_before_timing(wrong_checkouts):
   """--authors_code must be the authors' synthetic/ directory; the check runs before any timing
   (their code needs torch, which is not a requirement, so CI checks only this path)."""
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.studies.bench", "--rules=", "--steps=linear-sum:6",
-       f"--authors_code={tmp_path}", f"--out={tmp_path / 'b.json'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result, d = wrong_checkouts["bench", None]
   assert result.returncode != 0
   assert "is not the synthetic/ directory of ischlag/fast-weight-transformers" in result.stderr
-  assert not (tmp_path / "b.json").exists()
+  assert not (d / "out").exists()
 
 
 def test_bench_algorithmic_writes_its_table(tmp_path):
@@ -108,36 +133,26 @@ def test_bench_translate_writes_its_tables(tmp_path):
   assert "| dpfp2 |" in text and "| model | 1 | 2 |" in text and text.count("| standard |") == 4
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--authors_code", "is not the authors' synthetic/ directory"),
-    ("--lmtool_code", "is not lmtool-fwp's src/ directory"),
-    ("--formal_code", "is not a checkout of fwp-formal-lang"),
-    (None, "Give --authors_code (the retrieval rows), --lmtool_code (the LM rows), "
-           "--formal_code (the formal-language rows), or several")])
-def test_authors_crosscheck_names_a_wrong_checkout_before_writing(tmp_path, flag, message):
+@pytest.mark.parametrize("flag,message", CROSSCHECK_FLAGS)
+def test_authors_crosscheck_names_a_wrong_checkout_before_writing(wrong_checkouts, flag,
+                                                                  message):
   """The cross-check runs the authors' code (torch, not a requirement): CI checks that a wrong
   checkout, or none, is named before anything is computed or written; the comparisons
   themselves are tests/fwp/test_authors_retrieval.py (their retrieval loops written out) and
   tests/fwp/test_lstm.py (their LM blocks written out)."""
-  args = [f"{flag}={tmp_path}"] if flag else []
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.studies.authors_crosscheck", *args,
-       f"--out={tmp_path / 'out'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result, d = wrong_checkouts["authors", flag]
   assert result.returncode != 0
   assert message in result.stderr
-  assert not (tmp_path / "out").exists()
+  assert not (d / "out").exists()
 
 
-def test_fla_crosscheck_names_a_wrong_checkout_before_writing(tmp_path):
+def test_fla_crosscheck_names_a_wrong_checkout_before_writing(wrong_checkouts):
   """The FLA cross-check runs FLA's torch references (torch is not a requirement): CI checks
   that a directory that is not FLA's checkout is named before anything is written."""
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.studies.fla_crosscheck", f"--fla_code={tmp_path}",
-       f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result, d = wrong_checkouts["fla", None]
   assert result.returncode != 0
   assert "is not a checkout of fla-org/flash-linear-attention" in result.stderr
-  assert not (tmp_path / "out").exists()
+  assert not (d / "out").exists()
 
 
 def test_maxtext_bench_reads_its_function_from_a_checkout_and_names_a_wrong_one(tmp_path):

@@ -277,16 +277,33 @@ def test_run_time_errors_and_non_finite_runs_exit_non_zero(tmp_path):
   assert json.load(open(tmp_path / "b" / "summary.json"))["stop_reason"] == "non_finite"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args,message", [
+BAD_SWEEPS = [
     (["--seeds=a,b"], "--seeds must be a comma-separated list of integers"),
     (["--sweep=foo=1:2:1"], "'foo', which is not a config field"),
     (["--sweep=num_keys=10,1"], "num_keys must be an integer >= 2"),   # before point 10 trains
-])
-def test_bad_sweeps_fail_before_any_point_trains(tmp_path, args, message):
-  result = launch(f"--config={CONFIG}:linear-sum", *args, f"--workdir={tmp_path}", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_sweeps(tmp_path_factory):
+  """{args: (result, workdir)} of every BAD_SWEEPS case, all launched in one process
+  (tests/launch_many.py); each workdir is its own."""
+  cases = {}
+  for args, _ in BAD_SWEEPS:
+    workdir = tmp_path_factory.mktemp("sweep")
+    cases[tuple(args)] = (workdir, [f"--config={CONFIG}:linear-sum", *args,
+                                    f"--workdir={workdir}"])
+  results = launch_each([launch_args for _, launch_args in cases.values()], timeout=300)
+  return {key: (results[tuple(launch_args)], workdir)
+          for key, (workdir, launch_args) in cases.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", BAD_SWEEPS)
+def test_bad_sweeps_fail_before_any_point_trains(bad_sweeps, args, message):
+  result, workdir = bad_sweeps[tuple(args)]
   assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
-  assert not any(name.startswith("num_keys=") for name in os.listdir(tmp_path))
+  assert not any(name.startswith("num_keys=") for name in os.listdir(workdir))
 
 
 def test_sweep_points_are_unique():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import CONFIG, ROOT, device_env, launch, read_metrics
+from tests.helpers import CONFIG, ROOT, device_env, launch_each, read_metrics
 
 pytestmark = pytest.mark.slow   # end to end: processes and whole runs
 
@@ -118,17 +118,34 @@ def test_two_processes_on_loopback_train_like_one(tmp_path, one_device):
   assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["20", "40"]
 
 
-def test_process_flags_are_checked_at_parsing():
-  result = launch(*LAUNCH_ARGS, "--coordinator_address=localhost:1234", "--num_processes=2")
+BAD_MESH_FLAGS = {
+    "no process id": ["--coordinator_address=localhost:1234", "--num_processes=2"],
+    "process id out of range": ["--coordinator_address=localhost:1234", "--num_processes=2",
+                                "--process_id=2"],
+    "mesh of two axes": ["--config.mesh_shape=(2,3)"]}
+
+
+@pytest.fixture(scope="module")
+def bad_mesh_flags():
+  """Each BAD_MESH_FLAGS case's launch, all in one process (tests/launch_many.py): every one
+  fails at parsing."""
+  cases = {name: [*LAUNCH_ARGS, *flags, "--workdir=/nonexistent/never-written"]
+           for name, flags in BAD_MESH_FLAGS.items()}
+  results = launch_each(list(cases.values()), timeout=300)
+  return {name: results[tuple(args)] for name, args in cases.items()}
+
+
+def test_process_flags_are_checked_at_parsing(bad_mesh_flags):
+  result = bad_mesh_flags["no process id"]
   assert result.returncode != 0 and "go together" in result.stderr
-  result = launch(*LAUNCH_ARGS, "--coordinator_address=localhost:1234", "--num_processes=2",
-                  "--process_id=2")
+  result = bad_mesh_flags["process id out of range"]
   assert result.returncode != 0 and "must be in 0..1" in result.stderr
 
 
-def test_mesh_shape_is_checked_at_parsing():
-  result = launch(*LAUNCH_ARGS, "--config.mesh_shape=(2,3)")
+def test_mesh_shape_is_checked_at_parsing(bad_mesh_flags):
+  result = bad_mesh_flags["mesh of two axes"]
   assert result.returncode != 0 and "config.mesh_shape must be (N,)" in result.stderr
+  assert not os.path.exists("/nonexistent/never-written")
 
 
 README_SHAPE = ["--config.setting=1", "--config.num_keys=16", "--config.max_steps=300",
