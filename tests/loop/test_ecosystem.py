@@ -1,16 +1,13 @@
-"""fwp in the JAX research ecosystem: TensorBoard event files that mirror metrics.jsonl across a
-SIGKILL and a resume, profiler traces by flag that change nothing, an installable `fwp`, and the
-guided tour, executed so it never rots."""
+"""fwp in the JAX research ecosystem: TensorBoard event files that mirror metrics.jsonl (across a
+SIGKILL and a resume: tests/loop/test_resume.py), profiler traces by flag that change nothing,
+an installable `fwp`, and the guided tour, executed so it never rots."""
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 
-import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -18,9 +15,6 @@ from experiments import train
 from tests.helpers import ROOT, read_metrics, tiny_retrieval_config
 
 pytestmark = pytest.mark.slow   # processes: launch.py, pip, the tour
-ARGS = ["--config=configs/associative_recall.py:linear-sum", "--config.num_keys=6",
-        "--config.max_steps=4000", "--config.eval_every=20", "--config.checkpoint_every=40",
-        "--config.patience=1000"]
 
 
 def read_events(workdir):
@@ -36,32 +30,7 @@ def read_events(workdir):
   return scalars, texts
 
 
-def test_event_files_mirror_metrics_across_a_sigkill_and_resume(tmp_path):
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen([sys.executable, "launch.py", *ARGS, f"--workdir={workdir}"],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    path = workdir / "metrics.jsonl"
-    if path.exists() and len(path.read_text().splitlines()) >= 3:
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (workdir / "summary.json").exists(), "the run ended before it could be killed"
-  resumed = subprocess.run([sys.executable, "launch.py", *ARGS, "--config.max_steps=200",
-                            f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
-  assert resumed.returncode == 0 and "Resuming from step" in resumed.stdout, resumed.stderr[-2000:]
-  metrics = read_metrics(workdir)
-  assert [m["step"] for m in metrics] == list(range(20, 201, 20))
-  scalars, texts = read_events(workdir)
-  for key in ("train_loss", "eval_loss", "learning_rate", "steps_per_second", "wall_seconds"):
-    steps, values = zip(*scalars[key])
-    assert list(steps) == [m["step"] for m in metrics], key           # none twice, none lost
-    np.testing.assert_allclose(values, [m[key] for m in metrics], rtol=1e-6, err_msg=key)
-  assert len(texts) == 1 and texts[0].step == 0
-  assert b'"num_keys": 6' in texts[0].tensor_proto.string_val[0]
+# The event files across a SIGKILL and resume: tests/loop/test_resume.py's SIGKILL test.
 
 
 def _tiny(**overrides):
