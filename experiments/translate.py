@@ -15,6 +15,7 @@ is still training may be read.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -40,8 +41,8 @@ _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per se
 def check_request(beam, length_penalty) -> None:
   if beam is not None and (isinstance(beam, bool) or beam < 1):
     raise ValueError(f"--beam must be a positive integer, got {beam}.")
-  if length_penalty is not None and length_penalty < 0:
-    raise ValueError(f"--length_penalty must be >= 0, got {length_penalty}.")
+  if length_penalty is not None and not 0 <= length_penalty < math.inf:    # NaN fails too
+    raise ValueError(f"--length_penalty must be a finite number >= 0, got {length_penalty}.")
 
 
 def load(workdir: str, which: str = "best"):
@@ -89,7 +90,9 @@ def translate_lines(task, model, lines: list[str], *, beam: int, length_penalty:
 
 
 def read_input(stream) -> list[str]:
-  """The lines of `stream` (bytes) as UTF-8; a line that is not is named with its number."""
+  """The lines of `stream` (bytes) as UTF-8, split at "\n" only (a "\r" before it is dropped):
+  str.splitlines also splits at form feeds, U+2028 and the like, which made one input line two
+  output lines. A line that is not UTF-8 is named with its number."""
   data = stream.read()
   try:
     text = data.decode("utf-8")
@@ -97,7 +100,10 @@ def read_input(stream) -> list[str]:
     line = data[:error.start].count(b"\n") + 1
     raise ValueError(f"Standard input line {line} is not UTF-8 ({error.reason}: byte "
                      f"{data[error.start:error.start + 1]!r}); give UTF-8 text.") from None
-  return text.splitlines()
+  lines = text.split("\n")
+  if lines[-1] == "":           # the newline that ends the last line starts no other
+    lines.pop()
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def main(argv):

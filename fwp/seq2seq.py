@@ -341,8 +341,8 @@ def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty:
   result: a caller that decodes many batches passes one value for all so that they share one
   compiled step."""
   checks.positive_int("beam", beam)
-  if length_penalty < 0:
-    raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}.")
+  if not 0 <= length_penalty < float("inf"):       # NaN fails too
+    raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}.")
   if cache_capacity is not None and cache_capacity < max_len:
     raise ValueError(f"cache_capacity must be >= max_len = {max_len}, got {cache_capacity}.")
   weights, memories, step = _decoder_fns(model)

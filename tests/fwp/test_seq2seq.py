@@ -175,7 +175,8 @@ def test_bad_configs_and_beams_name_the_problem():
     model = build(ROLES["softmax"])
   with pytest.raises(ValueError, match="beam must be a positive integer, got 0"):
     seq2seq.beam_search(model, _pad(SOURCES, 5), beam=0, max_len=3)
-  with pytest.raises(ValueError, match="length_penalty must be >= 0"):
-    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, length_penalty=-1)
+  for bad in (-1, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="length_penalty must be a finite number >= 0"):
+      seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, length_penalty=bad)
   with pytest.raises(ValueError, match="cache_capacity must be >= max_len = 3, got 2"):
     seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, cache_capacity=2)

@@ -309,7 +309,8 @@ def test_table1_names_set_every_role():
 @pytest.mark.fast
 @pytest.mark.parametrize("field, value, message", [
     ("beam", 0, "config.beam must be an integer >= 1, got 0"),
-    ("length_penalty", -0.5, "length_penalty must be >= 0, got -0.5"),
+    ("length_penalty", -0.5, "length_penalty must be a finite number >= 0, got -0.5"),
+    ("length_penalty", float("nan"), "length_penalty must be a finite number >= 0, got nan"),
     ("model.decoder_rule", "fwm", "Unknown config.model.decoder_rule 'fwm'; valid choices: "
                                   "softmax, sum, delta"),
     ("model.sum_normalization", "max", "Unknown config.model.sum_normalization 'max'"),
@@ -379,11 +380,19 @@ def test_a_damaged_token_cache_is_named_moved_aside_and_rebuilt(tmp_path, capsys
   assert [n for n in os.listdir(os.path.dirname(cache)) if ".damaged-" in n]
 
 
-def test_translates_input_that_is_not_utf8_is_named_by_line():
+def test_translate_reads_lines_at_newlines_only_names_non_utf8_and_refuses_bad_penalties():
   import io
 
   from experiments import translate
   assert translate.read_input(io.BytesIO("a cat\nKatze\n".encode())) == ["a cat", "Katze"]
+  # Lines end at "\n" only (CRLF too): a form feed or U+2028 inside a line keeps it one line.
+  assert translate.read_input(io.BytesIO("a\x0cb\u2028c\r\n\nd".encode())) == [
+      "a\x0cb\u2028c", "", "d"]
+  assert translate.read_input(io.BytesIO(b"")) == []
+  for bad in (-1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="--length_penalty must be a finite number >= 0"):
+      translate.check_request(2, bad)
+  translate.check_request(2, 0.0)
   with pytest.raises(ValueError, match=r"Standard input line 2 is not UTF-8 .*b'\\xff'"):
     translate.read_input(io.BytesIO(b"a cat\n\xff dog\n"))
 
