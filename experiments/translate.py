@@ -16,6 +16,7 @@ is still training may be read.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -89,6 +90,20 @@ def translate_lines(task, model, lines: list[str], *, beam: int, length_penalty:
   return out
 
 
+def which_checkpoint(workdir: str, which: str, step: int, metric: str) -> str:
+  """What the header says of the checkpoint used: "latest", or the best by `metric` among the
+  kept checkpoints' steps, and whether it is also the latest (a short run whose evaluations
+  fall on few checkpoints may keep only its latest: then "best" chose nothing)."""
+  directory = os.path.join(workdir, "checkpoints")
+  kept = (sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+          if os.path.isdir(directory) else [])
+  if which != "best" or not kept:
+    return which
+  latest = "; the latest too" if step == kept[-1] else ""
+  return (f"best by {metric} of the checkpoints kept at steps {', '.join(map(str, kept))}"
+          f"{latest}")
+
+
 def read_input(stream) -> list[str]:
   """The lines of `stream` (bytes) as UTF-8, split at "\n" only (a "\r" before it is dropped):
   str.splitlines also splits at form feeds, U+2028 and the like, which made one input line two
@@ -117,8 +132,10 @@ def main(argv):
     beam = _BEAM.value or config.beam
     penalty = config.length_penalty if _LENGTH_PENALTY.value is None else _LENGTH_PENALTY.value
     lines = read_input(sys.stdin.buffer)
-    print(f"[{config.model_name}, step {step} ({_CHECKPOINT.value}), beam {beam}, length "
-          f"penalty {penalty}: {len(lines)} line(s)]", file=sys.stderr, flush=True)
+    used = which_checkpoint(_WORKDIR.value, _CHECKPOINT.value, step,
+                            translation.Translation.selection[0])
+    print(f"[{config.model_name}, step {step} ({used}), beam {beam}, length penalty {penalty}: "
+          f"{len(lines)} line(s)]", file=sys.stderr, flush=True)
     start = time.time()
     translations = translate_lines(task, model, lines, beam=beam, length_penalty=penalty,
                                    batch_tokens=_BATCH_TOKENS.value)

@@ -56,7 +56,8 @@ def test_a_small_model_learns_to_translate(tmp_path):
                         "--beam=2"], input="the dog sees the cat\n\nthe user reads a book\n",
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "[linear-delta, step 300 (best), beam 2" in out.stderr
+  assert "[linear-delta, step 300 (best by valid_bleu of the checkpoints kept at steps " in out.stderr
+  assert "300; the latest too), beam 2" in out.stderr, out.stderr[:500]
   translated = out.stdout.splitlines()
   assert len(translated) == 3 and translated[1] == "" and "Hund" in translated[0]
   written = report.report([str(workdir)], str(tmp_path / "results"))

@@ -397,6 +397,18 @@ def test_translate_reads_lines_at_newlines_only_names_non_utf8_and_refuses_bad_p
     translate.read_input(io.BytesIO(b"a cat\n\xff dog\n"))
 
 
+def test_translate_says_which_checkpoint_it_used(tmp_path):
+  from experiments import translate
+  for step in (100, 200, 300):
+    (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+  (tmp_path / "checkpoints" / "200.unreadable").mkdir()
+  assert translate.which_checkpoint(str(tmp_path), "latest", 300, "valid_bleu") == "latest"
+  assert translate.which_checkpoint(str(tmp_path), "best", 200, "valid_bleu") == (
+      "best by valid_bleu of the checkpoints kept at steps 100, 200, 300")
+  assert translate.which_checkpoint(str(tmp_path), "best", 300, "valid_bleu") == (
+      "best by valid_bleu of the checkpoints kept at steps 100, 200, 300; the latest too")
+
+
 def test_translate_on_a_full_disk_says_so(monkeypatch, capsys):
   # stdout on a full disk (> /dev/full) was a raw traceback after the translations were made.
   import errno
