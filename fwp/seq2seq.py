@@ -17,7 +17,8 @@ outputs as if it ran alone (tests/fwp/test_seq2seq.py, float64).
 
 Decoding is an RNN over the target: `memories(src)` computes the cross memories once, then
 `step(state, memories, tokens)` per token (the decoder's fast weights, or softmax's cache).
-`greedy` and `beam_search` (fairseq's: 2·beam candidates a step, a hypothesis ending in EOS among
+`greedy` and `beam_search` (fairseq's SequenceGenerator: PAD never chosen, EOS not before min_len
+= 1 token and forced after max_len; 2·beam candidates a step, a hypothesis ending in EOS among
 the first `beam` is finished, its score divided by length^length_penalty; a source is done when
 `beam` hypotheses are) run it over a batch of sources.
 
@@ -311,56 +312,95 @@ def _dtype(model: Seq2Seq):
   return jnp.promote_types(model.embed.embedding[...].dtype, jnp.float32)
 
 
-def greedy(model: Seq2Seq, src, max_len: int) -> list[list[int]]:
-  """The likeliest token at every step until EOS (included) or `max_len` tokens, per source."""
+def _fairseq_rules(log_probs: np.ndarray, t: int, *, max_len: int, min_len: int, eos: int,
+                   pad: int) -> np.ndarray:
+  """fairseq SequenceGenerator's masks on step `t`'s log-probabilities [..., V] (a copy): PAD is
+  never chosen, EOS not before `min_len` tokens, and at step `max_len` only EOS (a hypothesis
+  has at most max_len tokens before its EOS)."""
+  lp = np.array(log_probs, np.float64)
+  lp[..., pad] = -np.inf
+  if t >= max_len:
+    keep = lp[..., eos].copy()
+    lp[...] = -np.inf
+    lp[..., eos] = keep
+  if t < min_len:
+    lp[..., eos] = -np.inf
+  return lp
+
+
+def _check_lengths(max_len: int, min_len: int, cache_capacity: int | None) -> int:
+  """The decoder cache's capacity (max_len + 1 tokens are fed: the start EOS and max_len)."""
+  checks.positive_int("max_len", max_len)
+  if isinstance(min_len, bool) or not isinstance(min_len, (int, np.integer)) or not (
+      0 <= min_len <= max_len):
+    raise ValueError(f"min_len must be an integer in 0..max_len = {max_len}, got {min_len!r}.")
+  if cache_capacity is not None and cache_capacity < max_len + 1:
+    raise ValueError(f"cache_capacity must be >= max_len + 1 = {max_len + 1}, got "
+                     f"{cache_capacity}.")
+  return cache_capacity or max_len + 1
+
+
+def greedy(model: Seq2Seq, src, max_len: int, *, min_len: int = 1) -> list[list[int]]:
+  """The likeliest token at every step under fairseq's rules (`_fairseq_rules`) until EOS
+  (included; forced after `max_len` tokens), per source: beam search with beam 1."""
+  cache = _check_lengths(max_len, min_len, None)
   weights, memories, step = _decoder_fns(model)
-  b = src.shape[0]
+  b, eos, pad = src.shape[0], model.config.eos_id, model.config.pad_id
   mems = memories(weights, jnp.asarray(src))
-  state = model.init_state(b, cache_capacity=max_len, dtype=_dtype(model))
-  token = jnp.full((b,), model.config.eos_id, jnp.int32)
+  state = model.init_state(b, cache_capacity=cache, dtype=_dtype(model))
+  token = jnp.full((b,), eos, jnp.int32)
   out = [[] for _ in range(b)]
   done = np.zeros(b, bool)
-  for _ in range(max_len):
+  for t in range(max_len + 1):
     log_probs, state = step(weights, state, mems, token)
-    token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    for i, t in enumerate(np.asarray(token)):
+    lp = _fairseq_rules(log_probs, t, max_len=max_len, min_len=min_len, eos=eos, pad=pad)
+    chosen = np.argmax(lp, axis=-1)
+    for i, tok in enumerate(chosen):
       if not done[i]:
-        out[i].append(int(t))
-        done[i] = t == model.config.eos_id
+        out[i].append(int(tok))
+        done[i] = tok == eos
     if done.all():
       break
+    token = jnp.asarray(chosen, jnp.int32)
   return out
 
 
 def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty: float = 1.0,
-                cache_capacity: int | None = None) -> list[tuple[list[int], float]]:
-  """fairseq's beam search over a batch of sources: per source (tokens ending in EOS, or cut at
-  `max_len`; its score Σ log p / length^length_penalty), the best finished hypothesis.
+                min_len: int = 1, cache_capacity: int | None = None
+                ) -> list[tuple[list[int], float]]:
+  """fairseq's beam search (SequenceGenerator) over a batch of sources: per source, the best
+  finished hypothesis (tokens ending in EOS; its score Σ log p / length^length_penalty, the
+  length counting the EOS).
 
-  `cache_capacity` (softmax decoders' key/value cache; default and minimum `max_len`) changes no
-  result: a caller that decodes many batches passes one value for all so that they share one
-  compiled step."""
+  Each step scores every live hypothesis's continuations under fairseq's rules (PAD never, EOS
+  not before `min_len` tokens, only EOS after `max_len`: `_fairseq_rules`) and ranks the best
+  2·beam; an EOS among the first `beam` of them finishes its hypothesis, the first `beam` that
+  are not EOS live on; a source is done when `beam` hypotheses are. tests/fwp/test_seq2seq.py
+  pins it to a port of fairseq's loop and to an enumeration of the search space.
+
+  `cache_capacity` (softmax decoders' key/value cache; default and minimum `max_len` + 1)
+  changes no result: a caller that decodes many batches passes one value for all so that they
+  share one compiled step."""
   checks.positive_int("beam", beam)
   if not 0 <= length_penalty < float("inf"):       # NaN fails too
     raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}.")
-  if cache_capacity is not None and cache_capacity < max_len:
-    raise ValueError(f"cache_capacity must be >= max_len = {max_len}, got {cache_capacity}.")
+  cache = _check_lengths(max_len, min_len, cache_capacity)
   weights, memories, step = _decoder_fns(model)
-  eos, b, k = model.config.eos_id, src.shape[0], beam
+  eos, pad, b, k = model.config.eos_id, model.config.pad_id, src.shape[0], beam
   mems = memories(weights, jnp.asarray(src))
   mems = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), mems)          # [B·K, ...]
-  state = model.init_state(b * k, cache_capacity=cache_capacity or max_len, dtype=_dtype(model))
+  state = model.init_state(b * k, cache_capacity=cache, dtype=_dtype(model))
   scores = np.full((b, k), -np.inf)
   scores[:, 0] = 0.0                                 # one live hypothesis at the start
   seqs = [[[] for _ in range(k)] for _ in range(b)]
   finished = [[] for _ in range(b)]
   token = jnp.full((b * k,), eos, jnp.int32)
-  for t in range(max_len):
+  for t in range(max_len + 1):
     log_probs, state = step(weights, state, mems, token)
-    lp = np.asarray(log_probs, np.float64).reshape(b, k, -1)
+    lp = _fairseq_rules(np.asarray(log_probs).reshape(b, k, -1), t, max_len=max_len,
+                        min_len=min_len, eos=eos, pad=pad)
     vocab = lp.shape[-1]
     cand = (scores[:, :, None] + lp).reshape(b, -1)
-    last = t == max_len - 1
     parents = np.zeros((b, k), np.int64)
     tokens = np.full((b, k), eos, np.int64)
     new_scores = np.full((b, k), -np.inf)
@@ -376,7 +416,7 @@ def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty:
           break
         parent, tok = divmod(int(flat), vocab)
         seq = seqs[i][parent] + [tok]
-        if tok == eos or last:
+        if tok == eos:
           if rank < k and len(finished[i]) < k:
             finished[i].append((seq, score / len(seq) ** length_penalty))
         elif alive < k:

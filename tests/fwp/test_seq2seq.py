@@ -150,19 +150,85 @@ def test_beam_1_is_greedy_and_a_wide_beam_finds_the_enumerated_best_float64(name
                                 cache_capacity=11)
     assert [q for q, _ in roomy] == [q for q, _ in together]
     np.testing.assert_allclose([v for _, v in roomy], [v for _, v in together], rtol=1e-10)
-    # Every hypothesis of up to 3 tokens: ending in EOS, or 3 tokens cut at max_len.
+    # Every hypothesis fairseq's rules allow at max_len 3: 1 to 3 tokens (neither EOS nor PAD),
+    # then EOS (forced after the third).
     max_len, penalty = 3, 0.6
+    words = [t for t in range(VOCAB) if t not in (EOS, PAD)]
     for i, s in enumerate(SOURCES):
-      space = [list(p) + [EOS] for n in range(max_len) for p in
-               itertools.product([t for t in range(VOCAB) if t != EOS], repeat=n)]
-      space += [list(p) for p in itertools.product(range(VOCAB), repeat=max_len)
-                if p[-1] != EOS]
+      space = [list(p) + [EOS] for n in range(1, max_len + 1)
+               for p in itertools.product(words, repeat=n)]
       scores = _scores(model, s, space, penalty)
       best = space[int(np.argmax(scores))]
       found, score = seq2seq.beam_search(model, jnp.asarray([s], jnp.int32), beam=len(space),
                                          max_len=max_len, length_penalty=penalty)[0]
       assert found == best
       assert score == pytest.approx(max(scores), rel=1e-10)
+
+
+def fairseq_beam_search(log_probs_of, *, beam, max_len, length_penalty, min_len=1):
+  """A port of fairseq's SequenceGenerator._generate for one source, written out: the best
+  finished (tokens, score). `log_probs_of(prefixes)` is log p(next token | prefix) [n, V]."""
+  cum, tokens, finalized = np.zeros(1), [[]], []      # step 0: only the first beam is live
+  for step in range(max_len + 1):
+    lprobs = np.array(log_probs_of(tokens), np.float64)
+    lprobs[:, PAD] = -np.inf                           # never select pad
+    if step >= max_len:                                # force EOS at max_len
+      lprobs[:, :EOS] = -np.inf
+      lprobs[:, EOS + 1:] = -np.inf
+    if step < min_len:
+      lprobs[:, EOS] = -np.inf
+    vocab = lprobs.shape[1]
+    flat = (cum[:, None] + lprobs).reshape(-1)
+    top = np.argsort(-flat, kind="stable")[:2 * beam]  # torch.topk(k = 2 · beam)
+    cand_scores, cand_beams, cand_indices = flat[top], top // vocab, top % vocab
+    for j in range(min(beam, len(top))):               # EOS among the first `beam` candidates
+      if cand_indices[j] == EOS and cand_scores[j] > -np.inf and len(finalized) < beam:
+        finalized.append((tokens[cand_beams[j]] + [EOS],
+                          cand_scores[j] / (step + 1) ** length_penalty))
+    if len(finalized) >= beam:
+      break
+    active = [j for j in range(len(top)) if cand_indices[j] != EOS
+              and cand_scores[j] > -np.inf][:beam]
+    tokens = [tokens[cand_beams[j]] + [int(cand_indices[j])] for j in active]
+    cum = cand_scores[active]
+  return max(finalized, key=lambda h: h[1])
+
+
+@pytest.mark.parametrize("name", ["softmax", "delta"])
+def test_beam_search_is_fairseqs_loop_float64(name):
+  """fwp's beam search against the port of fairseq's loop above on a toy model (log-probabilities
+  of each prefix by one teacher-forced pass): the same hypothesis and score for beams 1 to 4,
+  length penalties 0, 0.6 and 1, max_len 1 to 4, min_len 0 to 2."""
+  with x64():
+    model = build(ROLES[name], seed=5)
+    # PAD's output row made the likeliest of many steps (3 × token 5's): unbanned, the search
+    # would pick it. (Input PADs are masked; the shared row changes only the output.)
+    table = model.embed.embedding
+    table[...] = table[...].at[PAD].set(3.0 * table[...][5])
+    forward = traced(model)
+    for s in SOURCES:
+      src = jnp.asarray([s], jnp.int32)
+
+      def log_probs_of(prefixes):      # one shape for all: 4 rows, 5 positions (causal)
+        rows = [[EOS] + p for p in prefixes] + [[EOS]] * (4 - len(prefixes))
+        out = np.asarray(forward(jnp.repeat(src, 4, axis=0), _pad(rows, 5)))
+        return np.stack([out[r, len(p)] for r, p in enumerate(prefixes)])
+
+      for beam, penalty, max_len, min_len in itertools.product(
+          (1, 2, 4), (0.0, 0.6, 1.0), (1, 4), (0, 1)):
+        if min_len > max_len:
+          continue
+        want, want_score = fairseq_beam_search(log_probs_of, beam=beam, max_len=max_len,
+                                               length_penalty=penalty, min_len=min_len)
+        (got, score), = seq2seq.beam_search(model, src, beam=beam, max_len=max_len,
+                                            length_penalty=penalty, min_len=min_len)
+        assert got == want, (beam, penalty, max_len, min_len)
+        assert score == pytest.approx(want_score, rel=1e-10)
+        assert got[-1] == EOS and PAD not in got and len(got) >= min_len + 1
+      for max_len, min_len in ((1, 0), (1, 1), (4, 2)):
+        out, = seq2seq.greedy(model, src, max_len, min_len=min_len)
+        assert out == fairseq_beam_search(log_probs_of, beam=1, max_len=max_len,
+                                          length_penalty=1.0, min_len=min_len)[0]
 
 
 def test_bad_configs_and_beams_name_the_problem():
@@ -178,5 +244,7 @@ def test_bad_configs_and_beams_name_the_problem():
   for bad in (-1, float("nan"), float("inf")):
     with pytest.raises(ValueError, match="length_penalty must be a finite number >= 0"):
       seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, length_penalty=bad)
-  with pytest.raises(ValueError, match="cache_capacity must be >= max_len = 3, got 2"):
-    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, cache_capacity=2)
+  with pytest.raises(ValueError, match="cache_capacity must be >= max_len \\+ 1 = 4, got 3"):
+    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, cache_capacity=3)
+  with pytest.raises(ValueError, match="min_len must be an integer in 0..max_len = 3, got 4"):
+    seq2seq.beam_search(model, _pad(SOURCES, 5), beam=2, max_len=3, min_len=4)

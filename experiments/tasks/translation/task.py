@@ -223,7 +223,7 @@ class Translation:
       found = seq2seq.beam_search(
           model, src[pick], beam=c.beam, max_len=max(1, int(c.max_len_a * longest + c.max_len_b)),
           length_penalty=c.length_penalty,
-          cache_capacity=max(1, int(c.max_len_a * width + c.max_len_b)))
+          cache_capacity=max(1, int(c.max_len_a * width + c.max_len_b)) + 1)
       for i, (tokens, _) in zip(ids[real], found):
         out[int(i)] = self.corpus.decode(tokens)
     return out
