@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
@@ -83,8 +84,16 @@ def translate_lines(task, model, lines: list[str], *, beam: int, length_penalty:
                   np.int32)
     for r, i in enumerate(group):
       src[r, :len(encoded[i])] = encoded[i]
-    found = seq2seq.beam_search(model, src, beam=beam, length_penalty=length_penalty,
-                                max_len=max(1, int(c.max_len_a * longest + c.max_len_b)))
+    try:
+      found = seq2seq.beam_search(model, src, beam=beam, length_penalty=length_penalty,
+                                  max_len=max(1, int(c.max_len_a * longest + c.max_len_b)))
+    except jax.errors.JaxRuntimeError as error:
+      if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
+        raise
+      raise ValueError(
+          f"Out of memory translating input line {group[-1] + 1} ({longest} pieces, in a batch "
+          f"of {len(group)} line(s) at beam {beam}): {str(error).splitlines()[0][:200]}. Split "
+          f"long lines, or give a smaller --batch_tokens or --beam.") from None
     for i, (tokens, _) in zip(group, found):
       out[i] = task.corpus.decode(tokens)
   return out

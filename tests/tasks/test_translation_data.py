@@ -409,6 +409,33 @@ def test_translate_says_which_checkpoint_it_used(tmp_path):
       "best by valid_bleu of the checkpoints kept at steps 100, 200, 300; the latest too")
 
 
+def test_translate_names_a_line_too_long_for_the_memory(monkeypatch):
+  # A 38k-piece line on a softmax model died in XLA's raw out-of-memory traceback (46.9 GB).
+  import jax
+  import types
+
+  from experiments import translate
+  from fwp import seq2seq
+
+  def out_of_memory(model, src, **kwargs):
+    if src.shape[1] > 8:
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 50357010432 bytes.")
+    return [([5], 0.0)] * src.shape[0]
+
+  monkeypatch.setattr(seq2seq, "beam_search", out_of_memory)
+  corpus = types.SimpleNamespace(encode=lambda line: [5] * len(line.split()),
+                                 decode=lambda ids: "x")
+  task = types.SimpleNamespace(corpus=corpus, config=types.SimpleNamespace(
+      bucket_width=8, max_len_a=1.0, max_len_b=5))
+  assert translate.translate_lines(task, None, ["a b", "", "c"], beam=4,
+                                   length_penalty=1.0) == ["x", "", "x"]
+  with pytest.raises(ValueError, match=r"Out of memory translating input line 2 \(12 pieces, in "
+                                       r"a batch of 1 line\(s\) at beam 4\): RESOURCE_EXHAUSTED"):
+    translate.translate_lines(task, None, ["a", " ".join("w" * 12)], beam=4,
+                              length_penalty=1.0, batch_tokens=8)
+
+
 def test_translate_on_a_full_disk_says_so(monkeypatch, capsys):
   # stdout on a full disk (> /dev/full) was a raw traceback after the translations were made.
   import errno
