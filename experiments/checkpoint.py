@@ -64,6 +64,14 @@ def _set_aside(directory: str, step: int) -> None:
   distributed.barrier(f"set-aside-{step}")
 
 
+def step_dirs(directory: str) -> list[int]:
+  """The steps of the checkpoint directories in `directory` (names that are step numbers; not
+  `<step>.unreadable`), ascending; [] when there is no such directory."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
 def _unreadable_metrics(directory: str) -> list[int]:
   """Steps whose selection metrics file (written beside the checkpoint) does not parse: orbax
   reads them all when it opens a manager, and one bad file would stop it opening at all."""
@@ -89,7 +97,7 @@ def reader(directory: str, direction: str | None = None) -> ocp.CheckpointManage
     raise ValueError(f"{directory!r} holds no checkpoints (no such directory).")
   damaged = _unreadable_metrics(directory)
   if damaged:
-    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+    steps = step_dirs(directory)
     which = ("None of the checkpoints" if damaged == steps else
              f"The checkpoints at steps {', '.join(map(str, damaged))} among those")
     raise ValueError(f"{which} in {os.path.abspath(directory)} (steps "

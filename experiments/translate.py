@@ -15,7 +15,6 @@ is still training may be read.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -24,9 +23,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import reading, rundir
+from experiments import checkpoint, reading, rundir
 from experiments.tasks.translation import data, task as translation
-from fwp import seq2seq
+from fwp import checks, seq2seq
 
 # allow_override: the readers are separate commands, but a process that imports both (the
 # test suite) would otherwise fail on the shared flag name.
@@ -43,8 +42,8 @@ _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per se
 def check_request(beam, length_penalty) -> None:
   if beam is not None and (isinstance(beam, bool) or beam < 1):
     raise ValueError(f"--beam must be a positive integer, got {beam}.")
-  if length_penalty is not None and not 0 <= length_penalty < math.inf:    # NaN fails too
-    raise ValueError(f"--length_penalty must be a finite number >= 0, got {length_penalty}.")
+  if length_penalty is not None:
+    checks.finite_non_negative("--length_penalty", length_penalty)
 
 
 def load(workdir: str, which: str = "best"):
@@ -103,9 +102,7 @@ def which_checkpoint(workdir: str, which: str, step: int, metric: str) -> str:
   """What the header says of the checkpoint used: "latest", or the best by `metric` among the
   kept checkpoints' steps, and whether it is also the latest (a short run whose evaluations
   fall on few checkpoints may keep only its latest: then "best" chose nothing)."""
-  directory = os.path.join(workdir, "checkpoints")
-  kept = (sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-          if os.path.isdir(directory) else [])
+  kept = checkpoint.step_dirs(os.path.join(workdir, "checkpoints"))
   if which != "best" or not kept:
     return which
   latest = "; the latest too" if step == kept[-1] else ""

@@ -10,6 +10,13 @@ def positive_int(field: str, value, hint: str = "") -> None:
     raise ValueError(f"{field} must be a positive integer{hint}, got {value!r}.")
 
 
+def finite_non_negative(field: str, value) -> None:
+  """`value` must be a finite number >= 0 (NaN fails): "<field> must be a finite number >= 0,
+  got v."."""
+  if not 0 <= value < float("inf"):
+    raise ValueError(f"{field} must be a finite number >= 0, got {value!r}.")
+
+
 def choice(field: str, value, choices) -> None:
   """`value` must be one of `choices`: "Unknown <field> v; valid choices: a, b."."""
   if value not in choices:

@@ -382,8 +382,7 @@ def beam_search(model: Seq2Seq, src, *, beam: int, max_len: int, length_penalty:
   changes no result: a caller that decodes many batches passes one value for all so that they
   share one compiled step."""
   checks.positive_int("beam", beam)
-  if not 0 <= length_penalty < float("inf"):       # NaN fails too
-    raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}.")
+  checks.finite_non_negative("length_penalty", length_penalty)
   cache = _check_lengths(max_len, min_len, cache_capacity)
   weights, memories, step = _decoder_fns(model)
   eos, pad, b, k = model.config.eos_id, model.config.pad_id, src.shape[0], beam

@@ -21,9 +21,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_case(args: list[str]) -> dict:
-  before = set(flags.FLAGS)
   # Real files, not StringIO: a study registers faulthandler on its stderr's file descriptor.
-  err, out = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+  with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
+    code = _run_redirected(args, err, out)
+    err.seek(0)
+    return {"returncode": code, "stderr": err.read()}
+
+
+def _run_redirected(args: list[str], err, out) -> int:
+  """Runs one case with stderr and stdout redirected; its exit status. Its flags go after."""
+  before = set(flags.FLAGS)
   code = 0
   with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
     try:
@@ -45,11 +52,7 @@ def run_case(args: list[str]) -> dict:
   flags.FLAGS.unparse_flags()
   for name in set(flags.FLAGS) - before:
     delattr(flags.FLAGS, name)
-  err.seek(0)
-  stderr = err.read()
-  err.close()
-  out.close()
-  return {"returncode": code, "stderr": stderr}
+  return code
 
 
 def main():

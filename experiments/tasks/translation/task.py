@@ -85,9 +85,7 @@ def validate(config) -> None:
                      f"(give max_tokens >= max_length, or 0 for batch_size rows).")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
-  if not 0 <= config.length_penalty < float("inf"):       # NaN fails too
-    raise ValueError(f"config.length_penalty must be a finite number >= 0, got "
-                     f"{config.length_penalty!r}.")
+  checks.finite_non_negative("config.length_penalty", config.length_penalty)
   if config.max_len_a < 0:
     raise ValueError(f"config.max_len_a must be >= 0, got {config.max_len_a!r}.")
   model_config(config, config.vocab_size)       # every model field, before any data is read
